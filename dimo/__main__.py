@@ -1,0 +1,4 @@
+from dimo.cli import main
+
+if __name__ == "__main__":
+    main()

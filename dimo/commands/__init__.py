@@ -1,0 +1,18 @@
+"""Non-Lightning subcommands of ``python -m dimo.cli``.
+
+Add a command by adding one line to :data:`COMMANDS`: ``name -> "module:function"``. The function
+takes the remaining argv (a list of strings), parses it itself, and returns an exit code (or None).
+Modules are imported lazily so ``python -m dimo.cli fit`` never pays for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+
+COMMANDS: dict[str, str] = {}
+
+
+def load_command(name: str) -> Callable[[Sequence[str]], int | None]:
+    module_name, _, func = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), func)
