@@ -33,3 +33,15 @@ format: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache *.egg-info
+
+# Benchmarks: `make bench` (quick CPU profile) or `make bench PROFILE=gpu`; results in benchmarks/results/.
+PROFILE ?= cpu
+.PHONY: bench
+bench: setup
+	$(PY) benchmarks/run.py --profile $(PROFILE)
+
+# Geometry preview: views.png + trajectory MP4 of the demo skeleton (or MOTION=file.npz) under runs/.
+.PHONY: preview
+PREVIEW_ARGS ?=
+preview: setup
+	$(PY) -m dimo.cli geometry preview --out runs/geometry_preview $(if $(MOTION),--motion $(MOTION)) $(PREVIEW_ARGS)
