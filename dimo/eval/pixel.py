@@ -1,0 +1,187 @@
+"""Paired per-frame metrics: PSNR, SSIM, L1 (corrected) and their DisCo-compatible variants.
+
+Every metric takes ``update(generated, reference)`` with matching videos ``(B, T, 3, H, W)`` or images
+``(B, 3, H, W)`` in [-1, 1], scores each frame, and averages over all frames (sum-reduced float64
+``total``/``count`` states, so sharding over ranks gives the single-process result).
+
+Corrected metrics (report these; torchmetrics functional implementations on [0, 1] RGB):
+
+* ``psnr``: per-frame PSNR, data range 1, averaged over frames (identical frames give +inf).
+* ``ssim``: per-frame SSIM, Gaussian window 11 / sigma 1.5, RGB channels averaged (Wang et al. 2004).
+* ``l1``: mean absolute error on [0, 1].
+
+DisCo-compatible metrics (``*_disco``; only to sit next to published tables, see docs/metrics.md),
+reproducing DisCo's ``tool/metrics/ssim_l1_lpips_psnr.py`` on 8-bit frames:
+
+* ``ssim_disco``: OpenCV BGR->gray (fixed-point), then skimage ``structural_similarity`` defaults
+  (7x7 uniform window, sample covariance, K1=0.01, K2=0.03, data range 255, border of 3 cropped).
+* ``psnr_disco``: ``20 log10(255 / sqrt(mse))`` with the MSE computed in uint8 arithmetic, i.e. the
+  difference and its square wrap modulo 256 (numpy uint8 overflow in the reference); 100 when mse = 0.
+* ``l1_disco``: mean over pixels and channels of ``|a - b|`` in 0..255, divided by ``H * W``.
+
+Hand-written (not torchmetrics) for the DisCo variants because no library here reproduces those
+exact conventions (scikit-image and OpenCV are not dependencies).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+
+class PairedFrameMetric(Metric):
+    """Mean of a per-frame score over all frames of all videos."""
+
+    full_state_update = False
+    is_differentiable = False
+    name = "paired"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
+        """``(N, 3, H, W)`` pairs in [-1, 1] -> ``(N,)`` scores."""
+
+        raise NotImplementedError
+
+    def update(self, generated: Tensor, reference: Tensor) -> None:
+        if generated.shape != reference.shape or generated.ndim not in (4, 5) or generated.shape[-3] != 3:
+            raise ValueError(
+                f"{self.name}: expected matching (B, [T,] 3, H, W) tensors, got {tuple(generated.shape)} and {tuple(reference.shape)}"
+            )
+        g = generated.reshape(-1, *generated.shape[-3:])
+        r = reference.reshape(-1, *reference.shape[-3:])
+        with torch.no_grad():
+            scores = self.per_frame(g, r).double()
+        self.total += scores.sum()
+        self.count += scores.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count
+
+
+def _unit(x: Tensor) -> Tensor:
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def quantize_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] -> uint8 0..255 as written to an 8-bit file (round half to even, clamped)."""
+
+    return ((x.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class PSNR(PairedFrameMetric):
+    name = "psnr"
+    higher_is_better = True
+
+    def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
+        return peak_signal_noise_ratio(
+            _unit(generated), _unit(reference), data_range=1.0, reduction="none", dim=(1, 2, 3)
+        )
+
+
+class SSIM(PairedFrameMetric):
+    name = "ssim"
+    higher_is_better = True
+
+    def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
+        return structural_similarity_index_measure(
+            _unit(generated), _unit(reference), data_range=1.0, reduction="none"
+        )
+
+
+class L1(PairedFrameMetric):
+    name = "l1"
+    higher_is_better = False
+
+    def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
+        return (_unit(generated) - _unit(reference)).abs().mean(dim=(1, 2, 3))
+
+
+# -- DisCo-compatible -------------------------------------------------------------------------------
+
+
+def rgb_to_gray_opencv(rgb_uint8: Tensor) -> Tensor:
+    """OpenCV ``cvtColor(BGR2GRAY)`` on 8-bit input: fixed-point ``(4899 R + 9617 G + 1868 B + 8192) >> 14``.
+
+    ``rgb_uint8 (N, 3, H, W)`` uint8 -> ``(N, H, W)`` uint8."""
+
+    x = rgb_uint8.to(torch.int64)
+    y = (x[:, 0] * 4899 + x[:, 1] * 9617 + x[:, 2] * 1868 + (1 << 13)) >> 14
+    return y.clamp(0, 255).to(torch.uint8)
+
+
+def ssim_skimage_default(a: Tensor, b: Tensor, data_range: float = 255.0, win_size: int = 7) -> Tensor:
+    """scikit-image ``structural_similarity(a, b)`` defaults for 2-D gray images, batched.
+
+    ``a, b (N, H, W)`` -> ``(N,)`` float64. Uniform ``win_size`` window, sample covariance
+    (``NP / (NP - 1)``), K1=0.01, K2=0.03; the mean is over the region that skimage keeps after
+    cropping ``(win_size - 1) // 2`` pixels per side, which is exactly the valid-window region.
+    """
+
+    if min(a.shape[-2:]) < win_size:
+        raise ValueError(f"SSIM window {win_size} larger than the image {tuple(a.shape[-2:])}")
+    x, y = a.double()[:, None], b.double()[:, None]  # (N, 1, H, W)
+
+    def filt(t: Tensor) -> Tensor:
+        return F.avg_pool2d(t, win_size, stride=1)
+
+    ux, uy = filt(x), filt(y)
+    uxx, uyy, uxy = filt(x * x), filt(y * y), filt(x * y)
+    n_p = win_size * win_size
+    cov_norm = n_p / (n_p - 1)
+    vx, vy, vxy = cov_norm * (uxx - ux * ux), cov_norm * (uyy - uy * uy), cov_norm * (uxy - ux * uy)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux**2 + uy**2 + c1) * (vx + vy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+class SSIMDisCo(PairedFrameMetric):
+    name = "ssim_disco"
+    higher_is_better = True
+
+    def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
+        ga, gb = rgb_to_gray_opencv(quantize_uint8(generated)), rgb_to_gray_opencv(quantize_uint8(reference))
+        return ssim_skimage_default(ga, gb)
+
+
+class PSNRDisCo(PairedFrameMetric):
+    name = "psnr_disco"
+    higher_is_better = True
+
+    def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
+        a, b = quantize_uint8(generated).to(torch.int64), quantize_uint8(reference).to(torch.int64)
+        diff = (a - b) % 256  # numpy uint8 subtraction wraps
+        sq = (diff * diff) % 256  # and so does uint8 ** 2
+        mse = sq.double().mean(dim=(1, 2, 3))
+        psnr = 20 * torch.log10(255.0 / mse.sqrt())
+        return torch.where(mse == 0, torch.full_like(mse, 100.0), psnr)
+
+
+class L1DisCo(PairedFrameMetric):
+    name = "l1_disco"
+    higher_is_better = False
+
+    def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
+        a, b = quantize_uint8(generated).double(), quantize_uint8(reference).double()
+        h, w = a.shape[-2:]
+        return (a - b).abs().mean(dim=(1, 2, 3)) / float(h * w)
+
+
+__all__ = [
+    "L1",
+    "PSNR",
+    "SSIM",
+    "L1DisCo",
+    "PSNRDisCo",
+    "SSIMDisCo",
+    "PairedFrameMetric",
+    "quantize_uint8",
+    "rgb_to_gray_opencv",
+    "ssim_skimage_default",
+]
