@@ -10,7 +10,11 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "data": "dimo.commands.data:main",
+    "evaluate": "dimo.commands.evaluate:main",
+    "geometry": "dimo.commands.geometry:main",
+}
 
 
 def load_command(name: str) -> Callable[[Sequence[str]], int | None]:

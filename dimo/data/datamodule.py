@@ -1,0 +1,328 @@
+"""``ViewRichDataModule``: internet + UE5 + multi-view clips mixed by run-time weights.
+
+* Reads one or more dataset roots in the clip format (:mod:`dimo.data.manifest`); with
+  ``synthesize_if_missing`` a missing ``root`` gets the embedded toy-human dataset first.
+* Records are checked cheaply at ``setup`` (schema, files present, long enough, views enough for
+  the task); the rest are checked while loading. Every bad clip is skipped and counted, never fatal:
+  ``invalid_clips`` (found at setup, with reasons in ``problems``) and ``skipped_draws`` (samples
+  that landed on a clip that failed to load and were replaced). Both are logged as
+  ``data/invalid_clips`` and ``data/skipped`` (summed over ranks) every ``log_every_n_steps``.
+* The source of every sample comes from a :class:`~dimo.data.mixture.MixtureStream`: deterministic per
+  global batch and seed, the same law on every rank, disjoint samples across ranks. The stage
+  scheduler calls :meth:`set_mixture` (contract in ``docs/contracts.md``); :meth:`state_dict` puts the
+  stream state in Lightning checkpoints so a resumed run continues the same stream.
+* At the first training batch a grid of the batch is written to TensorBoard (``data/batch``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from dimo.data.augment import AugmentConfig
+from dimo.data.dataset import ClipDataset, SampleSpec, ineligible_reason, usable_reason
+from dimo.data.manifest import MANIFEST_NAME, SOURCES, ClipRecord, Problem, load_manifest
+from dimo.data.mixture import MixtureSampler, MixtureStream, SampleKey
+from dimo.data.synth import SynthConfig
+from dimo.data.video import CropMode
+
+__all__ = ["ViewRichDataModule"]
+
+log = logging.getLogger(__name__)
+
+_PRIVATE_KEYS = ("_draw", "_skipped")
+
+
+class _FixedKeys(Dataset):
+    """Map-style view of a fixed list of sample keys (validation), shardable by Lightning."""
+
+    def __init__(self, dataset: ClipDataset, keys: list[SampleKey]) -> None:
+        self.dataset, self.keys = dataset, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.dataset[self.keys[i]]
+
+
+class ViewRichDataModule(LightningDataModule):
+    """Mixes the clip sources into 3DiMo or HVG batches (sample dicts in ``docs/contracts.md``).
+
+    Args:
+        root: dataset root holding ``manifest.jsonl``.
+        extra_roots: more dataset roots whose clips join the same pools (by their ``source``).
+        task: ``"3dimo"`` (driving/target/reference samples) or ``"hvg"`` (views x frames samples).
+        num_frames, frame_stride: frames per sample and the step between them in the source video.
+        height, width: sample resolution; ``crop`` says how other aspect ratios are handled.
+        num_views: views per HVG sample (clips with fewer are skipped).
+        batch_size: per-rank batch size.
+        num_workers, persistent_workers, prefetch_factor, pin_memory: DataLoader settings.
+        weights: initial source weights (any subset of internet/ue5/multiview; normalised).
+        cross_view: probability that a sample from a multi-view source is a cross-view sample.
+        augment: driving-frame augmentation strengths (3DiMo training only).
+        batches_per_epoch: training batches per epoch (the stream itself is endless).
+        val_batches: fixed validation batches (no augmentation), 0 for none.
+        seed: stream seed; ``None`` uses ``seed_everything``'s seed (``PL_GLOBAL_SEED``) or 0.
+        synthesize_if_missing: build the toy dataset at ``root`` when it has no manifest.
+        synth: the toy dataset's settings when it is built here.
+        log_preview: write a grid of the first training batch to TensorBoard.
+        max_retries: bad clips tolerated per sample before giving up on that sample.
+    """
+
+    def __init__(
+        self,
+        root: Path = Path("data/toy"),
+        extra_roots: list[Path] | None = None,
+        task: Literal["3dimo", "hvg"] = "3dimo",
+        num_frames: int = 8,
+        frame_stride: int = 1,
+        height: int = 64,
+        width: int = 64,
+        crop: CropMode = "center",
+        num_views: int = 4,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
+        pin_memory: bool = False,
+        weights: dict[str, float] | None = None,
+        cross_view: float = 0.0,
+        augment: AugmentConfig | None = None,
+        batches_per_epoch: int = 100,
+        val_batches: int = 2,
+        seed: int | None = None,
+        synthesize_if_missing: bool = True,
+        synth: SynthConfig | None = None,
+        log_preview: bool = True,
+        max_retries: int = 8,
+    ) -> None:
+        super().__init__()
+        if num_frames < 1 or frame_stride < 1 or height < 1 or width < 1:
+            raise ValueError("num_frames, frame_stride, height and width must be >= 1")
+        if task == "hvg" and num_views < 1:
+            raise ValueError("num_views must be >= 1")
+        if batch_size < 1 or batches_per_epoch < 1 or num_workers < 0 or val_batches < 0:
+            raise ValueError(
+                "batch_size and batches_per_epoch must be >= 1, num_workers and val_batches >= 0"
+            )
+        self.save_hyperparameters(ignore=["augment", "synth"])
+        # checkpoints are loaded with weights_only=True: keep hparams to plain types
+        self.hparams["root"] = str(root)
+        self.hparams["extra_roots"] = [str(r) for r in (extra_roots or [])]
+        self.root = Path(root)
+        self.roots = [self.root, *(Path(r) for r in (extra_roots or []))]
+        self.task = task
+        self.spec = SampleSpec(task, num_frames, frame_stride, height, width, num_views, crop)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.persistent_workers, self.prefetch_factor, self.pin_memory = (
+            persistent_workers,
+            prefetch_factor,
+            pin_memory,
+        )
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
+        self.synthesize_if_missing, self.synth = synthesize_if_missing, synth or SynthConfig()
+        self.log_preview, self.max_retries = log_preview, max_retries
+        if weights is None:
+            weights = {"multiview": 1.0} if task == "hvg" else {s: 1.0 for s in SOURCES}
+        self._seed = seed
+        self.stream = MixtureStream(weights, cross_view, seed=self._resolve_seed(), hvg=task == "hvg")
+        self.pools: dict[str, list[ClipRecord]] = {}
+        self.problems: list[Problem] = []
+        self.skipped_draws = 0
+        self._consumed = 0
+        self._preview_done = False
+        self._train_set: ClipDataset | None = None
+
+    # ---- the scheduler's door (docs/contracts.md) ------------------------------------------------
+    def set_mixture(self, weights: dict[str, float], cross_view: float) -> None:
+        """New source weights and cross-view fraction; they apply from the next batch drawn."""
+
+        self.stream.set_mixture(weights, cross_view)
+
+    def mixture_state(self) -> dict[str, Any]:
+        """The stream state as of the last training batch consumed (for checkpoints)."""
+
+        return self.stream.state_at(self._consumed)
+
+    def load_mixture_state(self, state: dict[str, Any]) -> None:
+        self.stream.load_state(state)
+        self._consumed = int(state["position"])
+
+    @property
+    def invalid_clips(self) -> int:
+        return len(self.problems)
+
+    # ---- Lightning checkpoint hooks --------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixture": self.mixture_state(), "skipped_draws": self.skipped_draws}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.load_mixture_state(state_dict["mixture"])
+        self.skipped_draws = int(state_dict.get("skipped_draws", 0))
+
+    # ---- data ------------------------------------------------------------------------------------
+    def _resolve_seed(self) -> int:
+        if self._seed is not None:
+            return int(self._seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+    def prepare_data(self) -> None:
+        if (self.root / MANIFEST_NAME).is_file():
+            return
+        if not self.synthesize_if_missing:
+            raise FileNotFoundError(
+                f"no {MANIFEST_NAME} in {self.root}; build one with `python -m dimo.cli data synth --out {self.root}` "
+                "or set synthesize_if_missing: true"
+            )
+        from dimo.data.synth import synthesize
+
+        log.info("building the toy-human dataset at %s", self.root)
+        synthesize(self.root, self.synth)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.pools:
+            return
+        if not (self.root / MANIFEST_NAME).is_file():
+            self.prepare_data()  # plain use without a Trainer
+        pools: dict[str, list[ClipRecord]] = {s: [] for s in SOURCES}
+        problems: list[Problem] = []
+        ineligible = 0
+        for root in self.roots:
+            records, bad = load_manifest(root)
+            problems += bad
+            for rec in records:
+                reason = usable_reason(rec, self.spec)
+                if reason is not None:
+                    problems.append(Problem(rec.id, "clip", reason))
+                elif ineligible_reason(rec, self.spec) is None:
+                    pools[rec.source].append(rec)
+                else:
+                    ineligible += 1
+        self.pools, self.problems = pools, problems
+        for p in problems:
+            log.warning("skipping %s (%s): %s", p.clip_id, p.part, p.reason)
+        if not any(pools.values()):
+            raise RuntimeError(f"no usable clips in {[str(r) for r in self.roots]} ({len(problems)} skipped)")
+        counts = {s: len(v) for s, v in pools.items()}
+        log.info(
+            "clips per source: %s; broken (skipped): %d; not usable for task %r: %d",
+            counts,
+            len(problems),
+            self.task,
+            ineligible,
+        )
+        rank, world = self._rank_world()
+        self.stream.bind(counts, self.batch_size * world)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = getattr(self, "_trainer", None) or getattr(self, "trainer", None)
+        if trainer is None:
+            return 0, 1
+        return int(trainer.global_rank), int(trainer.world_size)
+
+    def _loader(self, dataset: Dataset, sampler=None, shuffle: bool = False) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+            pin_memory=self.pin_memory,
+            collate_fn=default_collate,
+            drop_last=sampler is not None,
+        )
+
+    def train_dataset(self) -> ClipDataset:
+        if self._train_set is None:
+            self.setup("fit")
+            augment = self.augment if self.task == "3dimo" else None
+            self._train_set = ClipDataset(self.pools, self.spec, augment, self.max_retries)
+        return self._train_set
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset()
+        rank, world = self._rank_world()
+        self.stream.bind({s: len(v) for s, v in self.pools.items()}, self.batch_size * world)
+        sampler = MixtureSampler(self.stream, self.batch_size, self.batches_per_epoch, rank, world)
+        return self._loader(dataset, sampler)
+
+    def val_keys(self) -> list[SampleKey]:
+        """Fixed validation sample keys, drawn from the initial law with a separate seed."""
+
+        self.setup("validate")
+        weights, cross_view = self.stream.law(0)
+        stream = MixtureStream(weights, cross_view, seed=self.stream.seed + 104_729, hvg=self.task == "hvg")
+        stream.bind({s: len(v) for s, v in self.pools.items()}, self.batch_size)
+        return [k for _ in range(self.val_batches) for k in stream.draw()]
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = ClipDataset(self.pools, self.spec, None, self.max_retries)
+        return self._loader(_FixedKeys(dataset, self.val_keys()))
+
+    # ---- per-batch bookkeeping -------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, dict) or "_draw" not in batch:
+            return batch
+        draw = batch.pop("_draw")
+        skipped = batch.pop("_skipped")
+        trainer = getattr(self, "trainer", None)
+        training = trainer is not None and trainer.training and not trainer.sanity_checking
+        if training or trainer is None:
+            self._consumed = int(torch.as_tensor(draw).max()) + 1
+            self.skipped_draws += int(torch.as_tensor(skipped).sum())
+        if training:
+            self._log_stats(trainer)
+            if self.log_preview and not self._preview_done:
+                self._preview_done = True
+                self._write_preview(trainer, batch)
+        return batch
+
+    def _log_stats(self, trainer) -> None:
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
+        if trainer.global_step % every:
+            return
+        stats = torch.tensor([float(self.skipped_draws), float(self.invalid_clips)])
+        if trainer.world_size > 1:
+            stats = trainer.strategy.reduce(stats.to(trainer.strategy.root_device), reduce_op="sum").cpu()
+            stats[1] /= trainer.world_size  # every rank saw the same invalid records
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"data/skipped": float(stats[0]), "data/invalid_clips": float(stats[1])},
+                step=trainer.global_step,
+            )
+
+    def _write_preview(self, trainer, batch: dict[str, Any]) -> None:
+        if not trainer.is_global_zero:
+            return
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        from dimo.data.preview import batch_grid
+
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        grid = batch_grid(batch)  # (3, H', W') in [0, 1]
+        for lg in loggers:
+            lg.experiment.add_image("data/batch", grid, trainer.global_step)
+
+    def summary(self) -> dict[str, Any]:
+        """Clips per source and the problems found at setup (for logs and the CLI)."""
+
+        self.setup("fit")
+        return {
+            "clips": {s: len(v) for s, v in self.pools.items()},
+            "invalid_clips": self.invalid_clips,
+            "problems": Counter(p.part for p in self.problems),
+        }

@@ -1,0 +1,316 @@
+"""The on-disk clip format: a ``manifest.jsonl`` (one JSON record per clip) plus the files it names.
+
+One format for real and synthetic data. A dataset root looks like::
+
+    ROOT/manifest.jsonl
+    ROOT/clips/ue5_0003/view_00.mp4   (H.264, uint8 RGB)
+    ROOT/clips/ue5_0003/view_01.mp4
+    ROOT/clips/ue5_0003/motion.npz
+
+A record (one line of ``manifest.jsonl``, shown indented; full example in ``docs/data.md``)::
+
+    {"id": "ue5_0003", "source": "ue5", "fps": 24.0, "num_frames": 20, "height": 64, "width": 64,
+     "caption": "a person in a red top",                       # optional
+     "views": [{"name": "orbit", "video": "clips/ue5_0003/view_00.mp4",
+                "camera_prompt": "Front view. The camera orbits to the left.",
+                "K": [[3x3]] or [T x [3x3]] or null,           # pixels of the stored video
+                "R": [[3x3]] or [T x [3x3]] or null,           # world-to-camera (OpenCV)
+                "t": [3] or [T x [3]] or null}, ...],
+     "motion": {"file": "clips/ue5_0003/motion.npz",
+                "body": "gt", "hands": "gt", "joints3d": "gt"}}  # each "gt" | "pseudo" | "missing"
+
+The motion file (``.npz``) holds per-frame SMPL-X style parameters in axis-angle, any subset of:
+``global_orient (T, 3)``, ``body_pose (T, 21, 3)``, ``hand_pose (T, 30, 3)`` (left 15 then right 15),
+``jaw_pose (T, 3)``, ``eye_pose (T, 2, 3)``, ``transl (T, 3)``, ``betas (B,)``, ``rest_joints (55, 3)`` (the subject's rest skeleton, for FK),
+``joints (T, 55, 3)`` (world joints, metres), and optional per-frame masks ``body_valid (T,)``,
+``hand_valid (T, 2)``. A part whose label is ``"missing"`` need not be in the file.
+
+Parsing is strict and cheap (no file is opened): :func:`parse_record` raises :class:`RecordError` with
+the reason, :func:`load_manifest` collects good records and ``(id, reason)`` problems side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LABEL_KINDS",
+    "MANIFEST_NAME",
+    "SOURCES",
+    "ClipRecord",
+    "MotionError",
+    "MotionRecord",
+    "Problem",
+    "RecordError",
+    "ViewRecord",
+    "load_manifest",
+    "load_motion",
+    "parse_record",
+    "write_manifest",
+]
+
+MANIFEST_NAME = "manifest.jsonl"
+SOURCES = ("internet", "ue5", "multiview")
+LABEL_KINDS = ("gt", "pseudo", "missing")
+
+MOTION_SHAPES: dict[str, tuple[int, ...]] = {
+    # key -> per-frame shape (the leading T is implied)
+    "global_orient": (3,),
+    "body_pose": (21, 3),
+    "hand_pose": (30, 3),
+    "jaw_pose": (3,),
+    "eye_pose": (2, 3),
+    "transl": (3,),
+    "joints": (55, 3),
+    "body_valid": (),
+    "hand_valid": (2,),
+}
+
+
+class RecordError(ValueError):
+    """A manifest record is malformed (missing key, wrong type or shape, unknown source...)."""
+
+
+class MotionError(ValueError):
+    """A motion file is missing, unreadable or has arrays of the wrong shape."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset: the clip (or ``line N``), what part, and why."""
+
+    clip_id: str
+    part: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ViewRecord:
+    video: str  # path relative to the dataset root (or absolute)
+    camera_prompt: str
+    name: str = ""
+    K: list | None = None  # (3, 3) static or (T, 3, 3)
+    R: list | None = None  # (3, 3) static or (T, 3, 3), world-to-camera
+    t: list | None = None  # (3,) static or (T, 3)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.K is not None and self.R is not None and self.t is not None
+
+    def cameras(self, num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-frame ``K (T, 3, 3)``, ``R (T, 3, 3)``, ``t (T, 3)`` as float64 (static ones broadcast)."""
+
+        if not self.calibrated:
+            raise RecordError(f"view {self.name or self.video!r} has no camera calibration")
+        K = np.asarray(self.K, dtype=np.float64)
+        R = np.asarray(self.R, dtype=np.float64)
+        t = np.asarray(self.t, dtype=np.float64)
+        K = np.broadcast_to(K, (num_frames, 3, 3)) if K.ndim == 2 else K
+        R = np.broadcast_to(R, (num_frames, 3, 3)) if R.ndim == 2 else R
+        t = np.broadcast_to(t, (num_frames, 3)) if t.ndim == 1 else t
+        return K, R, t
+
+
+@dataclass(frozen=True)
+class MotionRecord:
+    file: str
+    body: str = "gt"
+    hands: str = "gt"
+    joints3d: str = "gt"
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    id: str
+    source: str
+    fps: float
+    num_frames: int
+    views: tuple[ViewRecord, ...]
+    height: int | None = None
+    width: int | None = None
+    motion: MotionRecord | None = None
+    caption: str | None = None
+    root: Path = field(default=Path("."), compare=False)  # where relative paths resolve
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else self.root / p
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("root")
+        d["views"] = [{k: v for k, v in view.items() if v is not None} for view in d["views"]]
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def _check_matrix(value: Any, shape: tuple[int, ...], num_frames: int, what: str) -> list:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != shape and arr.shape != (num_frames, *shape):
+        raise RecordError(f"{what} must have shape {shape} or {(num_frames, *shape)}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise RecordError(f"{what} has non-finite values")
+    return arr.tolist()
+
+
+def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
+    """Validate one decoded JSON record -> :class:`ClipRecord` (raises :class:`RecordError`)."""
+
+    if not isinstance(raw, dict):
+        raise RecordError(f"record must be a JSON object, got {type(raw).__name__}")
+    for key in ("id", "source", "fps", "num_frames", "views"):
+        if key not in raw:
+            raise RecordError(f"missing key {key!r}")
+    clip_id = raw["id"]
+    if not isinstance(clip_id, str) or not clip_id:
+        raise RecordError("'id' must be a non-empty string")
+    if raw["source"] not in SOURCES:
+        raise RecordError(f"source must be one of {SOURCES}, got {raw['source']!r}")
+    fps, num_frames = raw["fps"], raw["num_frames"]
+    if not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise RecordError(f"fps must be a positive number, got {fps!r}")
+    if not isinstance(num_frames, int) or num_frames <= 0:
+        raise RecordError(f"num_frames must be a positive integer, got {num_frames!r}")
+    for key in ("height", "width"):
+        if raw.get(key) is not None and (not isinstance(raw[key], int) or raw[key] <= 0):
+            raise RecordError(f"{key} must be a positive integer, got {raw[key]!r}")
+    views_raw = raw["views"]
+    if not isinstance(views_raw, list) or not views_raw:
+        raise RecordError("'views' must be a non-empty list")
+    views = []
+    for i, v in enumerate(views_raw):
+        if not isinstance(v, dict) or not isinstance(v.get("video"), str):
+            raise RecordError(f"views[{i}] must be an object with a 'video' path")
+        prompt = v.get("camera_prompt", "")
+        if not isinstance(prompt, str):
+            raise RecordError(f"views[{i}].camera_prompt must be a string")
+        cams = {}
+        for key, shape in (("K", (3, 3)), ("R", (3, 3)), ("t", (3,))):
+            if v.get(key) is not None:
+                cams[key] = _check_matrix(v[key], shape, num_frames, f"views[{i}].{key}")
+        views.append(ViewRecord(video=v["video"], camera_prompt=prompt, name=str(v.get("name", "")), **cams))
+    motion = None
+    if raw.get("motion") is not None:
+        m = raw["motion"]
+        if not isinstance(m, dict) or not isinstance(m.get("file"), str):
+            raise RecordError("'motion' must be an object with a 'file' path")
+        flags = {}
+        for key in ("body", "hands", "joints3d"):
+            flags[key] = m.get(key, "gt")
+            if flags[key] not in LABEL_KINDS:
+                raise RecordError(f"motion.{key} must be one of {LABEL_KINDS}, got {flags[key]!r}")
+        motion = MotionRecord(file=m["file"], **flags)
+    caption = raw.get("caption")
+    if caption is not None and not isinstance(caption, str):
+        raise RecordError("'caption' must be a string")
+    return ClipRecord(
+        id=clip_id,
+        source=raw["source"],
+        fps=float(fps),
+        num_frames=num_frames,
+        views=tuple(views),
+        height=raw.get("height"),
+        width=raw.get("width"),
+        motion=motion,
+        caption=caption,
+        root=Path(root),
+    )
+
+
+def load_manifest(root: str | os.PathLike) -> tuple[list[ClipRecord], list[Problem]]:
+    """Parse ``ROOT/manifest.jsonl`` -> (good records, problems). Duplicate ids are problems."""
+
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no {MANIFEST_NAME} in {root} (build a toy dataset with `dimo data synth`)")
+    records: list[ClipRecord] = []
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            label = f"line {lineno}"
+            try:
+                raw = json.loads(line)
+                label = str(raw.get("id", label)) if isinstance(raw, dict) else label
+                rec = parse_record(raw, root)
+            except (json.JSONDecodeError, RecordError) as err:
+                problems.append(Problem(label, "record", str(err)))
+                continue
+            if rec.id in seen:
+                problems.append(Problem(rec.id, "record", "duplicate id"))
+                continue
+            seen.add(rec.id)
+            records.append(rec)
+    return records, problems
+
+
+def write_manifest(root: str | os.PathLike, records: Iterable[ClipRecord | dict[str, Any]]) -> Path:
+    """Write records as JSON lines atomically (temp file + rename)."""
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / MANIFEST_NAME
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec.to_json() if isinstance(rec, ClipRecord) else rec) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_motion(record: ClipRecord) -> dict[str, np.ndarray]:
+    """Load and shape-check a clip's motion file -> float32 arrays (bool for ``*_valid``).
+
+    Raises :class:`MotionError` naming the file and the reason when it is missing, unreadable, has a
+    wrong shape, too few frames, non-finite values, or lacks a part its flags call present.
+    """
+
+    if record.motion is None:
+        raise MotionError(f"{record.id}: record has no motion")
+    path = record.path(record.motion.file)
+    if not path.is_file():
+        raise MotionError(f"{path}: motion file not found")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except Exception as err:  # zipfile/np raise many types for corrupt archives
+        raise MotionError(f"{path}: unreadable motion file ({err})") from err
+    T = record.num_frames
+    out: dict[str, np.ndarray] = {}
+    for key, arr in data.items():
+        if key in MOTION_SHAPES:
+            want = (T, *MOTION_SHAPES[key])
+            if arr.shape != want:
+                raise MotionError(f"{path}: {key} has shape {arr.shape}, expected {want}")
+        elif key == "rest_joints" and arr.shape != (55, 3):
+            raise MotionError(f"{path}: rest_joints has shape {arr.shape}, expected (55, 3)")
+        elif key == "betas" and arr.ndim != 1:
+            raise MotionError(f"{path}: betas must be 1-D, got {arr.shape}")
+        if key.endswith("_valid"):
+            out[key] = arr.astype(bool)
+        else:
+            if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+                raise MotionError(f"{path}: {key} is not a finite numeric array")
+            out[key] = arr.astype(np.float32)
+    flags = record.motion
+    need = []
+    if flags.body != "missing":
+        need += ["body_pose"]
+    if flags.hands != "missing":
+        need += ["hand_pose"]
+    if flags.joints3d != "missing":
+        need += ["joints"]
+    missing = [k for k in need if k not in out]
+    if missing:
+        raise MotionError(f"{path}: arrays {missing} absent but the record's flags say they are present")
+    return out

@@ -1,0 +1,247 @@
+"""Video IO with PyAV: probe, read a frame range with seeking, resize/crop, write H.264 MP4 atomically.
+
+Frame ``i`` of a video is the frame whose presentation time is ``i / fps`` after the stream start.
+:func:`read_frames` seeks to the keyframe at or before the first wanted frame and decodes forward
+only as far as the last wanted frame, so reading a short window of a long video costs one GOP plus
+the window, not the whole file.
+
+Resizing goes through libswscale (``VideoFrame.reformat``) while decoding; cropping is a numpy slice.
+:func:`resize_crop_plan` says how a ``(src_h, src_w)`` frame becomes ``(dst_h, dst_w)`` and
+:func:`adjust_intrinsics` applies the same plan to a pinhole ``K`` so projections stay exact.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+
+__all__ = [
+    "CropMode",
+    "ResizeCropPlan",
+    "VideoError",
+    "VideoInfo",
+    "adjust_intrinsics",
+    "probe",
+    "read_frames",
+    "resize_crop_plan",
+    "write_video",
+]
+
+CropMode = Literal["center", "resize"]
+
+
+class VideoError(RuntimeError):
+    """A video file is missing, unreadable, truncated or has unexpected content."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int  # from the container header when present, else counted by decoding
+    fps: float
+    height: int
+    width: int
+    codec: str
+
+
+@dataclass(frozen=True)
+class ResizeCropPlan:
+    """Scale the source to ``(scaled_h, scaled_w)``, then keep rows ``top:top+out_h``, cols ``left:left+out_w``."""
+
+    scaled_h: int
+    scaled_w: int
+    top: int
+    left: int
+    out_h: int
+    out_w: int
+
+
+def resize_crop_plan(
+    src_h: int, src_w: int, dst_h: int, dst_w: int, mode: CropMode = "center"
+) -> ResizeCropPlan:
+    """``center``: scale so the frame covers ``(dst_h, dst_w)`` (aspect kept), then centre-crop.
+    ``resize``: stretch to ``(dst_h, dst_w)`` (aspect not kept)."""
+
+    if min(src_h, src_w, dst_h, dst_w) <= 0:
+        raise ValueError(f"sizes must be positive, got src {src_h}x{src_w}, dst {dst_h}x{dst_w}")
+    if mode == "resize":
+        return ResizeCropPlan(dst_h, dst_w, 0, 0, dst_h, dst_w)
+    if mode != "center":
+        raise ValueError(f"crop mode must be 'center' or 'resize', got {mode!r}")
+    scale = max(dst_h / src_h, dst_w / src_w)
+    scaled_h = max(dst_h, round(src_h * scale))
+    scaled_w = max(dst_w, round(src_w * scale))
+    return ResizeCropPlan(scaled_h, scaled_w, (scaled_h - dst_h) // 2, (scaled_w - dst_w) // 2, dst_h, dst_w)
+
+
+def adjust_intrinsics(K: np.ndarray, src_h: int, src_w: int, plan: ResizeCropPlan) -> np.ndarray:
+    """Intrinsics (..., 3, 3) of the source frame -> intrinsics of the resized and cropped frame."""
+
+    K = np.array(K, dtype=np.float64, copy=True)
+    sx, sy = plan.scaled_w / src_w, plan.scaled_h / src_h
+    K[..., 0, :] *= sx
+    K[..., 1, :] *= sy
+    K[..., 0, 2] -= plan.left
+    K[..., 1, 2] -= plan.top
+    return K
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: video file not found")
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise VideoError(f"{path}: cannot open video ({err})") from err
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: no video stream")
+    return container
+
+
+def _stream_fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate:
+        raise VideoError(f"stream has no frame rate: {stream}")
+    return float(rate)
+
+
+def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
+    """Header facts of a video; ``count=True`` decodes every frame to count them (catches truncation)."""
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        num = stream.frames
+        if count or not num:
+            num = 0
+            try:
+                for _ in container.decode(stream):
+                    num += 1
+            except av.error.FFmpegError as err:
+                raise VideoError(f"{path}: decoding failed after {num} frames ({err})") from err
+        return VideoInfo(int(num), fps, stream.height, stream.width, stream.codec_context.name)
+    finally:
+        container.close()
+
+
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int],
+    size: tuple[int, int] | None = None,
+    mode: CropMode = "center",
+) -> np.ndarray:
+    """Decode the frames ``indices`` (sorted, distinct, >= 0) -> uint8 (N, H, W, 3) RGB.
+
+    ``size=(height, width)`` resizes (and crops with ``mode="center"``) while decoding. Raises
+    :class:`VideoError` when a wanted frame is not in the file (truncated or short video) or the
+    stream cannot be decoded.
+    """
+
+    wanted = [int(i) for i in indices]
+    if not wanted:
+        raise ValueError("indices must not be empty")
+    if any(b <= a for a, b in zip(wanted, wanted[1:])) or wanted[0] < 0:
+        raise ValueError(f"indices must be sorted, distinct and >= 0, got {wanted[:8]}...")
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = _stream_fps(stream)
+        tb = stream.time_base or Fraction(1, 1)
+        tb_s = float(tb)  # Fraction arithmetic per frame is measurably slow
+        start = stream.start_time or 0
+        plan = None
+        if size is not None:
+            plan = resize_crop_plan(stream.height, stream.width, size[0], size[1], mode)
+        first_pts = start + int(Fraction(wanted[0]) / Fraction(fps).limit_denominator(1_000_000) / tb)
+        if wanted[0] > 0:
+            container.seek(first_pts, stream=stream, backward=True, any_frame=False)
+        out: list[np.ndarray] = []
+        pos = 0
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    raise VideoError(f"{path}: frame without timestamp")
+                idx = round((frame.pts - start) * tb_s * fps)
+                if idx < wanted[pos]:
+                    continue
+                if idx > wanted[pos]:
+                    raise VideoError(f"{path}: frame {wanted[pos]} missing (next decoded frame is {idx})")
+                if plan is None:
+                    img = frame.to_ndarray(format="rgb24")
+                else:
+                    img = frame.reformat(width=plan.scaled_w, height=plan.scaled_h, format="rgb24")
+                    img = img.to_ndarray()[
+                        plan.top : plan.top + plan.out_h, plan.left : plan.left + plan.out_w
+                    ]
+                out.append(img)
+                pos += 1
+                if pos == len(wanted):
+                    break
+        except av.error.FFmpegError as err:
+            raise VideoError(
+                f"{path}: decoding failed near frame {wanted[min(pos, len(wanted) - 1)]} ({err})"
+            ) from err
+        if pos != len(wanted):
+            raise VideoError(
+                f"{path}: got {pos} of {len(wanted)} wanted frames (frame {wanted[pos]} not found; "
+                "truncated or too short video)"
+            )
+        return np.ascontiguousarray(np.stack(out))  # (N, H, W, 3) uint8
+    finally:
+        container.close()
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float,
+    crf: int = 18,
+    preset: str = "veryfast",
+    gop: int | None = None,
+) -> Path:
+    """Write uint8 (T, H, W, 3) RGB frames as H.264 (yuv420p) MP4, atomically (temp file + rename).
+
+    Frame ``i`` gets pts ``i`` in time base ``1/fps`` so readers find it at ``i / fps``.
+    """
+
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if t == 0:
+        raise ValueError("cannot write a video with no frames")
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w}")
+    rate = Fraction(fps).limit_denominator(1001)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    try:
+        with av.open(tmp, mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.time_base = 1 / rate
+            stream.codec_context.gop_size = gop or max(1, round(fps))
+            stream.options = {"crf": str(crf), "preset": preset, "bf": "0"}
+            for i in range(t):
+                frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+                frame.pts = i
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
