@@ -45,3 +45,62 @@ bench: setup
 PREVIEW_ARGS ?=
 preview: setup
 	$(PY) -m dimo.cli geometry preview --out runs/geometry_preview $(if $(MOTION),--motion $(MOTION)) $(PREVIEW_ARGS)
+
+# 3DiMo (docs/3dimo.md). `make train-stage1`: stage 1 on the toy data, tiny preset, CPU (TensorBoard run
+# and checkpoints under runs/3dimo/stage1). train-stage2/3 resume from the previous stage's last.ckpt
+# (global step continues; the previous stage is trained first if its checkpoint is missing);
+# `make train` = all three. Paper scale: CONFIG="experiments/3dimo.yaml experiments/3dimo_paper.yaml".
+CONFIG ?= experiments/3dimo.yaml
+ARGS ?=
+RUN_DIR ?= runs/3dimo
+THREEDIMO_FIT = $(PY) -m dimo.cli fit $(foreach c,$(CONFIG),--config $(c))
+threedimo_stage = $(THREEDIMO_FIT) --config experiments/3dimo_stage$(1).yaml \
+	--trainer.logger.init_args.save_dir=$(dir $(RUN_DIR)) --trainer.logger.init_args.name=$(notdir $(RUN_DIR)) \
+	--trainer.logger.init_args.version=stage$(1) --checkpoint.dirpath=$(RUN_DIR)/stage$(1)/checkpoints
+.PHONY: train train-stage1 train-stage2 train-stage3
+
+train-stage1: setup data
+	rm -rf $(RUN_DIR)/stage1
+	$(call threedimo_stage,1) $(ARGS)
+
+train-stage2: setup data
+	test -f $(RUN_DIR)/stage1/checkpoints/last.ckpt || $(MAKE) train-stage1
+	rm -rf $(RUN_DIR)/stage2
+	$(call threedimo_stage,2) --ckpt_path=$(RUN_DIR)/stage1/checkpoints/last.ckpt $(ARGS)
+
+train-stage3: setup data
+	test -f $(RUN_DIR)/stage2/checkpoints/last.ckpt || $(MAKE) train-stage2
+	rm -rf $(RUN_DIR)/stage3
+	$(call threedimo_stage,3) --ckpt_path=$(RUN_DIR)/stage2/checkpoints/last.ckpt $(ARGS)
+
+train: train-stage1
+	$(MAKE) train-stage2
+	$(MAKE) train-stage3
+
+# HVG (docs/hvg.md). `make train-hvg`: tiny preset on the toy multi-view data, CPU, minutes (TensorBoard
+# run and checkpoints under runs/hvg). Paper scale: HVG_CONFIG="experiments/hvg.yaml experiments/hvg_paper_phase1.yaml".
+HVG_CONFIG ?= experiments/hvg.yaml
+.PHONY: train-hvg
+train-hvg: setup data
+	$(PY) -m dimo.cli fit $(foreach c,$(HVG_CONFIG),--config $(c)) $(ARGS)
+
+# Score generated videos against references (mp4 or frame folders, matched by name); weights are read
+# from $(DIMO_WEIGHTS_DIR) (never downloaded). Example:
+#   make eval GENERATED=runs/gen REFERENCE=data/ref METRICS="fid fvd lpips_alex ssim psnr"
+.PHONY: eval
+GENERATED ?=
+REFERENCE ?=
+METRICS ?= fid fvd fid_vid lpips_alex ssim psnr l1
+EVAL_ARGS ?=
+eval: setup
+	@test -n "$(GENERATED)" -a -n "$(REFERENCE)" || { echo "usage: make eval GENERATED=DIR REFERENCE=DIR [METRICS=...] [EVAL_ARGS=...]"; exit 2; }
+	$(PY) -m dimo.cli evaluate --generated "$(GENERATED)" --reference "$(REFERENCE)" --metrics $(METRICS) $(EVAL_ARGS)
+
+# Toy-human dataset (docs/data.md): `make data` builds data/toy once (skipped when its manifest exists;
+# `make data DATA_ARGS=--force` rebuilds) and validates it. Bigger sets: DATA_ARGS="--clips-per-source 50 --frames 48".
+DATA_ROOT ?= data/toy
+DATA_ARGS ?=
+.PHONY: data
+data: setup
+	@if [ -f $(DATA_ROOT)/manifest.jsonl ] && [ -z "$(DATA_ARGS)" ]; then echo "$(DATA_ROOT) is built"; else \
+		$(PY) -m dimo.cli data synth --out $(DATA_ROOT) $(DATA_ARGS) && $(PY) -m dimo.cli data validate $(DATA_ROOT); fi

@@ -35,7 +35,8 @@ def _config_chain(path: Path) -> list[Path]:
 
 
 def _parse_args(path: Path, tmp_path: Path) -> list[str]:
-    args = ["fit"]
+    # run=False: LightningCLI then takes no subcommand, exactly the `fit` arguments.
+    args: list[str] = []
     for p in _config_chain(path):
         args += ["--config", str(p)]
     # Keep the parse side-effect free: logs and checkpoints go to a temp folder.
@@ -52,7 +53,7 @@ def test_config_parses(path: Path, tmp_path: Path):
         # Paper-scale configs name local pretrained folders that do not exist here: parse and
         # type-check them fully, but do not instantiate (their models are counted on `meta` elsewhere).
         cli = _ParseOnlyCLI(args=_parse_args(path, tmp_path), run=False)
-        assert cli.config["fit"]["model"]["class_path"]
+        assert cli.config["model"]["class_path"]
     else:
         cli = run_lightning(_parse_args(path, tmp_path), run=False)
         assert cli.model is not None and cli.datamodule is not None

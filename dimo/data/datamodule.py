@@ -268,6 +268,7 @@ class ViewRichDataModule(LightningDataModule):
         return [k for _ in range(self.val_batches) for k in stream.draw()]
 
     def val_dataloader(self) -> DataLoader:
+        self.setup("validate")  # no-op once set up; lets plain (Trainer-less) use work too
         dataset = ClipDataset(self.pools, self.spec, None, self.max_retries)
         return self._loader(_FixedKeys(dataset, self.val_keys()))
 

@@ -1,0 +1,8 @@
+"""HVG (Wang et al., arXiv 2602.21188): bone-map driven multi-view SVD, see ``docs/hvg.md``."""
+
+from dimo.models.hvg.config import HVGConfig
+from dimo.models.hvg.module import HVGModule
+from dimo.models.hvg.network import HVGUNet, build_unet
+from dimo.models.hvg.sampling import ProgressiveSampler
+
+__all__ = ["HVGConfig", "HVGModule", "HVGUNet", "ProgressiveSampler", "build_unet"]

@@ -1,0 +1,334 @@
+"""``HVGModule``: EDM training of the HVG network on V x T grids, sampling, video logging.
+
+Training step (one HVG batch, ``docs/contracts.md``):
+
+1. frozen VAE: target (B, V, T, 3, H, W) -> scaled latents x0 (B, V, T, 4, h, w); reference ->
+   clean scaled latent (ReferenceNet input) and SVD's conditioning latent (unscaled mode of the
+   noise-augmented reference); frozen CLIP: reference -> image embedding (B, 1, D);
+2. bone maps rendered on the training device from ``joints3d`` and the aligned cameras;
+3. EDM: ``log sigma ~ N(P_mean, P_std)`` per sample, ``x = x0 + sigma n``, network on ``c_in x`` at
+   ``c_noise``, MSE to the v-style target (== EDM-weighted denoising loss, see
+   :mod:`dimo.diffusion.edm`);
+4. classifier-free-guidance dropout: with probability ``cfg_drop_prob`` a sample loses every
+   reference pathway (CLIP, concatenated latent, ReferenceNet) at once.
+
+All randomness of a step (sigma, noise, dropout, noise augmentation) comes from a generator seeded
+by ``(seed, global_step, rank)``, so a resumed run repeats the uninterrupted one exactly.
+Every ``log_video_every_n_steps`` steps rank 0 samples the first grid of the batch with the
+progressive sampler and logs a GIF ``generated | target | normal | depth`` (rows: views) to
+TensorBoard.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from dimo.diffusion.edm import EDM
+from dimo.models.hvg.conditioning import render_pose_maps
+from dimo.models.hvg.config import HVGConfig
+from dimo.models.hvg.network import build_image_encoder, build_unet, build_vae
+from dimo.models.hvg.sampling import ProgressiveSampler
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_FROZEN = ("vae.", "image_encoder.")
+
+
+class HVGModule(LightningModule):
+    """HVG training/sampling.
+
+    Args:
+        net: network preset and ablation switches.
+        pretrained: local SVD-xt diffusers folder (``unet/``, ``vae/``, ``image_encoder/``); ``None``
+            builds random weights (the ``tiny`` toy runs and tests).
+        init_from: Lightning checkpoint whose weights initialise this run (phase 2 from phase 1).
+        optimizer, lr_scheduler: injected by LightningCLI; only the UNet (+ HVG layers) is optimised.
+        edm: noise distribution / preconditioning / sampling schedule.
+        cfg_drop_prob: probability of dropping the reference (all pathways) per training sample.
+        noise_aug_strength, fps, motion_bucket_id: SVD's conditioning (``added_time_ids``).
+        sampler: progressive spatio-temporal sampler windows for logging / predict.
+        sample_steps, guidance_scale: sampling steps and CFG scale for logging / predict.
+        log_video_every_n_steps: GIF logging period (0 = never).
+        vae_chunk: images per VAE call.
+        noise_seed: base seed of the per-step generators (sigma, noise, dropout).
+    """
+
+    def __init__(
+        self,
+        net: HVGConfig | None = None,
+        pretrained: Path | None = None,
+        init_from: Path | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        edm: EDM | None = None,
+        cfg_drop_prob: float = 0.1,
+        noise_aug_strength: float = 0.02,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        sampler: ProgressiveSampler | None = None,
+        sample_steps: int = 10,
+        guidance_scale: float = 1.0,
+        log_video_every_n_steps: int = 0,
+        vae_chunk: int = 16,
+        noise_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
+        # load_from_checkpoint passes the dicts back, which are accepted here.
+        self.net_config = HVGConfig(**net) if isinstance(net, dict) else (net or HVGConfig())
+        self.edm = EDM(**edm) if isinstance(edm, dict) else (edm or EDM())
+        self.sampler = (
+            ProgressiveSampler(**sampler) if isinstance(sampler, dict) else (sampler or ProgressiveSampler())
+        )
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hparams.update(
+            net=asdict(self.net_config),
+            edm=asdict(self.edm),
+            sampler=asdict(self.sampler),
+            pretrained=None if pretrained is None else str(pretrained),
+            init_from=None if init_from is None else str(init_from),
+        )
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.pretrained = pretrained
+        self.unet = build_unet(self.net_config, pretrained)
+        self.vae = build_vae(self.net_config, pretrained).requires_grad_(False).eval()
+        self.image_encoder = build_image_encoder(self.net_config, pretrained).requires_grad_(False).eval()
+        self.cfg_drop_prob, self.noise_aug_strength = cfg_drop_prob, noise_aug_strength
+        self.fps, self.motion_bucket_id = fps, motion_bucket_id
+        self.sample_steps, self.guidance_scale = sample_steps, guidance_scale
+        self.log_video_every_n_steps, self.vae_chunk, self.noise_seed = (
+            log_video_every_n_steps,
+            vae_chunk,
+            noise_seed,
+        )
+        if init_from is not None:
+            self._init_from(Path(init_from))
+
+    # ---- frozen parts ---------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vae.eval()
+        self.image_encoder.eval()
+        return self
+
+    def _init_from(self, path: Path) -> None:
+        if not path.exists():
+            raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        own = self.state_dict()
+        state = {**{k: v for k, v in own.items() if k.startswith(_FROZEN)}, **state}
+        self.load_state_dict(state, strict=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Pretrained frozen parts are re-read from `pretrained`, not copied into every checkpoint.
+        if self.pretrained is not None:
+            sd = checkpoint["state_dict"]
+            for k in [k for k in sd if k.startswith(_FROZEN)]:
+                del sd[k]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sd = checkpoint["state_dict"]
+        if not any(k.startswith(_FROZEN) for k in sd):
+            sd.update({k: v for k, v in self.state_dict().items() if k.startswith(_FROZEN)})
+
+    def configure_optimizers(self):
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return opt
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self.lr_scheduler_factory(opt), "interval": "step"},
+        }
+
+    # ---- encoders -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, scaled: bool = True) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> latent mode (N, 4, H/8, W/8), times the VAE scale if ``scaled``."""
+
+        chunks = [self.vae.encode(c).latent_dist.mode() for c in images.split(self.vae_chunk)]
+        z = torch.cat(chunks)
+        return z * self.vae.config.scaling_factor if scaled else z
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """(N, 4, h, w) scaled latents, N a multiple of ``num_frames`` -> images (N, 3, H, W) in [-1, 1]."""
+
+        z = latents / self.vae.config.scaling_factor
+        step = max(num_frames, (self.vae_chunk // num_frames) * num_frames)
+        return torch.cat([self.vae.decode(c, num_frames=num_frames).sample for c in z.split(step)]).clamp(
+            -1, 1
+        )
+
+    @torch.no_grad()
+    def clip_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> CLIP image embedding (B, 1, D)."""
+
+        size = self.image_encoder.config.image_size
+        x = F.interpolate(
+            (images + 1) / 2, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+        )
+        mean = x.new_tensor(CLIP_MEAN)[:, None, None]
+        std = x.new_tensor(CLIP_STD)[:, None, None]
+        return self.image_encoder(pixel_values=(x - mean) / std).image_embeds[:, None]
+
+    # ---- conditioning -------------------------------------------------------------------------
+    def _generator(self, salt: int = 0) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(
+            (self.noise_seed * 1_000_003 + self.global_step * 7_919 + self.global_rank * 104_729 + salt)
+            % 2**63
+        )
+        return g
+
+    def conditioning(self, batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+        """Everything the network needs besides the noisy latents, for one batch."""
+
+        target = batch["target"]
+        b, v, t, _, h, w = target.shape
+        ref = batch["reference"]
+        aug = self.noise_aug_strength
+        noisy_ref = ref + aug * torch.randn(ref.shape, generator=gen, device=ref.device, dtype=ref.dtype)
+        ids = torch.tensor([self.fps - 1, self.motion_bucket_id, aug], device=ref.device, dtype=ref.dtype)
+        return {
+            "encoder_hidden_states": self.clip_embed(ref),
+            "added_time_ids": ids.expand(b, 3),
+            "cond_latent": self.encode_images(noisy_ref, scaled=False),
+            "reference_latent": self.encode_images(ref),
+            "pose_maps": render_pose_maps(
+                batch["joints3d"], batch["K"], batch["R"], batch["t"], h, w, self.net_config.pose_condition
+            ),
+            "rel_rot": batch["rel_rot"],
+        }
+
+    def forward(
+        self, noisy: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any], **kwargs
+    ) -> torch.Tensor:
+        """Denoised estimate D (B, V, T, 4, h, w) of ``noisy`` at noise level ``sigma`` (B,)."""
+
+        _, _, c_in, c_noise = self.edm.precondition(sigma)
+        scale = c_in.reshape(-1, *([1] * (noisy.ndim - 1))).to(noisy.dtype)
+        out = self.unet(noisy * scale, c_noise, **cond, **kwargs)
+        return self.edm.denoised(out, noisy, sigma)
+
+    # ---- training -----------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
+        target = batch["target"]
+        b, v, t = target.shape[:3]
+        cond = self.conditioning(batch, gen)
+        x0 = self.encode_images(target.flatten(0, 2)).reshape(b, v, t, *cond["reference_latent"].shape[1:])
+        sigma = self.edm.sample_sigma(b, gen, device=x0.device).to(x0.dtype)
+        noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        noisy = x0 + sigma.reshape(b, 1, 1, 1, 1, 1) * noise
+        keep = torch.rand(b, generator=gen, device=x0.device) >= self.cfg_drop_prob
+        _, _, c_in, c_noise = self.edm.precondition(sigma)
+        out = self.unet(noisy * c_in.reshape(b, 1, 1, 1, 1, 1), c_noise, **cond, reference_keep=keep)
+        return F.mse_loss(out.float(), self.edm.v_target(x0, noisy, sigma).float())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch, self._generator())
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + batch_idx)
+        loss = self._loss(batch, gen)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0], sync_dist=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: dict[str, Any], batch_idx: int) -> None:
+        n = self.log_video_every_n_steps
+        if n <= 0 or self.global_step % n != 0 or not self.trainer.is_global_zero:
+            return
+        writer = getattr(self.logger, "experiment", None)
+        if writer is None or not hasattr(writer, "file_writer"):
+            return
+        one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in batch.items()}
+        video = self.generate(one, gen=torch.Generator(device=self.device).manual_seed(self.noise_seed))
+        log_grid_gif(writer, "train/samples", self.grid_video(one, video), self.global_step)
+
+    # ---- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, batch: dict[str, Any], gen: torch.Generator | None = None, steps: int | None = None
+    ) -> torch.Tensor:
+        """Sample the batch's V x T grid with the progressive sampler: (B, V, T, 3, H, W) in [-1, 1]."""
+
+        was_training = self.training
+        self.eval()
+        try:
+            gen = gen or self._generator(salt=1)
+            target = batch["target"]
+            b, v, t, _, h, w = target.shape
+            cond = self.conditioning(batch, gen)
+            latent_shape = (b, v, t, *cond["reference_latent"].shape[1:])
+            noise = torch.randn(latent_shape, generator=gen, device=self.device, dtype=target.dtype)
+            uncond = torch.zeros(b, dtype=torch.bool, device=self.device)
+
+            def window(x, sigma, views, frames):
+                sub = dict(cond)
+                sub["pose_maps"] = {k: m[:, views][:, :, frames] for k, m in cond["pose_maps"].items()}
+                sub["rel_rot"] = cond["rel_rot"][:, views]
+                d = self(x, sigma, sub)
+                if self.guidance_scale != 1.0:
+                    d_u = self(x, sigma, sub, reference_keep=uncond)
+                    d = d_u + self.guidance_scale * (d - d_u)
+                return d
+
+            latents = self.sampler.sample(self.edm, window, noise, steps or self.sample_steps)
+            frames = self.decode_latents(latents.reshape(b * v * t, *latents.shape[3:]), num_frames=t)
+            return frames.reshape(b, v, t, 3, h, w)
+        finally:
+            self.train(was_training)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self.generate(batch)
+
+    @torch.no_grad()
+    def grid_video(self, batch: dict[str, Any], video: torch.Tensor) -> torch.Tensor:
+        """First sample: rows = views, columns = generated | target | bone maps -> (T, 3, V*H, C*W) in [0, 1]."""
+
+        target = batch["target"][0]  # (V, T, 3, H, W)
+        v, t, _, h, w = target.shape
+        maps = render_pose_maps(
+            batch["joints3d"][:1],
+            batch["K"][:1],
+            batch["R"][:1],
+            batch["t"][:1],
+            h,
+            w,
+            self.net_config.pose_condition,
+        )
+        cols = [video[0], target]
+        for m in maps.values():
+            m = m[0]
+            cols.append(m.expand(v, t, 3, h, w) if m.shape[2] == 1 else m[:, :, :3])
+        grid = torch.cat(cols, dim=-1)  # (V, T, 3, H, C*W)
+        grid = grid.permute(1, 2, 0, 3, 4).reshape(t, 3, v * h, grid.shape[-1])
+        return ((grid.float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def log_grid_gif(writer, tag: str, frames: torch.Tensor, step: int, fps: int = 4) -> None:
+    """Log (T, 3, H, W) frames in [0, 1] as an animated GIF image summary (what ``add_video`` writes,
+    without its moviepy dependency)."""
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    arr = (frames.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    images = [Image.fromarray(a) for a in arr]
+    buf = io.BytesIO()
+    images[0].save(
+        buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
+    h, w = arr.shape[1:3]
+    img = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=buf.getvalue())
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=img)]), step)

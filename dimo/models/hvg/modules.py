@@ -1,0 +1,194 @@
+"""HVG's additions to the SVD UNet: pose modulator, view attention, camera embedding, reference attention.
+
+All of them enter the pretrained UNet through narrow doors and start as no-ops where the paper's
+"training starts from SVD" requires it:
+
+* :class:`PoseModulator` - normal- and depth-map guiders (four convs each, ControlNet condition
+  encoder style, strided to the latent grid) fused by cross-attention; its output projection is
+  zero-initialised and added to the output of the UNet's ``conv_in``.
+* :class:`ViewAttention` - per pixel and frame, attention across the V views; placed after the
+  spatial transformer block and before the temporal one; zero-initialised output projection.
+* :class:`CameraEmbedding` - flattened relative rotation -> sinusoids -> MLP (last layer zero-init),
+  added to the timestep embedding.
+* :class:`ReferenceAttnProcessor` - diffusers attention processor for the spatial self-attention of
+  the down/mid blocks: keys/values are the block's own tokens joined with the ReferenceNet's tokens
+  (AnimateAnyone), with a per-sample mask used for classifier-free-guidance dropout.
+
+Per-call tensors (number of views, camera embedding, pose residual, reference features) travel
+through a shared :class:`ForwardState` that :class:`~dimo.models.hvg.network.HVGUNet` fills before
+calling diffusers' forward and clears afterwards (diffusers' SVD forward carries no extra kwargs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+
+@dataclass
+class ForwardState:
+    """Per-call tensors shared between :class:`HVGUNet` and the hooks/processors it installs."""
+
+    num_views: int = 1
+    num_frames: int = 1
+    camera_emb: torch.Tensor | None = None  # (B*V, time_embed_dim)
+    pose_residual: torch.Tensor | None = None  # (B*V*T, C0, h, w)
+    reference_features: dict[str, torch.Tensor] | None = None  # name -> (B, L, C)
+    reference_keep: torch.Tensor | None = None  # (B,) bool
+
+    def clear(self) -> None:
+        self.camera_emb = self.pose_residual = self.reference_features = self.reference_keep = None
+        self.num_views = self.num_frames = 1
+
+
+def zero_module(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class PoseGuider(nn.Module):
+    """Four convs (the last three stride 2): (N, C_in, H, W) -> (N, C_out, H/8, W/8)."""
+
+    def __init__(self, in_channels: int, channels: tuple[int, int, int, int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, ch in enumerate(channels):
+            layers += [nn.Conv2d(prev, ch, 3, stride=1 if i == 0 else 2, padding=1), nn.SiLU()]
+            prev = ch
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(x)
+
+
+class PoseModulator(nn.Module):
+    """Dual bone-map pose modulator.
+
+    ``maps`` holds one (N, C_k, H, W) tensor per guider (``normal`` 3, ``depth`` 1 or ``skeleton`` 3);
+    the output (N, out_channels, H/8, W/8) is added to the UNet's first conv output. With two guiders
+    the normal features query the depth features (cross-attention over the h*w tokens).
+    """
+
+    def __init__(
+        self,
+        in_channels: dict[str, int],
+        out_channels: int,
+        channels: tuple[int, int, int, int] = (16, 32, 96, 256),
+        fusion_heads: int = 4,
+    ):
+        super().__init__()
+        self.names = tuple(in_channels)
+        self.guiders = nn.ModuleDict({k: PoseGuider(c, channels) for k, c in in_channels.items()})
+        dim = channels[-1]
+        if len(self.names) == 2:
+            self.norm_q = nn.LayerNorm(dim)
+            self.norm_kv = nn.LayerNorm(dim)
+            self.fusion = Attention(
+                query_dim=dim, heads=fusion_heads, dim_head=dim // fusion_heads, out_bias=True
+            )
+        elif len(self.names) != 1:
+            raise ValueError(f"pose modulator takes one or two guiders, got {self.names}")
+        self.proj_out = zero_module(nn.Conv2d(dim, out_channels, 1))
+
+    def forward(self, maps: dict[str, torch.Tensor]) -> torch.Tensor:
+        missing = [k for k in self.names if k not in maps]
+        if missing:
+            raise KeyError(f"pose modulator needs maps {self.names}, missing {missing}")
+        feats = [self.guiders[k](maps[k]) for k in self.names]  # each (N, D, h, w)
+        if len(feats) == 1:
+            return self.proj_out(feats[0])
+        a, b = feats
+        n, d, h, w = a.shape
+        qa = a.flatten(2).transpose(1, 2)  # (N, h*w, D)
+        kb = b.flatten(2).transpose(1, 2)
+        fused = qa + self.fusion(self.norm_q(qa), encoder_hidden_states=self.norm_kv(kb)) + kb
+        fused = fused.transpose(1, 2).reshape(n, d, h, w)
+        return self.proj_out(fused)
+
+
+class ViewAttention(nn.Module):
+    """Residual attention across views for every (frame, pixel); identity at init (zero out-proj).
+
+    Input/output (B*V*T, L, C) as inside diffusers' spatial transformer blocks (batch outermost,
+    then views, then frames).
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(query_dim=dim, heads=heads, dim_head=dim // heads, out_bias=True)
+        zero_module(self.attn.to_out[0])
+
+    def forward(self, x: torch.Tensor, num_views: int, num_frames: int) -> torch.Tensor:
+        n, seq, c = x.shape
+        b = n // (num_views * num_frames)
+        y = x.reshape(b, num_views, num_frames, seq, c).permute(0, 2, 3, 1, 4)  # (B, T, L, V, C)
+        y = y.reshape(b * num_frames * seq, num_views, c)
+        y = self.attn(self.norm(y))  # (B*T*L, V, C)
+        y = y.reshape(b, num_frames, seq, num_views, c).permute(0, 3, 1, 2, 4).reshape(n, seq, c)
+        return x + y
+
+
+def rotation_features(rel_rot: torch.Tensor, num_frequencies: int) -> torch.Tensor:
+    """Sinusoidal features of flattened rotations: (N, 3, 3) -> (N, 9 * (1 + 2F))."""
+
+    flat = rel_rot.reshape(rel_rot.shape[0], 9)
+    freqs = math.pi * 2.0 ** torch.arange(num_frequencies, device=flat.device, dtype=flat.dtype)
+    ang = flat[..., None] * freqs  # (N, 9, F)
+    return torch.cat([flat, ang.sin().flatten(1), ang.cos().flatten(1)], dim=-1)
+
+
+class CameraEmbedding(nn.Module):
+    """Relative camera rotation (N, 3, 3) -> (N, dim) added to the timestep embedding (zero at init)."""
+
+    def __init__(self, dim: int, num_frequencies: int = 8):
+        super().__init__()
+        self.num_frequencies = num_frequencies
+        self.linear_1 = nn.Linear(9 * (1 + 2 * num_frequencies), dim)
+        self.act = nn.SiLU()
+        self.linear_2 = zero_module(nn.Linear(dim, dim))
+
+    def forward(self, rel_rot: torch.Tensor) -> torch.Tensor:
+        feats = rotation_features(rel_rot, self.num_frequencies).to(self.linear_1.weight.dtype)
+        return self.linear_2(self.act(self.linear_1(feats)))
+
+
+class ReferenceAttnProcessor:
+    """Spatial self-attention whose keys/values also hold the ReferenceNet tokens of the same block.
+
+    Delegates the attention itself to diffusers' :class:`AttnProcessor2_0`. Samples whose
+    ``reference_keep`` is False (CFG dropout / unconditional branch) mask the reference keys out, which
+    is exactly plain self-attention for them.
+    """
+
+    def __init__(self, state: ForwardState, name: str):
+        self.state = state
+        self.name = name
+        self.base = AttnProcessor2_0()
+
+    def __call__(
+        self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None
+    ):
+        feats = self.state.reference_features
+        ref = None if feats is None else feats.get(self.name)
+        if ref is None or encoder_hidden_states is not None:
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        n, seq, _ = hidden_states.shape  # (B*V*T, L, C)
+        b = ref.shape[0]
+        ref = ref.to(hidden_states.dtype).repeat_interleave(n // b, dim=0)  # (B*V*T, L_ref, C)
+        kv = torch.cat([hidden_states, ref], dim=1)
+        mask = None
+        keep = self.state.reference_keep
+        if keep is not None and not bool(keep.all()):
+            keep = keep.repeat_interleave(n // b, dim=0)  # (N,)
+            allowed = torch.ones(n, 1, kv.shape[1], dtype=torch.bool, device=kv.device)
+            allowed[:, :, seq:] = keep[:, None, None]
+            mask = torch.zeros(allowed.shape, dtype=hidden_states.dtype, device=kv.device)
+            mask = mask.masked_fill(~allowed, float("-inf"))  # (N, 1, L + L_ref) additive
+        return self.base(attn, hidden_states, kv, mask, temb)

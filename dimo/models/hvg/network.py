@@ -1,0 +1,368 @@
+"""HVG network: diffusers' SVD UNet extended for V views x T frames (no copy of its file).
+
+:class:`HVGUNet` subclasses :class:`~diffusers.UNetSpatioTemporalConditionModel` so every SVD key
+keeps its name (strict loading of SVD-xt weights), and adds:
+
+* ``pose_modulator``: dual bone-map guiders, added to ``conv_in``'s output by a forward hook;
+* ``...transformer_blocks.N.view_attn``: view attention after every spatial transformer block
+  (forward hook), i.e. between spatial and temporal attention;
+* ``camera_embedding``: added to ``time_embedding``'s output by a forward hook;
+* ``reference_net``: a :class:`ReferenceNet` (conv_in, embeddings, down and mid blocks of the same
+  UNet, initialised from it) whose spatial self-attention inputs join the down/mid blocks' spatial
+  self-attention through :class:`~dimo.models.hvg.modules.ReferenceAttnProcessor`.
+
+Layout: the UNet's batch axis is B*V (views are independent videos to diffusers), its frame axis T;
+the temporal layers therefore see frames (and SVD's frame-index embedding ``time_pos_embed`` is
+reused unchanged: index within the temporal window), view attention sees views.
+
+:func:`load_svd_unet_weights` loads an SVD state dict with strict key checks except for the explicit
+:data:`HVG_NEW_LAYER_PATTERNS`; :func:`load_pretrained_components` reads a local SVD-xt diffusers
+folder (``unet/``, ``vae/``, ``image_encoder/``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from dimo.models.hvg.config import HVGConfig
+from dimo.models.hvg.modules import (
+    CameraEmbedding,
+    ForwardState,
+    PoseModulator,
+    ReferenceAttnProcessor,
+    ViewAttention,
+)
+
+#: Keys of an HVGUNet state dict that SVD does not have (everything else must match SVD exactly).
+HVG_NEW_LAYER_PATTERNS: tuple[str, ...] = (
+    r"^pose_modulator\.",
+    r"^camera_embedding\.",
+    r"\.transformer_blocks\.\d+\.view_attn\.",
+    r"^reference_net\.",
+)
+
+_REFERENCE_PREFIXES = ("conv_in.", "time_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
+
+
+def is_hvg_key(key: str) -> bool:
+    return any(re.search(p, key) for p in HVG_NEW_LAYER_PATTERNS)
+
+
+def _spatial_blocks(unet: nn.Module, parts: tuple[str, ...]) -> dict[str, BasicTransformerBlock]:
+    """Spatial transformer blocks (not the temporal ones) under the given top-level parts."""
+
+    out = {}
+    for name, mod in unet.named_modules():
+        if name.split(".")[0] in parts and isinstance(mod, BasicTransformerBlock):
+            if re.search(r"\.transformer_blocks\.\d+$", name):
+                out[name] = mod
+    return out
+
+
+class _ReferenceDone(Exception):
+    """Raised after the last capture: nothing after the mid block's first self-attention is needed."""
+
+
+class ReferenceNet(nn.Module):
+    """Spatial encoder of the reference (AnimateAnyone): the UNet's conv_in, embeddings, down and mid
+    blocks, run once per sample at timestep 0 with one frame. ``forward`` returns the input of every
+    down/mid spatial self-attention: name -> (B, h_l*w_l, C_l).
+
+    The forward stops at the input of the mid block's spatial self-attention (the last feature used);
+    the parameters after it (the rest of the mid block) are kept so SVD weights load strictly, but are
+    frozen, so no trainable parameter is ever unused (plain DDP works).
+    """
+
+    def __init__(self, unet_kwargs: dict):
+        super().__init__()
+        base = UNetSpatioTemporalConditionModel(**unet_kwargs)
+        for name in ("conv_in", "time_proj", "time_embedding", "add_time_proj", "add_embedding"):
+            setattr(self, name, getattr(base, name))
+        self.down_blocks = base.down_blocks
+        self.mid_block = base.mid_block
+        self._captured: dict[str, torch.Tensor] = {}
+        blocks = _spatial_blocks(self, ("down_blocks", "mid_block"))
+        self._last = list(blocks)[-1]
+        for name, block in blocks.items():
+            block.attn1.register_forward_pre_hook(self._capture(name))
+        mid_attn = self.mid_block.attentions
+        if len(mid_attn) != 1 or len(mid_attn[0].transformer_blocks) != 1:
+            raise ValueError("ReferenceNet expects SVD's mid block layout (one attention, one layer)")
+        used = (
+            "resnets.0.",
+            "attentions.0.norm.",
+            "attentions.0.proj_in.",
+            "attentions.0.transformer_blocks.0.norm1.",
+        )
+        for name, p in self.mid_block.named_parameters():
+            if not name.startswith(used):
+                p.requires_grad_(False)
+
+    def _capture(self, name: str):
+        def hook(_module, args):
+            self._captured[name] = args[0]
+            if name == self._last:
+                raise _ReferenceDone
+
+        return hook
+
+    def forward(
+        self, sample: torch.Tensor, encoder_hidden_states: torch.Tensor, added_time_ids: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        # sample (B, 8, h, w); encoder_hidden_states (B, 1, D); added_time_ids (B, 3)
+        b = sample.shape[0]
+        t_emb = self.time_proj(torch.zeros(b, device=sample.device)).to(sample.dtype)
+        emb = self.time_embedding(t_emb)
+        aug = self.add_time_proj(added_time_ids.flatten()).reshape(b, -1).to(emb.dtype)
+        emb = emb + self.add_embedding(aug)
+        x = self.conv_in(sample)
+        indicator = torch.zeros(b, 1, dtype=x.dtype, device=x.device)  # one frame
+        self._captured = {}
+        try:
+            for block in self.down_blocks:
+                has_cross = getattr(block, "has_cross_attention", False)
+                kwargs = {"encoder_hidden_states": encoder_hidden_states} if has_cross else {}
+                x, _ = block(hidden_states=x, temb=emb, image_only_indicator=indicator, **kwargs)
+            self.mid_block(
+                hidden_states=x,
+                temb=emb,
+                encoder_hidden_states=encoder_hidden_states,
+                image_only_indicator=indicator,
+            )
+        except _ReferenceDone:
+            pass
+        finally:
+            captured, self._captured = self._captured, {}
+        if self._last not in captured:
+            raise RuntimeError("ReferenceNet did not reach its last spatial self-attention")
+        return captured
+
+
+class HVGUNet(UNetSpatioTemporalConditionModel):
+    """SVD UNet + HVG additions. See the module docstring; shapes in :meth:`forward`."""
+
+    def __init__(self, hvg: HVGConfig | None = None):
+        hvg = hvg or HVGConfig()
+        super().__init__(**hvg.unet_kwargs())
+        self.hvg = hvg
+        self._state = ForwardState()
+        c0 = self.config.block_out_channels[0]
+        temb_dim = c0 * 4
+
+        self.pose_modulator = PoseModulator(hvg.pose_channels, c0, hvg.guider_channels, hvg.fusion_heads)
+        self.conv_in.register_forward_hook(self._add_pose)
+
+        self.camera_embedding = (
+            CameraEmbedding(temb_dim, hvg.camera_frequencies) if hvg.camera_embedding else None
+        )
+        self.time_embedding.register_forward_hook(self._add_camera)
+
+        if hvg.view_attention:
+            for block in _spatial_blocks(self, ("down_blocks", "mid_block", "up_blocks")).values():
+                block.add_module("view_attn", ViewAttention(block.attn1.query_dim, block.attn1.heads))
+                block.register_forward_hook(self._view_attention)
+
+        self.reference_net = ReferenceNet(hvg.unet_kwargs()) if hvg.reference_net else None
+        if self.reference_net is not None:
+            for name, block in _spatial_blocks(self, ("down_blocks", "mid_block")).items():
+                block.attn1.set_processor(ReferenceAttnProcessor(self._state, name))
+
+    # ---- hooks: read the per-call state -------------------------------------------------------
+    def _add_pose(self, _module, _args, out):
+        res = self._state.pose_residual
+        if res is None:
+            return out
+        if res.shape != out.shape:
+            raise ValueError(
+                f"pose residual {tuple(res.shape)} does not match conv_in output {tuple(out.shape)}"
+            )
+        return out + res.to(out.dtype)
+
+    def _add_camera(self, _module, _args, out):
+        cam = self._state.camera_emb
+        return out if cam is None else out + cam.to(out.dtype)
+
+    def _view_attention(self, module, _args, out):
+        return module.view_attn(out, self._state.num_views, self._state.num_frames)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        added_time_ids: torch.Tensor | None = None,
+        *,
+        cond_latent: torch.Tensor | None = None,
+        reference_latent: torch.Tensor | None = None,
+        pose_maps: dict[str, torch.Tensor] | None = None,
+        rel_rot: torch.Tensor | None = None,
+        reference_keep: torch.Tensor | None = None,
+        return_dict: bool = False,
+    ) -> torch.Tensor:
+        """Predict the network output F for a V x T grid.
+
+        Args:
+            sample: c_in-scaled noisy latents (B, V, T, 4, h, w).
+            timestep: c_noise (B,) or scalar.
+            encoder_hidden_states: CLIP image embedding of the reference (B, 1, D).
+            added_time_ids: SVD's (fps, motion bucket, noise augmentation) (B, 3).
+            cond_latent: SVD's conditioning latent of the reference (B, 4, h, w), joined to every
+                view/frame's noisy latent (zeros when None or switched off).
+            reference_latent: clean reference latent (B, 4, h, w) for the ReferenceNet.
+            pose_maps: name -> (B, V, T, C, H, W) bone maps (H = 8h), per :attr:`HVGConfig.pose_channels`.
+            rel_rot: rotations relative to the reference view (B, V, 3, 3).
+            reference_keep: (B,) bool; False drops every reference pathway for that sample (CFG).
+        Returns:
+            (B, V, T, 4, h, w)
+        """
+
+        b, v, t, c, h, w = sample.shape
+        dtype, device = sample.dtype, sample.device
+        timestep = torch.as_tensor(timestep, device=device, dtype=torch.float32).reshape(-1).expand(b)
+        keep = None if reference_keep is None else reference_keep.to(device=device, dtype=torch.bool)
+        keep_f = torch.ones(b, device=device, dtype=dtype) if keep is None else keep.to(dtype)
+
+        if cond_latent is None or not self.hvg.reference_latent:
+            cond = sample.new_zeros(b, c, h, w)
+        else:
+            cond = cond_latent.to(dtype) * keep_f[:, None, None, None]
+        x = torch.cat([sample, cond[:, None, None].expand(b, v, t, c, h, w)], dim=3)  # (B, V, T, 8, h, w)
+
+        cross_dim = self.config.cross_attention_dim
+        cross_dim = cross_dim if isinstance(cross_dim, int) else cross_dim[0]
+        if encoder_hidden_states is None or not self.hvg.reference_clip:
+            ctx = sample.new_zeros(b, 1, cross_dim)
+        else:
+            ctx = encoder_hidden_states.to(dtype) * keep_f[:, None, None]
+        if added_time_ids is None:
+            raise ValueError("added_time_ids (B, 3) are required (SVD's fps, motion bucket, noise aug)")
+
+        state = self._state
+        state.clear()
+        state.num_views, state.num_frames = v, t
+        try:
+            if self.camera_embedding is not None and rel_rot is not None:
+                state.camera_emb = self.camera_embedding(rel_rot.reshape(b * v, 3, 3))  # (B*V, temb)
+            if pose_maps is not None:
+                flat = {k: m.reshape(b * v * t, *m.shape[3:]).to(dtype) for k, m in pose_maps.items()}
+                state.pose_residual = self.pose_modulator(flat)  # (B*V*T, C0, h, w)
+            if self.reference_net is not None and reference_latent is not None and bool(keep_f.any()):
+                ref_in = torch.cat([reference_latent.to(dtype), cond], dim=1)  # (B, 8, h, w)
+                state.reference_features = self.reference_net(ref_in, ctx, added_time_ids.to(dtype))
+                state.reference_keep = keep
+            out = super().forward(
+                x.reshape(b * v, t, 2 * c, h, w),
+                timestep.repeat_interleave(v),
+                ctx.repeat_interleave(v, dim=0),
+                added_time_ids.to(dtype).repeat_interleave(v, dim=0),
+                return_dict=False,
+            )[0]
+        finally:
+            state.clear()
+        return out.reshape(b, v, t, *out.shape[2:])
+
+
+# ---------------------------------------------------------------------------------------------------
+# weights
+def load_svd_unet_weights(net: HVGUNet, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load an SVD UNet state dict into ``net``: every SVD key must match, the only keys allowed to be
+    missing are HVG's new layers (:data:`HVG_NEW_LAYER_PATTERNS`); the ReferenceNet is initialised
+    from the same weights (strictly)."""
+
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    bad_missing = [k for k in missing if not is_hvg_key(k)]
+    if bad_missing or unexpected:
+        raise RuntimeError(
+            "SVD UNet weights do not match the HVG network: "
+            f"missing (not HVG layers) {bad_missing[:10]}{'...' if len(bad_missing) > 10 else ''}, "
+            f"unexpected {list(unexpected)[:10]}{'...' if len(unexpected) > 10 else ''}"
+        )
+    if net.reference_net is not None:
+        ref_sd = {k: v for k, v in state_dict.items() if k.startswith(_REFERENCE_PREFIXES)}
+        net.reference_net.load_state_dict(ref_sd, strict=True)
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{what} not found: {path} (dimo never downloads weights; point to a local folder)"
+        )
+    return path
+
+
+def read_unet_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
+    """State dict of ``folder/unet`` (single or sharded safetensors, optionally the fp16 variant)."""
+
+    from safetensors.torch import load_file
+
+    unet_dir = _require(Path(folder) / "unet", "SVD UNet folder")
+    index = sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors.index.json"))
+    if index:
+        shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+        files = [_require(unet_dir / s, "SVD UNet shard") for s in shards]
+    else:
+        files = sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors"))[:1]
+        if not files:
+            raise FileNotFoundError(f"no diffusion_pytorch_model*.safetensors in {unet_dir}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update({k: v.float() for k, v in load_file(str(f)).items()})
+    return state
+
+
+def check_unet_config(folder: str | Path, hvg: HVGConfig) -> None:
+    cfg = json.loads(_require(Path(folder) / "unet" / "config.json", "SVD UNet config").read_text())
+    want = hvg.unet_kwargs()
+
+    def norm(x):
+        return list(x) if isinstance(x, (list, tuple)) else x
+
+    keys = (
+        "block_out_channels",
+        "cross_attention_dim",
+        "in_channels",
+        "layers_per_block",
+        "num_attention_heads",
+    )
+    diff = {k: (cfg[k], want[k]) for k in keys if k in cfg and norm(cfg[k]) != norm(want[k])}
+    if diff:
+        raise ValueError(f"{folder}/unet/config.json does not match preset {hvg.preset!r}: {diff}")
+
+
+def build_vae(hvg: HVGConfig, pretrained: str | Path | None = None) -> AutoencoderKLTemporalDecoder:
+    if pretrained is None:
+        return AutoencoderKLTemporalDecoder(**hvg.vae_kwargs())
+    path = _require(Path(pretrained) / "vae", "SVD VAE folder")
+    return AutoencoderKLTemporalDecoder.from_pretrained(str(path), local_files_only=True)
+
+
+def build_image_encoder(
+    hvg: HVGConfig, pretrained: str | Path | None = None
+) -> CLIPVisionModelWithProjection:
+    if pretrained is None:
+        return CLIPVisionModelWithProjection(CLIPVisionConfig(**hvg.clip_kwargs()))
+    path = _require(Path(pretrained) / "image_encoder", "CLIP image encoder folder")
+    return CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
+
+
+def build_unet(hvg: HVGConfig, pretrained: str | Path | None = None) -> HVGUNet:
+    """HVG UNet, random (``pretrained=None``) or from a local SVD-xt diffusers folder."""
+
+    net = HVGUNet(hvg)
+    if pretrained is not None:
+        check_unet_config(pretrained, hvg)
+        load_svd_unet_weights(net, read_unet_state_dict(pretrained))
+    return net
+
+
+def count_parameters(module: nn.Module, exclude_hvg: bool = False) -> int:
+    return sum(p.numel() for k, p in module.named_parameters() if not (exclude_hvg and is_hvg_key(k)))

@@ -1,0 +1,164 @@
+"""Frozen parts of the Wan generator: the causal 3D VAE and the UMT5 text encoder.
+
+Both are wrappers with presets (``tiny`` random-initialised for CPU tests and toy runs; paper scale
+loaded from a local diffusers folder — there is no hub access, a missing folder/file is a
+:class:`~dimo.models.threedimo.backbone.MissingWeightsError` naming it). They never train:
+parameters have ``requires_grad=False``, ``train()`` keeps them in eval mode, and the
+LightningModule leaves them out of the optimiser.
+
+* :class:`WanVAE` encodes (B, 3, T, H, W) in [-1, 1] to normalised latents
+  ``(mu - latents_mean) / latents_std`` (B, 16, 1 + (T-1)/4, H/8, W/8), as Wan's pipelines do, and
+  decodes back. The tiny preset's ``latents_std`` was measured on the toy data (about 0.16), so its
+  latents have roughly unit variance like the real VAE's.
+* :class:`WanTextEncoder` turns prompts into (B, L, text_dim) embeddings with padding positions set
+  to zero (Wan pipeline convention). ``tiny`` uses transformers' file-free byte-level
+  ``ByT5Tokenizer`` and a 1-layer random ``UMT5EncoderModel``; paper scale loads ``tokenizer/`` and
+  ``text_encoder/`` of a Wan diffusers folder. With ``cache=True`` embeddings are cached per prompt
+  (camera prompts repeat a lot), which removes the encoder from the step time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dimo.models.threedimo.backbone import MissingWeightsError
+
+__all__ = ["WanVAE", "WanTextEncoder", "VAE_PRESETS", "TEXT_PRESETS"]
+
+VAE_PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        base_dim=8,
+        z_dim=16,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 16,
+        latents_std=[0.16] * 16,
+    ),
+    "wan2.1": {},  # diffusers' AutoencoderKLWan defaults are the Wan2.1 VAE
+}
+
+TEXT_PRESETS: dict[str, dict] = {
+    "tiny": dict(vocab_size=384, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2),
+}
+
+
+class _Frozen(nn.Module):
+    def freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> _Frozen:  # always eval: dropout off, no statistics updates
+        return super().train(False)
+
+
+class WanVAE(_Frozen):
+    """Frozen ``AutoencoderKLWan``.
+
+    Args:
+        preset: ``tiny`` (random init) or ``wan2.1`` (architecture of the released VAE).
+        path: local diffusers folder of the VAE (``.../vae``); required for real weights.
+    """
+
+    temporal_compression = 4
+    spatial_compression = 8
+
+    def __init__(self, preset: str = "tiny", path: Path | None = None) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKLWan
+
+        if path is not None:
+            path = Path(path)
+            if not (path / "config.json").is_file():
+                raise MissingWeightsError(f"Wan VAE folder not found or has no config.json: {path}")
+            self.vae = AutoencoderKLWan.from_pretrained(path, local_files_only=True)
+        else:
+            if preset not in VAE_PRESETS:
+                raise KeyError(f"unknown VAE preset {preset!r}; expected one of {sorted(VAE_PRESETS)}")
+            self.vae = AutoencoderKLWan(**VAE_PRESETS[preset])
+        self.from_folder = path is not None
+        cfg = self.vae.config
+        self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
+        self.freeze()
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, 16, F, H/8, W/8) (posterior mode)."""
+
+        dtype = next(self.vae.parameters()).dtype
+        mu = self.vae.encode(video.to(dtype)).latent_dist.mode()
+        return ((mu - self.mean.to(mu)) / self.std.to(mu)).float()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        dtype = next(self.vae.parameters()).dtype
+        z = latents.to(dtype) * self.std.to(dtype) + self.mean.to(dtype)
+        return self.vae.decode(z).sample.float().clamp(-1, 1)  # (B, 3, T, H, W)
+
+
+class WanTextEncoder(_Frozen):
+    """Frozen UMT5 encoder + tokenizer: prompts -> (B, max_length, text_dim), zero past each prompt.
+
+    Args:
+        preset: ``tiny`` (random, byte tokenizer) when ``path`` is None.
+        path: local Wan diffusers folder holding ``tokenizer/`` and ``text_encoder/``.
+        max_length: tokens per prompt (Wan: 512).
+        cache: cache embeddings per prompt string (CPU memory).
+    """
+
+    def __init__(
+        self, preset: str = "tiny", path: Path | None = None, max_length: int = 32, cache: bool = True
+    ):
+        super().__init__()
+        from transformers import AutoTokenizer, ByT5Tokenizer, UMT5Config, UMT5EncoderModel
+
+        if path is not None:
+            path = Path(path)
+            for sub in ("tokenizer", "text_encoder"):
+                if not (path / sub).is_dir():
+                    raise MissingWeightsError(f"text encoder folder incomplete: {path / sub} not found")
+            self.tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+            self.encoder = UMT5EncoderModel.from_pretrained(path / "text_encoder", local_files_only=True)
+        else:
+            if preset not in TEXT_PRESETS:
+                raise KeyError(f"unknown text preset {preset!r}; expected one of {sorted(TEXT_PRESETS)}")
+            self.tokenizer = ByT5Tokenizer()
+            self.encoder = UMT5EncoderModel(UMT5Config(**TEXT_PRESETS[preset]))
+        self.from_folder = path is not None
+        self.max_length, self.use_cache = max_length, cache
+        self._cache: dict[str, torch.Tensor] = {}
+        self.freeze()
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.d_model
+
+    @torch.no_grad()
+    def _encode(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        tok = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
+        ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, L, D)
+        return (hidden * mask.unsqueeze(-1)).float()
+
+    @torch.no_grad()
+    def forward(self, prompts: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
+        device = torch.device(device)
+        if not self.use_cache:
+            return self._encode(list(prompts), device)
+        todo = sorted({p for p in prompts if p not in self._cache})
+        if todo:
+            for p, e in zip(todo, self._encode(todo, device)):
+                self._cache[p] = e.cpu()
+        return torch.stack([self._cache[p] for p in prompts]).to(device)  # (B, L, D)

@@ -1,0 +1,338 @@
+"""``ThreeDiMoModule``: 3DiMo training (flow matching + annealed geometric supervision) in Lightning.
+
+Per batch (3DiMo sample dict, ``docs/contracts.md``):
+
+1. frozen VAE: target frames (B, T, 3, H, W) -> latents x0 (B, 16, F, h, w), F = 1 + (T-1)/4;
+   reference (B, 3, H, W) -> its latent (B, 16, 1, h, w); frozen text encoder: prompts -> (B, L, D_t);
+2. motion encoders: driving frames -> z = [z_b; z_h] (B, T*(K_b+K_h), D);
+3. flow matching: shifted sigma ~ p(sigma), ``x_t = (1-sigma) x0 + sigma eps``; the clean reference
+   latent replaces latent frame 0 with timestep 0 (per-token timesteps); velocity target ``eps - x0``;
+   MSE on latent frames 1..F-1 only (no loss on the conditioning positions);
+4. geometric decoder: z -> 6D body/hand rotations; loss = squared Frobenius distance of rotation
+   matrices, averaged over valid labels only (``body_valid`` per frame, ``hand_valid`` per hand);
+5. total = diffusion + ``geo_weight`` * geo. ``geo_weight`` is a plain float attribute that the
+   :class:`~dimo.callbacks.StageScheduler` sets every step (contract in ``docs/contracts.md``).
+
+Noise and sigmas come from a generator seeded by (seed, global step, rank), so a run resumed from a
+checkpoint draws exactly what the uninterrupted run would have drawn.
+
+Logs: ``train/loss``, ``train/loss_diffusion``, ``train/loss_geo``, ``train/geo_weight``,
+``train/mpjpe_geo`` (mm, D_g's pose through the skeleton FK vs the label's, root-aligned, over valid
+joints), ``train/lr``; ``val/*`` the same; every ``sample_every_n_steps`` a few-step sample of the
+first validation batch to TensorBoard (``val/samples``: rows driving | generated | target, columns
+frames) and as an MP4 under ``<log_dir>/samples/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from dimo.diffusion.flow_matching import FlowMatching
+from dimo.geometry.rotations import axis_angle_to_matrix, rot6d_to_matrix
+from dimo.geometry.skeleton import LEFT_HAND_IDS, NUM_JOINTS, RIGHT_HAND_IDS, forward_kinematics, rest_joints
+from dimo.models.threedimo.frozen import WanTextEncoder, WanVAE
+from dimo.models.threedimo.network import ThreeDiMoNet
+
+__all__ = ["ThreeDiMoModule", "geometric_loss", "geometric_mpjpe"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.to(err.dtype)
+    return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def geometric_loss(
+    body6d: torch.Tensor,
+    hand6d: torch.Tensor,
+    body_pose: torch.Tensor,
+    hand_pose: torch.Tensor,
+    body_valid: torch.Tensor,
+    hand_valid: torch.Tensor,
+) -> torch.Tensor:
+    """Rotation-matrix L2 between D_g's 6D output and axis-angle labels, invalid labels masked.
+
+    body6d (B, T, 21, 6), hand6d (B, T, 30, 6); body_pose (B, T, 21, 3), hand_pose (B, T, 30, 3);
+    body_valid (B, T), hand_valid (B, T, 2). No valid label -> 0 (still in the graph).
+    """
+
+    body_err = (rot6d_to_matrix(body6d) - axis_angle_to_matrix(body_pose)).square().sum((-1, -2))  # (B,T,21)
+    hand_err = (rot6d_to_matrix(hand6d) - axis_angle_to_matrix(hand_pose)).square().sum((-1, -2))  # (B,T,30)
+    body = _masked_mean(body_err.mean(-1), body_valid)
+    hands = _masked_mean(hand_err.unflatten(-1, (2, 15)).mean(-1), hand_valid)  # (B, T, 2)
+    return body + hands
+
+
+@torch.no_grad()
+def geometric_mpjpe(
+    body6d: torch.Tensor,
+    hand6d: torch.Tensor,
+    body_pose: torch.Tensor,
+    hand_pose: torch.Tensor,
+    body_valid: torch.Tensor,
+    hand_valid: torch.Tensor,
+) -> torch.Tensor | None:
+    """MPJPE (mm) of D_g's pose vs the label's, both posed on the rest skeleton, pelvis-aligned.
+
+    Body joints 0..21 count where ``body_valid``; a hand's 15 joints where its ``hand_valid`` too.
+    Jaw and eyes are not scored (not predicted). Returns None when nothing is valid.
+    """
+
+    from dimo.eval.pose import mpjpe
+
+    lead = body_pose.shape[:-2]
+    orient = body_pose.new_zeros((*lead, 3))
+    rot_gt = _pose_rotmats(
+        axis_angle_to_matrix(orient), axis_angle_to_matrix(body_pose), axis_angle_to_matrix(hand_pose)
+    )
+    rot_pr = _pose_rotmats(
+        axis_angle_to_matrix(orient), rot6d_to_matrix(body6d.float()), rot6d_to_matrix(hand6d.float())
+    )
+    rest = rest_joints().to(body_pose)
+    j_gt, j_pr = forward_kinematics(rot_gt, rest), forward_kinematics(rot_pr, rest)  # (B, T, 55, 3)
+    mask = torch.zeros((*lead, NUM_JOINTS), dtype=torch.bool, device=body_pose.device)
+    mask[..., :22] = body_valid[..., None]
+    mask[..., list(LEFT_HAND_IDS)] = (body_valid & hand_valid[..., 0])[..., None]
+    mask[..., list(RIGHT_HAND_IDS)] = (body_valid & hand_valid[..., 1])[..., None]
+    if not mask.any():
+        return None
+    return mpjpe(j_pr, j_gt, root=0, mask=mask)
+
+
+def _pose_rotmats(orient: torch.Tensor, body: torch.Tensor, hands: torch.Tensor) -> torch.Tensor:
+    """Local rotation matrices in SMPL-X joint order (..., 55, 3, 3); jaw and eyes identity."""
+
+    eye = torch.eye(3, dtype=body.dtype, device=body.device).expand(*body.shape[:-3], 3, 3, 3)
+    return torch.cat([orient[..., None, :, :], body, eye, hands], dim=-3)
+
+
+class ThreeDiMoModule(LightningModule):
+    """3DiMo training.
+
+    Args:
+        net: the trainable network (motion encoders, geometric decoder, Wan + injection).
+        vae: frozen Wan VAE.
+        text_encoder: frozen UMT5 text encoder (must output ``net``'s text width).
+        flow: flow-matching settings (shift, sigma sampling).
+        train_parts: ``full`` (Wan weights train too, as in the paper) or ``motion`` (only the new
+            3DiMo layers: encoders, decoder, injection; the Wan weights are frozen).
+        geo_weight: initial geometric-loss weight (the stage scheduler overrides it every step).
+        frozen_dtype: compute dtype of the frozen VAE and text encoder.
+        gradient_checkpointing: checkpoint every Wan block.
+        compile: ``torch.compile`` each Wan block (regional compilation).
+        sample_every_n_steps: write validation samples when the global step is a multiple (0: never).
+        sample_steps: Euler steps of the validation sampler.
+        num_samples: validation clips sampled.
+        noise_seed: base seed of the per-step noise generator.
+        optimizer, lr_scheduler: injected by LightningCLI (paper: Adam, lr 1e-5).
+    """
+
+    def __init__(
+        self,
+        net: ThreeDiMoNet | None = None,
+        vae: WanVAE | None = None,
+        text_encoder: WanTextEncoder | None = None,
+        flow: FlowMatching | None = None,
+        train_parts: Literal["full", "motion"] = "full",
+        geo_weight: float = 0.1,
+        frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
+        sample_every_n_steps: int = 0,
+        sample_steps: int = 4,
+        num_samples: int = 2,
+        noise_seed: int = 0,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "vae", "text_encoder", "optimizer", "lr_scheduler"])
+        self.net = net if net is not None else ThreeDiMoNet()
+        self.vae = vae if vae is not None else WanVAE()
+        self.text_encoder = text_encoder if text_encoder is not None else WanTextEncoder()
+        if self.text_encoder.dim != self.net.text_dim:
+            raise ValueError(
+                f"text encoder width {self.text_encoder.dim} != backbone text_dim {self.net.text_dim}"
+            )
+        self.flow = flow if flow is not None else FlowMatching()
+        self.train_parts = train_parts
+        self.geo_weight = float(geo_weight)
+        self.noise_seed = noise_seed
+        self.sample_every_n_steps, self.sample_steps, self.num_samples = (
+            sample_every_n_steps,
+            sample_steps,
+            num_samples,
+        )
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.vae.to(_DTYPES[frozen_dtype])
+        self.text_encoder.to(_DTYPES[frozen_dtype])
+        if train_parts == "motion":
+            motion = {id(p) for p in self.net.motion_parameters()}
+            for p in self.net.parameters():
+                p.requires_grad_(id(p) in motion)
+        if gradient_checkpointing:
+            self.net.transformer.enable_gradient_checkpointing()
+        if compile:
+            for block in self.net.transformer.transformer.blocks:
+                block.compile()
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimiser sees: never the frozen VAE / text encoder."""
+
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.trainable_parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- checkpoints: frozen parts loaded from a folder are not copied into every checkpoint -----
+    def _frozen_from_folder(self) -> list[str]:
+        return [name for name in ("vae", "text_encoder") if getattr(self, name).from_folder]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        drop = tuple(f"{n}." for n in self._frozen_from_folder())
+        if drop:
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(drop)
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # put back the frozen weights that were loaded from their folder (strict loading stays on)
+        for name in self._frozen_from_folder():
+            for k, v in getattr(self, name).state_dict(prefix=f"{name}.").items():
+                checkpoint["state_dict"].setdefault(k, v)
+
+    # -- the step -------------------------------------------------------------------------------
+    def _generator(self, offset: int = 0) -> torch.Generator:
+        step = self.global_step if self._trainer is not None else 0
+        world, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
+        )
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.noise_seed + 1_000_003 * offset + world * step + rank)
+        return g
+
+    @torch.no_grad()
+    def encode_conditions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        target = batch["target"]  # (B, T, 3, H, W)
+        x0 = self.vae.encode(target.transpose(1, 2))  # (B, 16, F, h, w)
+        ref = self.vae.encode(batch["reference"][:, :, None])  # (B, 16, 1, h, w)
+        text = self.text_encoder(list(batch["prompt"]), device=self.device)  # (B, L, D_t)
+        return x0, ref, text
+
+    def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
+        """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000*sigma elsewhere."""
+
+        f, h, w = self.net.transformer.patch_grid(latent_shape)
+        t = self.flow.timestep(sigma)[:, None, None].expand(-1, f, h * w).clone()  # (B, F', h'w')
+        t[:, 0] = 0.0
+        return t.flatten(1)
+
+    def _losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        driving = batch["driving"]  # (B, T, 3, H, W)
+        b, num_frames = driving.shape[:2]
+        x0, ref, text = self.encode_conditions(batch)
+        if x0.shape[2] < 2:
+            raise ValueError("3DiMo needs at least 1 + 4 frames: latent frame 0 is the reference")
+        z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
+        sigma = self.flow.sample_sigmas(b, device=self.device, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        x_t = self.flow.add_noise(x0, noise, sigma)
+        x_t = torch.cat([ref, x_t[:, :, 1:]], dim=2)  # clean reference latent in frame 0
+        v = self.net(x_t, self._timesteps(sigma, x_t.shape), text, z, num_frames)
+        target_v = self.flow.velocity_target(x0, noise)
+        loss_diffusion = (v[:, :, 1:].float() - target_v[:, :, 1:]).square().mean()
+        body6d, hand6d = self.net.decode_geometry(z, num_frames)
+        labels = (batch["body_pose"], batch["hand_pose"], batch["body_valid"], batch["hand_valid"])
+        loss_geo = geometric_loss(body6d.float(), hand6d.float(), *labels)
+        out = {
+            "loss": loss_diffusion + self.geo_weight * loss_geo,
+            "loss_diffusion": loss_diffusion.detach(),
+            "loss_geo": loss_geo.detach(),
+        }
+        err = geometric_mpjpe(body6d.detach(), hand6d.detach(), *labels)
+        if err is not None:
+            out["mpjpe_geo"] = err
+        return out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self._losses(batch, self._generator())
+        b = batch["driving"].shape[0]
+        self.log("train/loss", out["loss"].detach(), prog_bar=True, batch_size=b, sync_dist=False)
+        for key in ("loss_diffusion", "loss_geo", "mpjpe_geo"):
+            if key in out:
+                self.log(f"train/{key}", out[key], prog_bar=key != "loss_geo", batch_size=b)
+        self.log("train/geo_weight", self.geo_weight, batch_size=b)
+        if self._trainer is not None and self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=b)
+        return out["loss"]
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._losses(batch, self._generator(offset=1 + batch_idx))
+        b = batch["driving"].shape[0]
+        for key in ("loss_diffusion", "loss_geo", "mpjpe_geo"):
+            if key in out:
+                self.log(f"val/{key}", out[key], batch_size=b, sync_dist=True)
+        if batch_idx == 0 and self._should_sample():
+            self._log_samples(batch)
+
+    # -- sampling -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], num_steps: int | None = None) -> torch.Tensor:
+        """Few-step Euler sample: (B, T, 3, H, W) generated frames in [-1, 1]."""
+
+        x0, ref, text = self.encode_conditions(batch)
+        driving = batch["driving"]
+        z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
+        noise = torch.randn(
+            x0.shape, generator=self._generator(offset=997), device=self.device, dtype=x0.dtype
+        )
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(x, self._timesteps(t / 1000.0, x.shape), text, z, driving.shape[1])
+
+        def clamp(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([ref, x[:, :, 1:]], dim=2)
+
+        latents = self.flow.sample(velocity, noise, num_steps or self.sample_steps, clamp=clamp)
+        return self.vae.decode(latents).transpose(1, 2)  # (B, T, 3, H, W)
+
+    def _should_sample(self) -> bool:
+        if self.sample_every_n_steps <= 0 or self._trainer is None or self.trainer.sanity_checking:
+            return False
+        return self.global_step % self.sample_every_n_steps == 0 or self.global_step == self.trainer.max_steps
+
+    def _log_samples(self, batch: dict[str, Any]) -> None:
+        n = min(self.num_samples, batch["driving"].shape[0])
+        small = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
+        generated = self.generate(small)
+        rows = torch.stack([small["driving"], generated, small["target"]], dim=1)  # (n, 3, T, 3, H, W)
+        # one image per clip: rows driving | generated | target, columns frames -> (3, 3H, T*W)
+        grid = rows.permute(0, 3, 1, 4, 2, 5).flatten(4, 5).flatten(2, 3)  # (n, 3, 3H, T*W)
+        grid = ((grid.float().clamp(-1, 1) + 1) / 2).cpu()
+        logger = self.logger
+        experiment = getattr(logger, "experiment", None) if logger is not None else None
+        if experiment is not None and hasattr(experiment, "add_images"):
+            experiment.add_images("val/samples", grid, self.global_step)
+        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        if log_dir is not None and self.trainer.is_global_zero:
+            self._write_mp4(rows, Path(log_dir) / "samples" / f"step_{self.global_step:07d}.mp4")
+
+    @staticmethod
+    def _write_mp4(rows: torch.Tensor, path: Path) -> None:
+        from dimo.data.video import write_video
+
+        # (n, 3, T, C, H, W) -> frames (T, n*H, 3*W, C): clips stacked vertically, rows side by side
+        frames = rows.permute(2, 0, 4, 1, 5, 3).flatten(3, 4).flatten(1, 2)
+        frames = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        write_video(path, frames, fps=8)

@@ -1,0 +1,169 @@
+"""The trainable 3DiMo network: motion encoders + geometric decoder + Wan transformer with injection.
+
+:class:`ThreeDiMoNet` is a plain ``nn.Module`` whose typed constructor is its config (it is what
+YAML ``model.init_args.net`` describes). ``save_pretrained(folder)`` writes ``config.json`` (the
+constructor arguments) and ``model.safetensors``; ``from_pretrained(folder)`` rebuilds and loads
+strictly (any missing or unexpected key raises :class:`MissingWeightsError` naming the file).
+``backbone_path`` initialises the transformer from a local Wan diffusers folder instead (new
+layers keep their zero/random init; every Wan key must be present).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from dimo.models.threedimo.backbone import (
+    WAN_PRESETS,
+    MissingWeightsError,
+    ThreeDiMoTransformer,
+    load_strict,
+    read_weights,
+)
+from dimo.models.threedimo.geometric_decoder import GeometricDecoder
+from dimo.models.threedimo.motion_encoder import MotionEncoders
+
+__all__ = ["ThreeDiMoNet"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class ThreeDiMoNet(nn.Module):
+    """3DiMo's trainable parts.
+
+    Args:
+        backbone: Wan preset name (``tiny``, ``wan2.1-t2v-1.3b``, ``wan2.1-i2v-14b``).
+        backbone_path: local diffusers folder of the Wan transformer (``<wan>/transformer``), or None
+            for random init (tiny runs; paper-scale counts on ``meta``).
+        injection: ``cross_attention`` (paper) or ``channel_concat`` (ablation).
+        motion_attention: ``frame_aligned`` or ``global`` motion cross-attention.
+        image_size: driving frames are resized to this (H, W) for E_b.
+        patch_size: E_b patch side.
+        hand_crop: hand crop side for E_h.
+        motion_dim, motion_depth, motion_heads: motion encoder width, layers, heads.
+        body_tokens, hand_tokens: K_b, K_h latent tokens per frame (paper: 5).
+        geo_hidden, geo_layers: geometric decoder MLP width and hidden layers.
+        temporal_compression: VAE temporal stride (Wan: 4).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tiny",
+        backbone_path: Path | None = None,
+        injection: Literal["cross_attention", "channel_concat"] = "cross_attention",
+        motion_attention: Literal["frame_aligned", "global"] = "frame_aligned",
+        image_size: tuple[int, int] = (64, 64),
+        patch_size: int = 8,
+        hand_crop: int = 32,
+        motion_dim: int = 64,
+        motion_depth: int = 2,
+        motion_heads: int = 4,
+        body_tokens: int = 5,
+        hand_tokens: int = 5,
+        geo_hidden: int = 256,
+        geo_layers: int = 2,
+        temporal_compression: int = 4,
+    ) -> None:
+        super().__init__()
+        if backbone not in WAN_PRESETS:
+            raise KeyError(f"unknown backbone preset {backbone!r}; expected one of {sorted(WAN_PRESETS)}")
+        self.config = {
+            name: (str(value) if isinstance(value, Path) else value)
+            for name, value in _call_args(self.__init__, locals()).items()
+        }
+        kwargs = dict(
+            motion_dim=motion_dim,
+            injection=injection,
+            motion_attention=motion_attention,
+            temporal_compression=temporal_compression,
+        )
+        if backbone_path is not None:
+            self.transformer = ThreeDiMoTransformer.from_wan_pretrained(backbone_path, **kwargs)
+        else:
+            self.transformer = ThreeDiMoTransformer.from_preset(backbone, **kwargs)
+        self.encoders = MotionEncoders(
+            image_size,
+            patch_size,
+            hand_crop,
+            8,
+            motion_dim,
+            motion_depth,
+            motion_heads,
+            body_tokens,
+            hand_tokens,
+        )
+        self.geo_decoder = GeometricDecoder(body_tokens + hand_tokens, motion_dim, geo_hidden, geo_layers)
+
+    @property
+    def text_dim(self) -> int:
+        return self.transformer.transformer.config.text_dim
+
+    def motion_parameters(self) -> list[nn.Parameter]:
+        """Everything new in 3DiMo: encoders, decoder and the injection layers (not the Wan weights)."""
+
+        new = [p for n, p in self.transformer.named_parameters() if not n.startswith("transformer.")]
+        return [*self.encoders.parameters(), *self.geo_decoder.parameters(), *new]
+
+    def encode_motion(
+        self,
+        driving: torch.Tensor,
+        joints2d: torch.Tensor | None = None,
+        joints2d_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, T, 3, H, W) driving frames -> z (B, T*(K_b+K_h), D)."""
+
+        return self.encoders(driving, joints2d, joints2d_valid)
+
+    def decode_geometry(self, z: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """z -> body (B, T, 21, 6), hands (B, T, 30, 6) 6D rotations."""
+
+        return self.geo_decoder(self.encoders.per_frame(z, num_frames))
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeds: torch.Tensor,
+        motion: torch.Tensor | None,
+        num_motion_frames: int | None = None,
+    ) -> torch.Tensor:
+        return self.transformer(latents, timestep, text_embeds, motion, num_motion_frames)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save_pretrained(self, folder: Path | str) -> Path:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = dict(self.config, backbone_path=None)  # the weights below already hold the backbone
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "class": "ThreeDiMoNet"})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: Path | str) -> ThreeDiMoNet:
+        folder = Path(folder)
+        config_file = folder / CONFIG_NAME
+        if not config_file.is_file():
+            raise MissingWeightsError(f"3DiMo network config not found: {config_file}")
+        config = json.loads(config_file.read_text())
+        config["image_size"] = tuple(config["image_size"])
+        weights_file = folder / WEIGHTS_NAME
+        if not weights_file.is_file():
+            raise MissingWeightsError(f"3DiMo network weights not found: {weights_file}")
+        net = cls(**config)
+        state, source = read_weights(folder)
+        load_strict(net, state, source)
+        return net
+
+
+def _call_args(fn, local_vars: dict) -> dict:
+    names = [p for p in inspect.signature(fn).parameters]
+    return {n: local_vars[n] for n in names}

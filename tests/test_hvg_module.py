@@ -1,0 +1,153 @@
+"""HVGModule: a few-step fit lowers the loss, resume is exact, videos are logged, frozen parts, pretrained."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNetSpatioTemporalConditionModel
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from dimo.diffusion.edm import EDM
+from dimo.models.hvg import HVGConfig, HVGModule, ProgressiveSampler
+from dimo.models.hvg.network import build_image_encoder, build_vae
+from dimo.models.hvg.synthetic import SyntheticHVGDataset
+
+V, T, H = 2, 2, 32
+
+
+def _loader(length: int = 2) -> DataLoader:
+    return DataLoader(SyntheticHVGDataset(length, V, T, H, H), batch_size=1, shuffle=False)
+
+
+def _module(**kwargs) -> HVGModule:
+    kwargs.setdefault("optimizer", functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0))
+    kwargs.setdefault(
+        "sampler", ProgressiveSampler(view_window=1, frame_window=1, view_overlap=0, frame_overlap=0)
+    )
+    kwargs.setdefault("sample_steps", 2)
+    return HVGModule(net=HVGConfig(), **kwargs)
+
+
+def _trainer(tmp_path: Path, max_steps: int, **kwargs) -> Trainer:
+    kwargs.setdefault("logger", False)
+    return Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
+    )
+
+
+@torch.no_grad()
+def _eval_loss(module: HVGModule, loader: DataLoader) -> float:
+    module.eval()
+    losses = []
+    for i, batch in enumerate(loader):
+        for k in range(3):
+            losses.append(module._loss(batch, torch.Generator().manual_seed(100 * i + k)).item())
+    module.train()
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.slow
+def test_fit_lowers_loss_and_resume_is_exact(tmp_path: Path):
+    seed_everything(0)
+    loader = _loader()
+    module = _module(cfg_drop_prob=0.0)
+    before = _eval_loss(module, loader)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
+    _trainer(tmp_path, max_steps=8, callbacks=[ckpt]).fit(module, loader)
+    after = _eval_loss(module, loader)
+    assert after < 0.9 * before, (before, after)
+
+    seed_everything(0)
+    resumed = _module(cfg_drop_prob=0.0)
+    step4 = next((tmp_path / "ckpt").glob("*step=4.ckpt"))
+    _trainer(tmp_path / "resume", max_steps=8).fit(resumed, loader, ckpt_path=step4)
+    assert resumed.global_step == module.global_step == 8
+    for (name, a), b in zip(module.unet.named_parameters(), resumed.unet.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_video_grid_is_logged_to_tensorboard(tmp_path: Path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    seed_everything(0)
+    module = _module(log_video_every_n_steps=1)
+    logger = TensorBoardLogger(tmp_path, name="hvg")
+    _trainer(tmp_path, max_steps=1, logger=logger, log_every_n_steps=1).fit(module, _loader(1))
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    acc.Reload()
+    assert "train/samples" in acc.Tags()["images"]
+    img = acc.Images("train/samples")[0]
+    assert (img.height, img.width) == (V * H, 4 * H)  # rows: views; generated | target | normal | depth
+    assert img.encoded_image_string[:6] in (b"GIF89a", b"GIF87a")
+    assert "train/loss" in acc.Tags()["scalars"]
+
+
+def test_frozen_parts_are_excluded_and_stay_in_eval():
+    module = _module()
+    opt = module.configure_optimizers()
+    opt_params = {id(p) for g in opt.param_groups for p in g["params"]}
+    frozen = [*module.vae.parameters(), *module.image_encoder.parameters()]
+    assert frozen and not any(id(p) in opt_params for p in frozen)
+    assert all(not p.requires_grad for p in frozen)
+    trainable = {id(p) for p in module.unet.parameters() if p.requires_grad}
+    assert opt_params == trainable
+    module.train()
+    assert not module.vae.training and not module.image_encoder.training and module.unet.training
+
+
+def test_generate_long_grid_with_progressive_sampler():
+    seed_everything(0)
+    module = _module(
+        sampler=ProgressiveSampler(view_window=1, frame_window=1, view_overlap=0, frame_overlap=0)
+    )
+    batch = next(iter(DataLoader(SyntheticHVGDataset(1, 3, 3, H, H), batch_size=1)))
+    video = module.generate(batch, steps=1)
+    assert video.shape == (1, 3, 3, 3, H, H) and bool(torch.isfinite(video).all())
+    assert video.min() >= -1 and video.max() <= 1
+
+
+def test_pretrained_folder_loads_strictly_and_missing_folder_is_clear(tmp_path: Path):
+    torch.manual_seed(0)
+    cfg = HVGConfig()
+    base = UNetSpatioTemporalConditionModel(**cfg.unet_kwargs())
+    base.save_pretrained(tmp_path / "svd" / "unet")
+    build_vae(cfg).save_pretrained(tmp_path / "svd" / "vae")
+    build_image_encoder(cfg).save_pretrained(tmp_path / "svd" / "image_encoder")
+    module = HVGModule(net=cfg, pretrained=tmp_path / "svd")
+    sd = module.unet.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in base.state_dict().items())
+    # frozen pretrained parts are not copied into checkpoints, and come back on load
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert not any(k.startswith(("vae.", "image_encoder.")) for k in ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    module.load_state_dict(ckpt["state_dict"], strict=True)
+
+    with pytest.raises(FileNotFoundError, match="image_encoder"):
+        (tmp_path / "svd2").mkdir()
+        (tmp_path / "svd" / "unet").rename(tmp_path / "svd2" / "unet")
+        (tmp_path / "svd" / "vae").rename(tmp_path / "svd2" / "vae")
+        HVGModule(net=cfg, pretrained=tmp_path / "svd2")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        HVGModule(net=cfg, pretrained=tmp_path / "nowhere")
+
+
+def test_edm_settings_reach_the_module():
+    module = _module(edm=EDM(p_mean=-1.2, p_std=1.2))
+    assert module.edm.p_mean == -1.2 and module.hparams["edm"]["p_std"] == 1.2
+    # hparams are plain values, so a checkpoint rebuilds the module from them
+    again = HVGModule(**{k: v for k, v in module.hparams.items()})
+    assert again.edm == module.edm and again.net_config == module.net_config

@@ -1,0 +1,204 @@
+"""3DiMo networks on the tiny preset: zero-init injection, ablation path, encoders, presets, loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from dimo.models.threedimo import (
+    WAN_PRESETS,
+    GeometricDecoder,
+    MissingWeightsError,
+    ThreeDiMoNet,
+    ThreeDiMoTransformer,
+    hand_crops,
+)
+from dimo.models.threedimo.injection import group_by_latent_frame
+
+T = 9  # driving frames -> 3 latent frames
+
+
+def _inputs(motion_dim=24, b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, 16, 3, 8, 8, generator=g)
+    t = torch.tensor([700.0, 30.0])[:b]
+    text = torch.randn(b, 7, 32, generator=g)
+    motion = torch.randn(b, T * 10, motion_dim, generator=g)
+    return x, t, text, motion
+
+
+def _plain_wan(model: ThreeDiMoTransformer) -> WanTransformer3DModel:
+    ref = WanTransformer3DModel(**WAN_PRESETS["tiny"])
+    prefix = "transformer."
+    ref.load_state_dict({k[len(prefix) :]: v for k, v in model.state_dict().items() if k.startswith(prefix)})
+    return ref
+
+
+@pytest.mark.parametrize(
+    "injection,attention",
+    [
+        ("cross_attention", "frame_aligned"),
+        ("cross_attention", "global"),
+        ("channel_concat", "frame_aligned"),
+    ],
+)
+def test_zero_init_output_equals_pretrained_backbone(injection, attention):
+    torch.manual_seed(0)
+    model = ThreeDiMoTransformer.from_preset(
+        "tiny", motion_dim=24, injection=injection, motion_attention=attention
+    )
+    x, t, text, motion = _inputs()
+    out = model(x, t, text, motion, T)
+    ref = _plain_wan(model)(x, t, text, return_dict=False)[0]
+    assert out.shape == x.shape
+    assert torch.equal(out, ref)  # exact, not approximately
+    # once the new output layer is non-zero the motion tokens do change the output
+    with torch.no_grad():
+        layer = (
+            model.motion_layers[0].to_out[0]
+            if injection == "cross_attention"
+            else model.motion_patch_embedding
+        )
+        layer.weight.normal_(std=0.1)
+    assert not torch.allclose(model(x, t, text, motion, T), ref, atol=1e-4)
+
+
+def test_frame_aligned_tokens_only_reach_their_latent_frame():
+    """One block, injection made non-zero: changing driving frame 5 (latent frame 2) leaves latent frames 0-1."""
+
+    torch.manual_seed(0)
+    cfg = dict(WAN_PRESETS["tiny"], num_layers=1)
+    model = ThreeDiMoTransformer(wan_config=cfg, motion_dim=24)
+    with torch.no_grad():
+        model.motion_layers[0].to_out[0].weight.normal_(std=0.2)
+    x, t, text, motion = _inputs()
+    out = model(x, t, text, motion, T)
+    motion2 = motion.clone()
+    motion2[:, 5 * 10 : 6 * 10] += 1.0  # tokens of driving frame 5 -> latent frame 2 = frames 5..8
+    out2 = model(x, t, text, motion2, T)
+    assert torch.equal(out[:, :, :2], out2[:, :, :2])
+    assert not torch.allclose(out[:, :, 2], out2[:, :, 2])
+
+
+def test_group_by_latent_frame_layout():
+    tokens = torch.arange(9.0).view(1, 9, 1, 1).expand(1, 9, 2, 1)  # frame index as value
+    grouped = group_by_latent_frame(tokens, 4)  # (1, 3, 8, 1)
+    assert grouped.shape == (1, 3, 8, 1)
+    assert grouped[0, 0].flatten().tolist() == [0.0] * 8
+    assert grouped[0, 2].flatten().tolist() == [5, 5, 6, 6, 7, 7, 8, 8]
+    with pytest.raises(ValueError, match="1 \\+ 4"):
+        group_by_latent_frame(torch.zeros(1, 8, 2, 1), 4)
+
+
+def test_gradient_checkpointing_keeps_values_and_motion_gradients():
+    torch.manual_seed(0)
+    model = ThreeDiMoTransformer.from_preset("tiny", motion_dim=24)
+    with torch.no_grad():
+        for layer in model.motion_layers:
+            layer.to_out[0].weight.normal_(std=0.1)
+    x, t, text, motion = _inputs()
+    motion.requires_grad_(True)
+    out = model(x, t, text, motion, T)
+    (g_plain,) = torch.autograd.grad(out.square().mean(), motion)
+    model.enable_gradient_checkpointing()
+    out_ckpt = model(x, t, text, motion, T)
+    (g_ckpt,) = torch.autograd.grad(out_ckpt.square().mean(), motion)
+    assert torch.allclose(out, out_ckpt) and g_plain.abs().sum() > 0
+    assert torch.allclose(g_plain, g_ckpt, atol=1e-6)
+
+
+def test_hand_crops_follow_the_wrists_and_fall_back_to_the_whole_frame():
+    frames = -torch.ones(1, 1, 3, 64, 64)
+    frames[..., 40:48, 8:16] = 1.0  # a bright patch around pixel centre (12, 44)
+    j2d = torch.zeros(1, 1, 55, 2)
+    j2d[..., 20, :] = torch.tensor([12.0, 44.0])  # left wrist (x, y)
+    valid = torch.zeros(1, 1, 55, dtype=torch.bool)
+    valid[..., 20] = True
+    crops = hand_crops(frames, j2d, valid, crop=16)  # (1, 1, 3, 16, 32)
+    assert crops.shape == (1, 1, 3, 16, 32)
+    left, right = crops[..., :16], crops[..., 16:]
+    assert left[..., 6:10, 6:10].min() > 0.9  # the wrist is in the middle of the left crop
+    whole = torch.nn.functional.interpolate(frames[0], size=(16, 16), mode="bilinear", antialias=True)
+    assert torch.allclose(right[0], whole)  # right hand invalid -> the whole frame
+    assert torch.allclose(hand_crops(frames, None, None, crop=16)[..., :16][0], whole)
+
+
+def test_geometric_decoder_starts_at_the_rest_pose():
+    dec = GeometricDecoder(tokens_per_frame=10, dim=24)
+    body, hands = dec(torch.randn(2, T, 10, 24))
+    assert body.shape == (2, T, 21, 6) and hands.shape == (2, T, 30, 6)
+    from dimo.geometry.rotations import rot6d_to_matrix
+
+    eye = torch.eye(3).expand(2, T, 21, 3, 3)
+    assert torch.allclose(rot6d_to_matrix(body), eye, atol=0.05)
+
+
+def test_paper_scale_config_on_meta_device():
+    """The network of experiments/3dimo_paper.yaml, built on `meta` (no weights, no memory)."""
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments/3dimo_paper.yaml").read_text())
+    net_args = dict(cfg["model"]["init_args"]["net"]["init_args"])
+    assert net_args.pop("backbone_path")  # a local folder at paper scale; random init on meta here
+    net_args["image_size"] = tuple(net_args["image_size"])
+    with torch.device("meta"):
+        wan = WanTransformer3DModel(**WAN_PRESETS["wan2.1-t2v-1.3b"])
+        assert sum(p.numel() for p in wan.parameters()) == 1_418_996_800
+        net = ThreeDiMoNet(**net_args)
+    backbone = sum(p.numel() for p in net.transformer.transformer.parameters())
+    assert backbone == 1_418_996_800
+    new = sum(p.numel() for p in net.motion_parameters())
+    # 30 motion cross-attention layers of width 1536: q, k, v, out (+ biases) and two RMS norms each
+    per_layer = 4 * (1536 * 1536 + 1536) + 2 * 1536
+    assert new > 30 * per_layer
+    assert all(p.is_meta for p in net.parameters())
+
+
+def test_from_pretrained_round_trip_and_strict_keys(tmp_path):
+    torch.manual_seed(0)
+    net = ThreeDiMoNet(motion_dim=24)
+    with torch.no_grad():  # make the zero-initialised layers non-trivial so the round trip is tested
+        for p in net.transformer.motion_layers.parameters():
+            p.normal_()
+    net.save_pretrained(tmp_path / "net")
+    loaded = ThreeDiMoNet.from_pretrained(tmp_path / "net")
+    a, b = net.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    x, t, text, motion = _inputs()
+    assert torch.equal(net(x, t, text, motion, T), loaded(x, t, text, motion, T))
+
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(tmp_path / "net" / "model.safetensors")
+    state.pop("transformer.motion_layers.1.to_q.weight")
+    save_file(state, tmp_path / "net" / "model.safetensors")
+    with pytest.raises(MissingWeightsError, match="motion_layers.1.to_q.weight"):
+        ThreeDiMoNet.from_pretrained(tmp_path / "net")
+    with pytest.raises(MissingWeightsError, match="nowhere"):
+        ThreeDiMoNet.from_pretrained(tmp_path / "nowhere")
+
+
+def test_backbone_from_a_local_wan_folder(tmp_path):
+    torch.manual_seed(1)
+    wan = WanTransformer3DModel(**WAN_PRESETS["tiny"])
+    wan.save_pretrained(tmp_path / "transformer")
+    net = ThreeDiMoNet(backbone_path=tmp_path / "transformer", motion_dim=24)
+    own = net.transformer.transformer.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in wan.state_dict().items())
+    # the new layers are not in a Wan folder: allowed, and still zero at the output
+    assert torch.count_nonzero(net.transformer.motion_layers[0].to_out[0].weight) == 0
+
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop("blocks.0.attn1.to_q.weight")
+    save_file(state, weights)
+    with pytest.raises(MissingWeightsError, match="blocks.0.attn1.to_q.weight"):
+        ThreeDiMoNet(backbone_path=tmp_path / "transformer", motion_dim=24)
+    with pytest.raises(MissingWeightsError, match="config.json"):
+        ThreeDiMoNet(backbone_path=tmp_path / "missing", motion_dim=24)
