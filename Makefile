@@ -104,3 +104,18 @@ DATA_ARGS ?=
 data: setup
 	@if [ -f $(DATA_ROOT)/manifest.jsonl ] && [ -z "$(DATA_ARGS)" ]; then echo "$(DATA_ROOT) is built"; else \
 		$(PY) -m dimo.cli data synth --out $(DATA_ROOT) $(DATA_ARGS) && $(PY) -m dimo.cli data validate $(DATA_ROOT); fi
+
+# Generation (docs/generate.md). `make generate`: animate the first frame of a toy clip with that clip's
+# motion using the `make train-stage1` checkpoint (trained first when missing); MP4 + JSON sidecar under
+# runs/generate/. Other inputs: GEN_REFERENCE=img.png GEN_DRIVING=video.mp4 GEN_PROMPT="..." GEN_ARGS="--steps 16".
+GEN_CKPT ?= $(RUN_DIR)/stage1/checkpoints/last.ckpt
+GEN_DRIVING ?= $(DATA_ROOT)/clips/internet_0000/view_00.mp4
+GEN_REFERENCE ?= $(GEN_DRIVING)
+GEN_PROMPT ?= Front view. The camera stays static.
+GEN_OUT ?= runs/generate/3dimo.mp4
+GEN_ARGS ?=
+.PHONY: generate
+generate: setup data
+	test -f $(GEN_CKPT) || $(MAKE) train-stage1
+	$(PY) -m dimo.cli generate --model 3dimo --checkpoint $(GEN_CKPT) --reference $(GEN_REFERENCE) \
+		--driving $(GEN_DRIVING) --prompt "$(GEN_PROMPT)" --out $(GEN_OUT) $(GEN_ARGS)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, str] = {
     "data": "dimo.commands.data:main",
     "evaluate": "dimo.commands.evaluate:main",
+    "export": "dimo.commands.export:main",
+    "generate": "dimo.commands.generate:main",
     "geometry": "dimo.commands.geometry:main",
 }
 

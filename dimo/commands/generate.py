@@ -1,0 +1,226 @@
+"""``python -m dimo.cli generate``: animate a reference image with a trained model, write an MP4.
+
+3DiMo (driving video + camera prompt)::
+
+    python -m dimo.cli generate --model 3dimo --checkpoint runs/3dimo/stage1/checkpoints/last.ckpt \\
+        --reference ref.png --driving drive.mp4 \\
+        --prompt "Front view. The camera arcs 30 degrees to the left." --out out.mp4
+
+HVG (3D motion in the clip format + a camera set)::
+
+    python -m dimo.cli generate --model hvg --checkpoint runs/hvg/.../last.ckpt \\
+        --reference ref.png --motion clip_motion.npz --cameras ring8 --out out.mp4
+
+``--pretrained DIR`` (a folder from ``python -m dimo.cli export``, either model) replaces ``--checkpoint``. Next to
+every MP4 a JSON sidecar (``out.json``) records the inputs and settings. Bad input prints one
+``error:`` line and exits with status 2; files appear at ``--out`` only when generation succeeded
+(temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main", "run"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dimo generate", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, choices=["3dimo", "hvg"])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="Lightning .ckpt written by `dimo.cli fit`")
+    src.add_argument("--pretrained", type=Path, help="folder written by `dimo.cli export`")
+    p.add_argument(
+        "--config", type=Path, help="the run's config.yaml (default: found next to the checkpoint)"
+    )
+    p.add_argument("--reference", type=Path, required=True, help="reference image (PNG/JPEG)")
+    p.add_argument("--out", type=Path, required=True, help="output .mp4 (its JSON sidecar goes next to it)")
+    g3 = p.add_argument_group("3dimo")
+    g3.add_argument("--driving", type=Path, help="driving video (3dimo)")
+    g3.add_argument("--prompt", help='camera prompt, e.g. "Front view. The camera stays static." (3dimo)')
+    g3.add_argument("--caption", help="optional appearance caption appended to the prompt (3dimo)")
+    g3.add_argument("--negative-prompt", default="", help="unconditional text for --guidance-scale")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="CFG scale: 3dimo text (default 1 = off); hvg reference (default: trained)",
+    )
+    g3.add_argument(
+        "--motion-guidance-scale", type=float, default=1.0, help="motion guidance scale (1 = off)"
+    )
+    g3.add_argument(
+        "--window", type=int, help="frames per temporal window, 1+4k (default: training clip length)"
+    )
+    g3.add_argument("--overlap", type=int, default=1, help="latent frames shared by neighbouring windows")
+    g3.add_argument("--num-frames", type=int, help="use at most this many driving frames")
+    gh = p.add_argument_group("hvg")
+    gh.add_argument("--motion", type=Path, help="motion file in the clip format (.npz) (hvg)")
+    gh.add_argument("--cameras", default="ring8", help="ringN (N cameras on a ring) (hvg)")
+    gh.add_argument("--fps", type=float, default=8.0, help="output fps (hvg; 3dimo uses the driving fps)")
+    p.add_argument("--steps", type=int, default=8, help="sampling steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, help="output height (default: the training size)")
+    p.add_argument("--width", type=int, help="output width (default: the training size)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--offload", action="store_true", help="keep VAE/text encoder on the CPU between uses")
+    p.add_argument("--vae-tiling", action="store_true", help="decode in spatial tiles (less memory)")
+    p.add_argument("--vae-slicing", action="store_true", help="decode one sample at a time")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _size(args: argparse.Namespace, settings: dict[str, Any], reference: Path) -> tuple[int, int]:
+    from dimo.pipelines.errors import GenerateError
+
+    h = args.height or settings.get("height")
+    w = args.width or settings.get("width")
+    if not (h and w):
+        from dimo.pipelines.io import load_image
+
+        img = load_image(reference)
+        h, w = h or img.shape[1] // 16 * 16, w or img.shape[2] // 16 * 16
+    if h < 16 or w < 16 or h % 16 or w % 16:
+        raise GenerateError(f"output size {h}x{w} must be multiples of 16, at least 16x16")
+    return int(h), int(w)
+
+
+def _check_out(out: Path) -> None:
+    from dimo.pipelines.errors import GenerateError
+
+    if out.suffix.lower() != ".mp4":
+        raise GenerateError(f"--out must end in .mp4, got {out}")
+    if out.is_dir():
+        raise GenerateError(f"--out {out} is a folder; expected an .mp4 file path")
+
+
+def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from dimo.pipelines.errors import GenerateError
+    from dimo.pipelines.io import load_image, load_video, write_json, write_mp4
+    from dimo.pipelines.threedimo import ThreeDiMoPipeline
+
+    if args.driving is None:
+        raise GenerateError("--model 3dimo needs --driving VIDEO (the motion source)")
+    if args.prompt is None or not args.prompt.strip():
+        raise GenerateError(
+            'empty prompt; expected a camera prompt such as --prompt "Front view. The camera stays static."'
+        )
+    if args.checkpoint is not None:
+        pipe = ThreeDiMoPipeline.from_checkpoint(args.checkpoint, args.config)
+    else:
+        pipe = ThreeDiMoPipeline.from_pretrained(args.pretrained)
+    size = _size(args, pipe.settings, args.reference)
+    reference = load_image(args.reference, size)  # (3, H, W)
+    driving, fps = load_video(
+        args.driving, size, min_frames=1 + pipe.temporal_compression, max_frames=args.num_frames
+    )
+    pipe.to(torch.device(args.device))
+    pipe.set_precision(args.dtype)
+    if args.offload:
+        pipe.enable_frozen_cpu_offload()
+    if args.vae_tiling:
+        pipe.enable_vae_tiling()
+    if args.vae_slicing:
+        pipe.enable_vae_slicing()
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    start = time.time()
+    video = pipe(
+        reference,
+        driving,
+        args.prompt,
+        caption=args.caption,
+        negative_prompt=args.negative_prompt,
+        num_inference_steps=args.steps,
+        guidance_scale=1.0 if args.guidance_scale is None else args.guidance_scale,
+        motion_guidance_scale=args.motion_guidance_scale,
+        window=args.window,
+        overlap=args.overlap,
+        generator=gen,
+        progress=args.progress,
+    )  # (T, 3, H, W)
+    sidecar = {
+        "model": "3dimo",
+        "checkpoint": None if args.checkpoint is None else str(args.checkpoint.resolve()),
+        "pretrained": None if args.pretrained is None else str(args.pretrained.resolve()),
+        "config": _run_config(args),
+        "reference": str(args.reference.resolve()),
+        "driving": str(args.driving.resolve()),
+        "prompt": args.prompt,
+        "caption": args.caption,
+        "negative_prompt": args.negative_prompt,
+        "settings": {
+            "steps": args.steps,
+            "seed": args.seed,
+            "guidance_scale": 1.0 if args.guidance_scale is None else args.guidance_scale,
+            "motion_guidance_scale": args.motion_guidance_scale,
+            "window": args.window or pipe.settings.get("window") or int(video.shape[0]),
+            "overlap": args.overlap,
+            "height": size[0],
+            "width": size[1],
+            "dtype": args.dtype,
+            "device": args.device,
+            "offload": args.offload,
+            "vae_tiling": args.vae_tiling,
+            "vae_slicing": args.vae_slicing,
+        },
+        "driving_frames_read": int(driving.shape[0]),
+        "frames": int(video.shape[0]),
+        "fps": fps,
+        "seconds": round(time.time() - start, 3),
+    }
+    _write_outputs(args.out, {args.out: video}, fps, sidecar, write_mp4, write_json)
+    return sidecar
+
+
+def _run_config(args: argparse.Namespace) -> str | None:
+    from dimo.pipelines.checkpoint import find_run_config
+
+    if args.checkpoint is None:
+        return None
+    config = args.config or find_run_config(args.checkpoint)
+    return None if config is None else str(Path(config).resolve())
+
+
+def _write_outputs(out: Path, videos: dict, fps: float, sidecar: dict, write_mp4, write_json) -> None:
+    """Write every video then the sidecar; on any failure remove what this call wrote."""
+
+    written: list[Path] = []
+    try:
+        for path, frames in videos.items():
+            written.append(write_mp4(path, frames, fps))
+        written.append(write_json(out.with_suffix(".json"), sidecar))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Generate for parsed ``args``; returns the sidecar dict. Raises :class:`GenerateError`."""
+
+    _check_out(args.out)
+    if args.model == "3dimo":
+        return _run_threedimo(args)
+    from dimo.pipelines.hvg import run_hvg
+
+    return run_hvg(args, _size, _write_outputs)
+
+
+def main(argv: Sequence[str]) -> int:
+    from dimo.pipelines.errors import GenerateError
+
+    args = build_parser().parse_args(list(argv))
+    try:
+        sidecar = run(args)
+    except GenerateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} ({sidecar['frames']} frames) and {args.out.with_suffix('.json')}")
+    return 0

@@ -1,0 +1,149 @@
+"""Reading trained Lightning checkpoints for inference: which model wrote it, and rebuilding it.
+
+A checkpoint written by ``python -m dimo.cli fit`` holds the LightningModule's plain hyperparameters
+(``_class_path`` + scalars) and the datamodule's (frame count, size), but not the network configs
+(``net``, ``vae``, ``text_encoder`` are excluded from ``save_hyperparameters``). Those come from the
+run's ``config.yaml`` that LightningCLI writes into the log directory, found next to the checkpoint
+(``<run>/config.yaml`` for ``<run>/checkpoints/x.ckpt``) or given explicitly. Without one the module
+is built from its defaults (the tiny presets); loading is strict either way, so a mismatch is a clear
+error, never a silent partial load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from dimo.pipelines.errors import GenerateError
+
+__all__ = ["ModelKind", "read_checkpoint", "checkpoint_kind", "find_run_config", "load_module"]
+
+ModelKind = Literal["3dimo", "hvg"]
+_CLASSES = {"3dimo": "dimo.models.threedimo.ThreeDiMoModule", "hvg": "dimo.models.hvg.HVGModule"}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a Lightning checkpoint on CPU (memory-mapped); unreadable -> :class:`GenerateError`."""
+
+    path = Path(path)
+    if not path.is_file():
+        raise GenerateError(f"checkpoint not found: {path} (expected a Lightning .ckpt from `dimo.cli fit`)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling/zip error means "not a checkpoint"
+        raise GenerateError(
+            f"cannot read checkpoint {path}: {err} (expected a Lightning .ckpt from `dimo.cli fit`)"
+        ) from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise GenerateError(
+            f"{path} is not a Lightning checkpoint (no 'state_dict'); expected a .ckpt from `dimo.cli fit`"
+        )
+    return ckpt
+
+
+def checkpoint_kind(ckpt: dict[str, Any]) -> ModelKind | None:
+    """``3dimo`` / ``hvg`` from the stored class path, else from the state-dict key layout."""
+
+    class_path = str(ckpt.get("hyper_parameters", {}).get("_class_path", ""))
+    if "threedimo" in class_path.lower():
+        return "3dimo"
+    if "hvg" in class_path.lower():
+        return "hvg"
+    keys = ckpt["state_dict"].keys()
+    if any(k.startswith("net.encoders.") for k in keys):
+        return "3dimo"
+    if any(k.startswith("unet.") for k in keys):
+        return "hvg"
+    return None
+
+
+def expect_kind(ckpt: dict[str, Any], path: str | os.PathLike, kind: ModelKind) -> None:
+    found = checkpoint_kind(ckpt)
+    if found != kind:
+        what = "an unknown model" if found is None else f"a {found} model"
+        raise GenerateError(
+            f"checkpoint {path} holds {what}; expected a {kind} checkpoint ({_CLASSES[kind]})"
+        )
+
+
+def find_run_config(ckpt_path: str | os.PathLike) -> Path | None:
+    """LightningCLI's ``config.yaml`` of the run that wrote ``ckpt_path`` (same or parent folder)."""
+
+    p = Path(ckpt_path).resolve()
+    for folder in (p.parent, p.parent.parent):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    return None
+
+
+def _plain_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
+    hp = {k: v for k, v in dict(ckpt.get("hyper_parameters", {})).items() if not k.startswith("_")}
+    for k, v in list(hp.items()):
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            hp[k] = dataclasses.asdict(v)
+    return hp
+
+
+def load_module(
+    path: str | os.PathLike, kind: ModelKind, config: str | os.PathLike | None = None
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild and strictly load the LightningModule of ``path``; returns it (eval) and the data hparams."""
+
+    ckpt = read_checkpoint(path)
+    expect_kind(ckpt, path, kind)
+    data_hp = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    try:
+        if kind == "3dimo":
+            module = _build_threedimo(ckpt, config if config is not None else find_run_config(path))
+        else:
+            from dimo.models.hvg import HVGModule
+
+            hp = _plain_hparams(ckpt)
+            hp.pop("init_from", None)
+            module = HVGModule(**hp)
+    except FileNotFoundError as err:  # incl. MissingWeightsError: a pretrained folder of the run is gone
+        raise GenerateError(f"cannot rebuild the model of {path}: {err}") from err
+    module.on_load_checkpoint(ckpt)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        hint = first[1].strip() if len(first) > 1 else first[0]
+        raise GenerateError(
+            f"checkpoint {path} does not match the model built from its config ({hint}); "
+            "pass the run's config.yaml with --config"
+        ) from err
+    return module.eval(), data_hp
+
+
+def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> torch.nn.Module:
+    from dimo.diffusion.flow_matching import FlowMatching
+    from dimo.models.threedimo import ThreeDiMoModule
+
+    if config is None:
+        hp = _plain_hparams(ckpt)
+        if isinstance(hp.get("flow"), dict):
+            hp["flow"] = FlowMatching(**hp["flow"])
+        hp.update(compile=False, gradient_checkpointing=False)
+        return ThreeDiMoModule(**hp)
+    import yaml
+    from lightning.pytorch.cli import instantiate_module
+
+    config = Path(config)
+    if not config.is_file():
+        raise GenerateError(f"run config not found: {config} (expected the config.yaml LightningCLI wrote)")
+    model = (yaml.safe_load(config.read_text()) or {}).get("model")
+    if not isinstance(model, dict) or "class_path" not in model:
+        raise GenerateError(
+            f"{config} has no 'model' section with a class_path; expected a LightningCLI config.yaml"
+        )
+    init = dict(model.get("init_args") or {})
+    init.update(compile=False, gradient_checkpointing=False)
+    module = instantiate_module(ThreeDiMoModule, {"_class_path": model["class_path"], **init})
+    if not isinstance(module, ThreeDiMoModule):
+        raise GenerateError(f"{config} describes {model['class_path']}; expected a 3dimo ThreeDiMoModule")
+    return module

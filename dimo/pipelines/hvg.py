@@ -1,0 +1,339 @@
+"""HVG inference: reference image + 3D motion (clip format) + a camera set -> V x T videos.
+
+The motion file is a clip-format ``.npz`` (``docs/data.md``): world ``joints`` (T, 55, 3), or
+SMPL-X style parameters (``global_orient``, ``body_pose``, ``hand_pose``, ``transl``, optional
+``rest_joints``) posed by the skeleton's forward kinematics. Cameras: ``ringN`` places N static
+cameras on a horizontal ring around the subject (view 0 in front, +z), looking at the frame-0 pelvis,
+so the pelvis sits at the image centre of every view (HVG's temporal/view alignment of the reference
+and first pose frame). Sampling is the module's progressive spatio-temporal sampler
+(:meth:`dimo.models.hvg.HVGModule.generate`); outputs: one MP4 per view plus a tiled overview.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from dimo.pipelines.errors import GenerateError
+
+__all__ = [
+    "CameraSet",
+    "ring_cameras",
+    "parse_cameras",
+    "load_motion_joints",
+    "HVGPipeline",
+    "tile_views",
+    "run_hvg",
+]
+
+
+@dataclass
+class CameraSet:
+    """V static cameras: K (V, 3, 3), R (V, 3, 3), t (V, 3) world-to-camera (OpenCV)."""
+
+    K: torch.Tensor
+    R: torch.Tensor
+    t: torch.Tensor
+    name: str
+
+
+def ring_cameras(
+    num: int,
+    target: torch.Tensor,
+    height: int,
+    width: int,
+    radius: float = 3.0,
+    elevation_deg: float = 10.0,
+    fov_deg: float = 40.0,
+) -> CameraSet:
+    """``num`` cameras evenly on a ring around ``target`` (3,), view 0 on the +z side (the front)."""
+
+    from dimo.geometry.cameras import intrinsics, look_at
+
+    az = torch.arange(num, dtype=torch.float32) * (2 * math.pi / num)
+    el = math.radians(elevation_deg)
+    offset = torch.stack(
+        [
+            radius * math.cos(el) * torch.sin(az),
+            radius * math.sin(el) * torch.ones_like(az),
+            radius * math.cos(el) * torch.cos(az),
+        ],
+        dim=-1,
+    )  # (V, 3)
+    R, t = look_at(target[None] + offset, target[None].expand(num, 3))
+    K = intrinsics(width, height, fov_deg)[None].expand(num, 3, 3).clone()
+    return CameraSet(K, R, t, f"ring{num}")
+
+
+def parse_cameras(spec: str, target: torch.Tensor, height: int, width: int) -> CameraSet:
+    """``ringN`` (1 <= N <= 64) -> :class:`CameraSet`; anything else is a :class:`GenerateError`."""
+
+    m = re.fullmatch(r"ring(\d+)", spec.strip())
+    if m is None or not 1 <= int(m.group(1)) <= 64:
+        raise GenerateError(f"unknown camera set {spec!r}; expected ringN with 1 <= N <= 64, e.g. ring8")
+    return ring_cameras(int(m.group(1)), target, height, width)
+
+
+def load_motion_joints(path: str | os.PathLike, max_frames: int | None = None) -> torch.Tensor:
+    """World joints (T, 55, 3) from a clip-format motion ``.npz``."""
+
+    from dimo.data.manifest import MOTION_SHAPES
+    from dimo.geometry.skeleton import NUM_JOINTS, forward_kinematics, pose_to_rotmats, rest_joints
+
+    path = Path(path)
+    if not path.is_file():
+        raise GenerateError(f"motion file not found: {path} (expected a clip-format .npz)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files if not k.endswith("_valid")}
+    except Exception as err:  # noqa: BLE001 - zip/pickle errors of a corrupt archive
+        raise GenerateError(f"cannot read motion file {path}: {err} (expected a clip-format .npz)") from err
+    if "joints" in data:
+        joints = data["joints"]
+        if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
+            raise GenerateError(f"{path}: joints has shape {joints.shape}, expected (T, {NUM_JOINTS}, 3)")
+        out = torch.from_numpy(joints)
+    elif "body_pose" in data:
+        n = data["body_pose"].shape[0]
+        for key in ("global_orient", "body_pose", "hand_pose", "transl"):
+            if key in data and data[key].shape != (n, *MOTION_SHAPES[key]):
+                raise GenerateError(
+                    f"{path}: {key} has shape {data[key].shape}, expected {(n, *MOTION_SHAPES[key])}"
+                )
+        zeros = lambda *s: np.zeros((n, *s), np.float32)  # noqa: E731
+        rot = pose_to_rotmats(
+            torch.from_numpy(data.get("global_orient", zeros(3))),
+            torch.from_numpy(data["body_pose"]),
+            torch.from_numpy(data.get("hand_pose", zeros(30, 3))),
+        )
+        rest = torch.from_numpy(data["rest_joints"]) if "rest_joints" in data else rest_joints()
+        out = forward_kinematics(rot, rest, torch.from_numpy(data.get("transl", zeros(3))))
+    else:
+        raise GenerateError(
+            f"{path} has neither 'joints' nor 'body_pose'; expected a clip-format motion file"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise GenerateError(f"{path}: motion has non-finite values")
+    return out[:max_frames] if max_frames else out  # (T, 55, 3)
+
+
+def tile_views(video: torch.Tensor, columns: int | None = None) -> torch.Tensor:
+    """(V, T, 3, H, W) -> overview (T, 3, rows*H, cols*W); empty tiles are black (-1)."""
+
+    v, t, c, h, w = video.shape
+    cols = columns or math.ceil(math.sqrt(v))
+    rows = math.ceil(v / cols)
+    pad = video.new_full((rows * cols - v, t, c, h, w), -1.0)
+    grid = torch.cat([video, pad]).reshape(rows, cols, t, c, h, w)
+    return grid.permute(2, 3, 0, 4, 1, 5).reshape(t, c, rows * h, cols * w)
+
+
+class HVGPipeline(DiffusionPipeline):
+    """HVG generation pipeline: a ``DiffusionPipeline`` around a trained :class:`~dimo.models.hvg.HVGModule`.
+
+    HVG's generator and progressive sampler live in the module (SVD UNet + HVG layers, EDM); the
+    pipeline turns user inputs into the module's batch layout and back. Its components (``unet``,
+    ``vae``, ``image_encoder``) are the module's. Folder (``save_pretrained``/``from_pretrained``)::
+
+        model_index.json   diffusers index + dimo settings
+        hvg/config.json    the module's hyperparameters (network preset, EDM, sampler, guidance)
+        hvg/model.safetensors   every weight of the module (UNet + HVG layers, VAE, CLIP), strict load
+    """
+
+    def __init__(self, module: torch.nn.Module, settings: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.register_modules(unet=module.unet, vae=module.vae, image_encoder=module.image_encoder)
+        self.module = module.eval()
+        self.settings = dict(settings or {})
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> HVGPipeline:
+        from dimo.pipelines.checkpoint import load_module
+
+        module, data_hp = load_module(path, "hvg")
+        return cls(module, {k: data_hp[k] for k in ("height", "width", "num_frames") if data_hp.get(k)})
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HVGPipeline:  # type: ignore[override]
+        if device is not None:
+            self.module.to(device)
+        if dtype is not None:
+            self.module.to(dtype=dtype)
+        return self
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:  # type: ignore[override]
+        """Write the folder (temp folder + rename)."""
+
+        from safetensors.torch import save_file
+
+        out = Path(save_directory)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            (tmp / "hvg").mkdir()
+            hp = {k: v for k, v in dict(self.module.hparams).items() if not k.startswith("_")}
+            hp.update(pretrained=None, init_from=None)  # the weights below hold everything
+            (tmp / "hvg" / "config.json").write_text(json.dumps(hp, indent=2, default=str))
+            state = {k: v.detach().contiguous().clone().cpu() for k, v in self.module.state_dict().items()}
+            save_file(
+                state, tmp / "hvg" / "model.safetensors", metadata={"format": "pt", "class": "HVGModule"}
+            )
+            import diffusers
+
+            index = {
+                "_class_name": type(self).__name__,
+                "_diffusers_version": diffusers.__version__,
+                "unet": ["dimo.models.hvg.network", type(self.module.unet).__name__],
+                "vae": ["diffusers", type(self.module.vae).__name__],
+                "image_encoder": ["transformers", type(self.module.image_encoder).__name__],
+                "dimo": {"settings": self.settings},
+            }
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **_: Any) -> HVGPipeline:  # type: ignore[override]
+        from safetensors.torch import load_file
+
+        from dimo.models.hvg import HVGModule
+
+        folder = Path(pretrained_model_name_or_path)
+        index_file = folder / "model_index.json"
+        if not index_file.is_file():
+            raise GenerateError(
+                f"pretrained folder not found or incomplete: {index_file} missing "
+                "(expected a folder written by `python -m dimo.cli export`)"
+            )
+        index = json.loads(index_file.read_text())
+        if index.get("_class_name") != cls.__name__:
+            raise GenerateError(
+                f"{folder} holds a {index.get('_class_name')}; expected a {cls.__name__} folder"
+            )
+        for name in ("config.json", "model.safetensors"):
+            if not (folder / "hvg" / name).is_file():
+                raise GenerateError(f"pretrained folder incomplete: {folder / 'hvg' / name} missing")
+        module = HVGModule(**json.loads((folder / "hvg" / "config.json").read_text()))
+        try:
+            module.load_state_dict(load_file(folder / "hvg" / "model.safetensors"), strict=True)
+        except RuntimeError as err:
+            raise GenerateError(
+                f"{folder / 'hvg' / 'model.safetensors'} does not match its config: {err}"
+            ) from err
+        return cls(module, index.get("dimo", {}).get("settings"))
+
+    @staticmethod
+    def batch(reference: torch.Tensor, joints: torch.Tensor, cameras: CameraSet) -> dict[str, Any]:
+        """The module's HVG batch (B = 1) for reference (3, H, W), joints (T, 55, 3), V cameras."""
+
+        from dimo.geometry.cameras import project, relative_rotation
+
+        h, w = reference.shape[-2:]
+        v, t = cameras.K.shape[0], joints.shape[0]
+        pelvis = joints[None, :, 0].expand(v, t, 3)  # (V, T, 3)
+        uv, _ = project(pelvis, cameras.K, cameras.R, cameras.t)  # (V, T, 2)
+        return {
+            "target": torch.zeros(1, v, t, 3, h, w),  # shape only: generate() reads (V, T, H, W) here
+            "reference": reference[None],
+            "K": cameras.K[None],
+            "R": cameras.R[None],
+            "t": cameras.t[None],
+            "rel_rot": relative_rotation(cameras.R)[None],
+            "joints3d": joints[None],
+            "pelvis2d": uv[None],
+        }
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        reference: torch.Tensor,
+        joints: torch.Tensor,
+        cameras: CameraSet,
+        num_inference_steps: int = 10,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """(V, T, 3, H, W) in [-1, 1] for reference (3, H, W) [-1, 1] and world joints (T, 55, 3)."""
+
+        device = self.module.device
+        batch = {k: v.to(device) for k, v in self.batch(reference, joints, cameras).items()}
+        gen = generator or torch.Generator(device=device).manual_seed(0)
+        return self.module.generate(batch, gen=gen, steps=num_inference_steps)[0].cpu()
+
+
+def run_hvg(args: argparse.Namespace, size_fn, write_fn) -> dict[str, Any]:
+    """``dimo.cli generate --model hvg``: per-view MP4s ``<out>_view{i}.mp4`` + overview ``<out>``."""
+
+    from dimo.pipelines.io import load_image, write_json, write_mp4
+
+    if args.motion is None:
+        raise GenerateError("--model hvg needs --motion FILE (a clip-format motion .npz)")
+    unused = [
+        f
+        for f, on in (
+            ("--dtype", args.dtype != "float32"),
+            ("--offload", args.offload),
+            ("--vae-tiling", args.vae_tiling),
+            ("--vae-slicing", args.vae_slicing),
+        )
+        if on
+    ]
+    if unused:
+        raise GenerateError(f"{', '.join(unused)} are 3dimo options; HVG runs in float32 on --device")
+    joints = load_motion_joints(args.motion, args.num_frames)
+    if args.checkpoint is not None:
+        pipe = HVGPipeline.from_checkpoint(args.checkpoint)
+    else:
+        pipe = HVGPipeline.from_pretrained(args.pretrained)
+    h, w = size_fn(args, pipe.settings, args.reference)
+    reference = load_image(args.reference, (h, w))
+    cameras = parse_cameras(args.cameras, joints[0, 0], h, w)
+    pipe.to(torch.device(args.device))
+    if args.guidance_scale is not None:
+        pipe.module.guidance_scale = float(args.guidance_scale)
+    start = time.time()
+    video = pipe(
+        reference, joints, cameras, args.steps, torch.Generator(device=args.device).manual_seed(args.seed)
+    )
+    out = Path(args.out)
+    videos = {out.with_name(f"{out.stem}_view{i}.mp4"): video[i] for i in range(video.shape[0])}
+    videos[out] = tile_views(video)
+    sidecar = {
+        "model": "hvg",
+        "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve()),
+        "pretrained": None if args.pretrained is None else str(Path(args.pretrained).resolve()),
+        "reference": str(Path(args.reference).resolve()),
+        "motion": str(Path(args.motion).resolve()),
+        "cameras": cameras.name,
+        "views": [str(p) for p in videos if p != out],
+        "settings": {
+            "steps": args.steps,
+            "seed": args.seed,
+            "guidance_scale": float(pipe.module.guidance_scale),
+            "sampler": dict(pipe.module.hparams.get("sampler", {})),
+            "height": h,
+            "width": w,
+            "device": args.device,
+        },
+        "frames": int(video.shape[1]),
+        "fps": args.fps,
+        "seconds": round(time.time() - start, 3),
+    }
+    write_fn(out, videos, args.fps, sidecar, write_mp4, write_json)
+    return sidecar

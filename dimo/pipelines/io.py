@@ -1,0 +1,119 @@
+"""Input/output helpers of the pipelines: reference images, driving videos, atomic writes, sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dimo.data.video import VideoError, probe, read_frames, resize_crop_plan, write_video
+from dimo.pipelines.errors import GenerateError
+
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm"}
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "load_image",
+    "load_video",
+    "to_uint8",
+    "write_mp4",
+    "write_json",
+]
+
+
+def load_image(path: str | os.PathLike, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an RGB image -> float32 (3, H, W) in [-1, 1]; ``size=(H, W)`` scales to cover, centre-crops.
+
+    A video file (``.mp4``, ``.mov``, ...) gives its first frame (handy for self-reconstruction).
+    """
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise GenerateError(f"reference image not found: {path} (expected a PNG/JPEG file)")
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        try:
+            frame = read_frames(path, [0], size=size)[0]  # (H, W, 3) uint8
+        except Exception as err:  # noqa: BLE001 - PyAV/FFmpeg errors of a broken file
+            raise GenerateError(f"cannot read the first frame of reference video {path}: {err}") from err
+        return torch.from_numpy(frame.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None:
+                plan = resize_crop_plan(img.height, img.width, size[0], size[1], "center")
+                img = img.resize((plan.scaled_w, plan.scaled_h), Image.BICUBIC)
+                img = img.crop((plan.left, plan.top, plan.left + plan.out_w, plan.top + plan.out_h))
+            arr = np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as err:
+        raise GenerateError(f"cannot read reference image {path}: {err} (expected a PNG/JPEG file)") from err
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 127.5 - 1.0  # (3, H, W)
+
+
+def load_video(
+    path: str | os.PathLike,
+    size: tuple[int, int],
+    min_frames: int,
+    max_frames: int | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Decode a driving video -> float32 (T, 3, H, W) in [-1, 1] and its fps.
+
+    All frames (or the first ``max_frames``) are read, resized to cover ``size`` and centre-cropped.
+    Fewer than ``min_frames`` decodable frames is a :class:`GenerateError`.
+    """
+
+    path = Path(path)
+    if not path.is_file():
+        raise GenerateError(f"driving video not found: {path} (expected an MP4/video file)")
+    try:
+        info = probe(path, count=True)
+        n = info.num_frames if max_frames is None else min(info.num_frames, max_frames)
+        if n < min_frames:
+            limit = "" if n == info.num_frames else f" (limited to {n} by the frame limit)"
+            raise GenerateError(
+                f"driving video {path} has {info.num_frames} frames{limit}; at least {min_frames} are needed"
+            )
+        frames = read_frames(path, range(n), size=size)  # (T, H, W, 3) uint8
+    except GenerateError:
+        raise
+    except (VideoError, OSError, ValueError) as err:
+        raise GenerateError(f"cannot read driving video {path}: {err} (expected an MP4/video file)") from err
+    except Exception as err:  # PyAV raises its own FFmpeg errors for non-video files
+        raise GenerateError(f"cannot read driving video {path}: {err} (expected an MP4/video file)") from err
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W)
+    return video, float(info.fps)
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
+
+    x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def write_mp4(path: str | os.PathLike, frames: torch.Tensor, fps: float) -> Path:
+    """Write (T, 3, H, W) [-1, 1] frames as MP4 atomically (temp file + rename)."""
+
+    return write_video(path, to_uint8(frames), fps=fps)
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented JSON atomically."""
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
