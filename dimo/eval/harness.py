@@ -226,6 +226,26 @@ def metric_label(name: str, metric: Metric) -> str:
     return str(getattr(metric, "name", name)) if name in ("fvd", "fvd_v", "fvd_f") else name
 
 
+def build_metrics(
+    names: Sequence[str], weights_dir: str | None = None, allow_grid: bool = True
+) -> torch.nn.ModuleDict:
+    """``{label: metric}`` for harness names, as a ``ModuleDict`` (the LightningModules' val/test metrics).
+
+    The metrics hold no persistent state and keep their extractors outside the module tree, so adding
+    them to a LightningModule changes neither its checkpoints nor their loading. ``allow_grid=False``
+    rejects the multi-view metrics (for models that do not generate V x T grids).
+    """
+
+    cfg = EvalConfig(metrics=list(names), weights_dir=weights_dir)
+    out = torch.nn.ModuleDict()
+    for name in names:
+        if not allow_grid and name in MULTIVIEW:
+            raise ValueError(f"metric {name!r} scores (V, T) grids; this model generates single videos")
+        metric = build_metric(name, cfg)
+        out[metric_label(name, metric)] = metric
+    return out
+
+
 def _shard(names: Sequence[str]) -> Sequence[str]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()

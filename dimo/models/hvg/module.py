@@ -17,11 +17,18 @@ by ``(seed, global_step, rank)``, so a resumed run repeats the uninterrupted one
 Every ``log_video_every_n_steps`` steps rank 0 samples the first grid of the batch with the
 progressive sampler and logs a GIF ``generated | target | normal | depth`` (rows: views) to
 TensorBoard.
+
+Video metrics (``val_metrics``, harness names from :mod:`dimo.eval.harness`, default PSNR/SSIM/L1):
+on the first ``val_metric_batches`` validation batches the grid is sampled and scored against the
+target, every view a video (the multi-view ``fvd_v``/``fvd_f`` get the (V, T) grid), logged as
+``val/<label>``; ``test_step`` scores every test batch under ``test/``. Lightning computes, syncs
+(DDP) and resets them per epoch.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -59,6 +66,10 @@ class HVGModule(LightningModule):
         log_video_every_n_steps: GIF logging period (0 = never).
         vae_chunk: images per VAE call.
         noise_seed: base seed of the per-step generators (sigma, noise, dropout).
+        val_metrics: video metrics (harness names: ``psnr``, ``ssim``, ``l1``, ``lpips_alex``, ``fid``,
+            ``fvd``, ``fvd_v``, ...) logged as ``val/<label>`` and ``test/<label>``.
+        metrics_weights_dir: weight files of LPIPS/FID/FVD/FID-VID (default ``$DIMO_WEIGHTS_DIR``).
+        val_metric_batches: validation batches per epoch that are sampled and scored (0: none).
     """
 
     def __init__(
@@ -79,6 +90,9 @@ class HVGModule(LightningModule):
         log_video_every_n_steps: int = 0,
         vae_chunk: int = 16,
         noise_seed: int = 0,
+        val_metrics: Sequence[str] = ("psnr", "ssim", "l1"),
+        metrics_weights_dir: str | None = None,
+        val_metric_batches: int = 1,
     ) -> None:
         super().__init__()
         # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
@@ -95,6 +109,7 @@ class HVGModule(LightningModule):
             sampler=asdict(self.sampler),
             pretrained=None if pretrained is None else str(pretrained),
             init_from=None if init_from is None else str(init_from),
+            val_metrics=list(val_metrics),
         )
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.pretrained = pretrained
@@ -109,6 +124,12 @@ class HVGModule(LightningModule):
             vae_chunk,
             noise_seed,
         )
+        # one collection per split (submodules: moved to the device, synced under DDP; no checkpoint keys)
+        from dimo.eval.harness import build_metrics
+
+        self.val_metric_batches = val_metric_batches
+        self.metrics_val = build_metrics(val_metrics, metrics_weights_dir)
+        self.metrics_test = build_metrics(val_metrics, metrics_weights_dir)
         if init_from is not None:
             self._init_from(Path(init_from))
 
@@ -242,7 +263,36 @@ class HVGModule(LightningModule):
         gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + batch_idx)
         loss = self._loss(batch, gen)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0], sync_dist=True)
+        if batch_idx < self.val_metric_batches and len(self.metrics_val):
+            self._update_metrics(self.metrics_val, "val", batch, batch_idx)
         return loss
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + batch_idx)
+        loss = self._loss(batch, gen)
+        self.log("test/loss", loss, batch_size=batch["target"].shape[0], sync_dist=True)
+        if len(self.metrics_test):
+            self._update_metrics(self.metrics_test, "test", batch, batch_idx)
+        return loss
+
+    def _update_metrics(
+        self, metrics: torch.nn.ModuleDict, split: str, batch: dict[str, Any], batch_idx: int
+    ) -> None:
+        """Sample the batch's grids and score them against the target; Lightning computes at epoch end."""
+
+        from dimo.eval.multiview import MultiViewFVD
+
+        gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + 7_919 + batch_idx)
+        g, r = (
+            self.generate(batch, gen=gen).float().clamp(-1, 1),
+            batch["target"].float(),
+        )  # (B, V, T, 3, H, W)
+        for metric in metrics.values():
+            if isinstance(metric, MultiViewFVD):
+                metric.update(g, r)
+            else:
+                metric.update(g.flatten(0, 1), r.flatten(0, 1))  # every view a video
+        self.log_dict({f"{split}/{k}": m for k, m in metrics.items()}, batch_size=g.shape[0])
 
     def on_train_batch_end(self, outputs, batch: dict[str, Any], batch_idx: int) -> None:
         n = self.log_video_every_n_steps

@@ -21,10 +21,16 @@ Logs: ``train/loss``, ``train/loss_diffusion``, ``train/loss_geo``, ``train/geo_
 joints), ``train/lr``; ``val/*`` the same; every ``sample_every_n_steps`` a few-step sample of the
 first validation batch to TensorBoard (``val/samples``: rows driving | generated | target, columns
 frames) and as an MP4 under ``<log_dir>/samples/``.
+
+Video metrics (``val_metrics``, harness names from :mod:`dimo.eval.harness`, default PSNR/SSIM/L1):
+on the first ``val_metric_batches`` validation batches a few-step sample of the whole batch is scored
+against the target frames and logged as ``val/<label>`` (``val/psnr``, ``val/fvd_16f``); ``test_step``
+scores every test batch under ``test/``. Lightning computes, syncs (DDP) and resets them per epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,6 +136,10 @@ class ThreeDiMoModule(LightningModule):
         sample_steps: Euler steps of the validation sampler.
         num_samples: validation clips sampled.
         noise_seed: base seed of the per-step noise generator.
+        val_metrics: video metrics (harness names: ``psnr``, ``ssim``, ``l1``, ``lpips_alex``, ``fid``,
+            ``fvd``, ...) logged as ``val/<label>`` and ``test/<label>``.
+        metrics_weights_dir: weight files of LPIPS/FID/FVD/FID-VID (default ``$DIMO_WEIGHTS_DIR``).
+        val_metric_batches: validation batches per epoch that are sampled and scored (0: none).
         optimizer, lr_scheduler: injected by LightningCLI (paper: Adam, lr 1e-5).
     """
 
@@ -148,6 +158,9 @@ class ThreeDiMoModule(LightningModule):
         sample_steps: int = 4,
         num_samples: int = 2,
         noise_seed: int = 0,
+        val_metrics: Sequence[str] = ("psnr", "ssim", "l1"),
+        metrics_weights_dir: str | None = None,
+        val_metric_batches: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
     ) -> None:
@@ -170,6 +183,12 @@ class ThreeDiMoModule(LightningModule):
             num_samples,
         )
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        # one collection per split (submodules: moved to the device, synced under DDP; no checkpoint keys)
+        from dimo.eval.harness import build_metrics
+
+        self.val_metric_batches = val_metric_batches
+        self.metrics_val = build_metrics(val_metrics, metrics_weights_dir, allow_grid=False)
+        self.metrics_test = build_metrics(val_metrics, metrics_weights_dir, allow_grid=False)
         self.vae.to(_DTYPES[frozen_dtype])
         self.text_encoder.to(_DTYPES[frozen_dtype])
         if train_parts == "motion":
@@ -283,8 +302,31 @@ class ThreeDiMoModule(LightningModule):
         for key in ("loss_diffusion", "loss_geo", "mpjpe_geo"):
             if key in out:
                 self.log(f"val/{key}", out[key], batch_size=b, sync_dist=True)
+        generated = None
+        if batch_idx < self.val_metric_batches and len(self.metrics_val):
+            generated = self.generate(batch)
+            self._update_metrics(self.metrics_val, "val", generated, batch["target"])
         if batch_idx == 0 and self._should_sample():
-            self._log_samples(batch)
+            self._log_samples(batch, generated)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        out = self._losses(batch, self._generator(offset=1 + batch_idx))
+        b = batch["driving"].shape[0]
+        for key in ("loss_diffusion", "loss_geo", "mpjpe_geo"):
+            if key in out:
+                self.log(f"test/{key}", out[key], batch_size=b, sync_dist=True)
+        if len(self.metrics_test):
+            self._update_metrics(self.metrics_test, "test", self.generate(batch), batch["target"])
+
+    def _update_metrics(
+        self, metrics: torch.nn.ModuleDict, split: str, generated: torch.Tensor, target: torch.Tensor
+    ) -> None:
+        """Score generated vs target clips (B, T, 3, H, W) in [-1, 1]; Lightning computes at epoch end."""
+
+        g, r = generated.float().clamp(-1, 1), target.float()
+        for metric in metrics.values():
+            metric.update(g, r)
+        self.log_dict({f"{split}/{k}": m for k, m in metrics.items()}, batch_size=g.shape[0])
 
     # -- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -312,10 +354,10 @@ class ThreeDiMoModule(LightningModule):
             return False
         return self.global_step % self.sample_every_n_steps == 0 or self.global_step == self.trainer.max_steps
 
-    def _log_samples(self, batch: dict[str, Any]) -> None:
+    def _log_samples(self, batch: dict[str, Any], generated: torch.Tensor | None = None) -> None:
         n = min(self.num_samples, batch["driving"].shape[0])
         small = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
-        generated = self.generate(small)
+        generated = self.generate(small) if generated is None else generated[:n]
         rows = torch.stack([small["driving"], generated, small["target"]], dim=1)  # (n, 3, T, 3, H, W)
         # one image per clip: rows driving | generated | target, columns frames -> (3, 3H, T*W)
         grid = rows.permute(0, 3, 1, 4, 2, 5).flatten(4, 5).flatten(2, 3)  # (n, 3, 3H, T*W)
