@@ -2,7 +2,8 @@
 
 Two kinds of subcommand share one door:
 
-* the Lightning ones (``fit``, ``validate``, ``test``, ``predict``) go to :class:`DimoCLI`, a thin
+* the Lightning ones (``fit``, ``validate``, ``test``, ``predict``) go to
+  :class:`dimo.lightning_cli.DimoCLI`, a thin
   :class:`~lightning.pytorch.cli.LightningCLI` in omegaconf parser mode, so ``${...}`` interpolation,
   several ``--config`` overlays and ``--print_config`` work as LightningCLI documents them;
 * every other subcommand (``data``, ``geometry``, ``evaluate``, ``generate``, ``export`` ...) is looked
@@ -14,51 +15,30 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from lightning.pytorch.cli import LightningCLI
+if TYPE_CHECKING:
+    from dimo.lightning_cli import DimoCLI
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
-
-class DimoCLI(LightningCLI):
-    """LightningCLI with the defaults a dimo user expects.
-
-    * TensorBoard logger under ``runs/`` (override with ``--trainer.logger``),
-    * a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` configurable as ``--checkpoint.*``
-      (it always saves ``last.ckpt``; Lightning writes checkpoints atomically),
-    * a learning-rate monitor and a rich progress bar, always present,
-    * seeding on by default (``--seed_everything``), deterministic data order per seed.
-    """
-
-    def __init__(self, *args, **kwargs):
-        from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
-
-        trainer_defaults = {
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "dimo"},
-            },
-            "callbacks": [LearningRateMonitor(logging_interval="step"), RichProgressBar(leave=True)],
-        }
-        trainer_defaults.update(kwargs.pop("trainer_defaults", {}) or {})
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
-        kwargs.setdefault("subclass_mode_model", True)
-        kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault("seed_everything_default", 42)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(*args, trainer_defaults=trainer_defaults, **kwargs)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
 
 
 def run_lightning(args: Sequence[str] | None = None, run: bool = True, **kwargs) -> DimoCLI:
     """Build (and, with ``run=True``, execute) the Lightning CLI; used by tests with ``run=False``."""
 
+    from dimo.lightning_cli import DimoCLI
+
     return DimoCLI(args=list(args) if args is not None else None, run=run, **kwargs)
+
+
+def __getattr__(name: str):
+    # Lightning is imported only when a Lightning subcommand (or DimoCLI itself) is needed, so the
+    # other commands (data synth, geometry preview, evaluate) start in a fraction of the time.
+    if name == "DimoCLI":
+        from dimo.lightning_cli import DimoCLI
+
+        return DimoCLI
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

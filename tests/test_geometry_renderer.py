@@ -174,3 +174,39 @@ def test_skeleton_map_draws_bones():
 def test_bad_camera_shapes_raise():
     with pytest.raises(ValueError, match="cameras must be"):
         rd.render_bones(sk.rest_joints()[None], torch.eye(3), EYE, ZERO_T, 8, 8)
+
+
+def test_culled_render_matches_brute_force_ray_casting():
+    # random ellipsoids around and behind the camera, one containing it, an image size that leaves
+    # partial culling tiles: the bounding-sphere cull must not change any pixel
+    g = torch.Generator().manual_seed(0)
+    B, E, H, W = 2, 14, 29, 37
+    dt = torch.float64
+    center = torch.randn(B, E, 3, generator=g, dtype=dt) * torch.tensor([1.0, 1.0, 2.0], dtype=dt)
+    center[..., 2] += 2.5
+    center[:, 0] = torch.tensor([0.1, -0.1, 0.2], dtype=dt)  # camera inside this one (radius 0.5)
+    center[:, 1, 2] = -2.0  # behind the camera
+    axes = axis_angle_to_matrix(torch.randn(B, E, 3, generator=g, dtype=dt))
+    radii = 0.1 + 0.5 * torch.rand(B, E, 3, generator=g, dtype=dt)
+    radii[:, 0] = 0.5
+    ell = rd.Ellipsoids(center, axes, radii, torch.arange(E) % 5)
+    K = torch.tensor([[40.0, 0, 18.0], [0, 40.0, 15.0], [0, 0, 1]], dtype=dt).expand(B, 3, 3)
+    R = axis_angle_to_matrix(0.1 * torch.randn(B, 3, generator=g, dtype=dt))
+    t = 0.1 * torch.randn(B, 3, generator=g, dtype=dt)
+    out = rd.render_ellipsoids(ell, K, R, t, H, W, chunk_pairs=3000)
+
+    c = center @ R.transpose(-1, -2) + t[:, None]  # (B, E, 3) camera space
+    M = (R[:, None] @ axes).transpose(-1, -2) / radii[..., :, None]  # (B, E, 3, 3)
+    d = rd._pixel_rays(K, H, W)  # (B, P, 3)
+    Md = torch.einsum("beij,bpj->bpei", M, d)  # (B, P, E, 3)
+    Mc = torch.einsum("beij,bej->bei", M, c)[:, None]  # (B, 1, E, 3)
+    qa, qb, qc = (Md * Md).sum(-1), -(Md * Mc).sum(-1), (Mc * Mc).sum(-1) - 1
+    disc = qb * qb - qa * qc
+    s = (-qb - disc.clamp_min(0).sqrt()) / qa
+    s = torch.where((disc >= 0) & (s > 1e-6), s, torch.inf)
+    smin, idx = s.min(-1)
+    hit = torch.isfinite(smin)
+    assert 0 < hit.float().mean() < 1
+    assert torch.equal(out.mask.reshape(B, -1), hit)
+    torch.testing.assert_close(out.depth.reshape(B, -1), smin.where(hit, 0.0), rtol=1e-9, atol=1e-9)
+    assert torch.equal(out.part.reshape(B, -1), torch.where(hit, ell.part[idx], -1))

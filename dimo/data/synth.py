@@ -264,28 +264,44 @@ def _background(
     return img.reshape(T, h, w, 3).permute(0, 3, 1, 2)  # (T, 3, H, W)
 
 
-def render_view(ident: Identity, joints: torch.Tensor, traj, h: int, w: int) -> np.ndarray:
-    """Frames of one camera path: joints (T, 55, 3) -> uint8 (T, H, W, 3)."""
+def render_views(ident: Identity, joints: torch.Tensor, trajs: list, h: int, w: int) -> list[np.ndarray]:
+    """Frames of several camera paths over the same motion, ray-cast in one batch.
+
+    joints (T, 55, 3) -> one uint8 (T, H, W, 3) array per path; the same frames as rendering each
+    path on its own (every pixel is computed independently of the batch).
+    """
 
     from dimo.geometry.renderer import render_bones, toy_body_ellipsoids
     from dimo.geometry.skeleton import JOINT_RADII, bone_radii
 
+    if not trajs:
+        return []
+    T = joints.shape[0]
+    jj = joints.repeat(len(trajs), 1, 1)  # (V*T, 55, 3), view-major
+    K, R, t = (torch.cat([getattr(traj, k) for traj in trajs]) for k in ("K", "R", "t"))
     radii = bone_radii(JOINT_RADII * ident.thickness)
     out = render_bones(
-        joints,
-        traj.K,
-        traj.R,
-        traj.t,
+        jj,
+        K,
+        R,
+        t,
         h,
         w,
         radii=radii,
-        extra=toy_body_ellipsoids(joints, ident.scale),
+        extra=toy_body_ellipsoids(jj, ident.scale),
         part_colors=ident.part_colors,
         stripes=ident.stripes,
     )
-    bg = _background(ident, traj.R, traj.t, traj.K, h, w)
-    rgb = torch.where(out.mask[:, None], out.rgb, bg)  # (T, 3, H, W)
-    return (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    bg = _background(ident, R, t, K, h, w)
+    rgb = torch.where(out.mask[:, None], out.rgb, bg)  # (V*T, 3, H, W)
+    frames = (rgb.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    return [frames[v * T : (v + 1) * T] for v in range(len(trajs))]
+
+
+def render_view(ident: Identity, joints: torch.Tensor, traj, h: int, w: int) -> np.ndarray:
+    """Frames of one camera path: joints (T, 55, 3) -> uint8 (T, H, W, 3)."""
+
+    return render_views(ident, joints, [traj], h, w)[0]
 
 
 def _camera_json(traj) -> dict:
@@ -356,8 +372,8 @@ def make_clip(root: Path, source: str, index: int, cfg: SynthConfig) -> ClipReco
     clip_dir = root / "clips" / clip_id
     clip_dir.mkdir(parents=True, exist_ok=True)
     views = []
-    for v, traj in enumerate(trajs):
-        frames = render_view(ident, joints, traj, cfg.height, cfg.width)
+    all_frames = render_views(ident, joints, trajs, cfg.height, cfg.width)
+    for v, (traj, frames) in enumerate(zip(trajs, all_frames)):
         rel = f"clips/{clip_id}/view_{v:02d}.mp4"
         write_video(root / rel, frames, cfg.fps, crf=cfg.crf)
         cams = _camera_json(traj)
@@ -403,7 +419,9 @@ def synthesize(
     root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(min(prev_threads, 2))
+    # one thread: every op here is small (one 64x64 view at a time), so extra OpenMP threads only add
+    # synchronisation and spin-waiting, which on a busy 2-core machine costs several times the work
+    torch.set_num_threads(1)
     try:
         records = [
             make_clip(root, source, i, cfg)

@@ -11,8 +11,9 @@ unit sphere, a camera ray ``s * d`` (camera at the origin of camera space, ``|d|
 coefficients are two small matrix products (``a = d^T A d`` with ``A = M^T M`` written over the 6
 unique entries, ``b = d . M^T M (-c)``), so the caster is exact, batched, pure PyTorch and runs on
 CPU or CUDA. PyTorch3D (what HVG used) has no wheels on this package index; writing the closed form
-here is smaller than any mesh rasteriser dependency. Pixels are processed in chunks so memory
-stays bounded (about ``chunk_pairs`` ray-ellipsoid pairs at a time) at 576x576 with 55 joints.
+here is smaller than any mesh rasteriser dependency. Only ray-ellipsoid pairs whose 8x8-pixel tile
+can reach the ellipsoid's bounding sphere are evaluated (a conservative cone test, so the image is the
+same as testing every pair), in chunks so memory stays bounded (about ``chunk_pairs`` pairs at a time).
 
 Outputs follow ``docs/contracts.md``: depth = distance to the camera centre (0 = background),
 camera-space unit normals pointing towards the camera (0 = background), part id (-1 = background),
@@ -210,6 +211,128 @@ def _per_item(x: torch.Tensor | None, B: int, shape: tuple[int, ...], name: str)
     raise ValueError(f"{name} must have shape {shape} or {(B, *shape)}, got {tuple(x.shape)}")
 
 
+def _tile_candidates(
+    c_cam: torch.Tensor,
+    radii: torch.Tensor,
+    K: torch.Tensor,
+    height: int,
+    width: int,
+    tile: int,
+) -> torch.Tensor:
+    """(n, 3) long rows (view, tile, ellipsoid) whose ray cone can meet the ellipsoid's bounding sphere.
+
+    Conservative: a ray through a pixel centre of the tile makes an angle of at most ``h`` (the
+    largest angle of the tile's four pixel-centre corners to its axis; the cone is convex, so the
+    corners bound the whole rectangle) with the tile axis, and a ray that hits a sphere of radius
+    ``r`` at distance ``|c|`` makes an angle of at most ``asin(r / |c|)`` with the direction of its
+    centre; a pair is dropped only when the two cones are separated by more than a safety margin.
+    Computed in float64 so rounding cannot drop a pair.
+    """
+
+    dev = c_cam.device
+    ty, tx = -(-height // tile), -(-width // tile)
+    y0 = torch.arange(ty, device=dev, dtype=torch.float64) * tile + 0.5
+    x0 = torch.arange(tx, device=dev, dtype=torch.float64) * tile + 0.5
+    y1 = (y0 + tile - 1).clamp(max=height - 0.5)
+    x1 = (x0 + tile - 1).clamp(max=width - 0.5)
+    yy0, xx0 = torch.meshgrid(y0, x0, indexing="ij")
+    yy1, xx1 = torch.meshgrid(y1, x1, indexing="ij")
+    corners = torch.stack(
+        [
+            torch.stack([xx0, yy0], -1),
+            torch.stack([xx1, yy0], -1),
+            torch.stack([xx0, yy1], -1),
+            torch.stack([xx1, yy1], -1),
+        ],
+        -2,
+    ).reshape(-1, 4, 2)  # (T, 4, 2)
+    pix = torch.cat([corners, torch.ones_like(corners[..., :1])], -1)  # (T, 4, 3)
+    Kinv = torch.linalg.inv(K.double())  # (B, 3, 3)
+    d = F.normalize(torch.einsum("tkj,bij->btki", pix, Kinv), dim=-1)  # (B, T, 4, 3)
+    axis = F.normalize(d.sum(-2), dim=-1)  # (B, T, 3)
+    half = torch.acos((d * axis[..., None, :]).sum(-1).clamp(-1, 1)).amax(-1)  # (B, T)
+    c = c_cam.double()
+    dist = c.norm(dim=-1)  # (B, E)
+    r = radii.double().amax(-1)  # bounding sphere radius (B, E)
+    inside = dist <= r * (1 + 1e-6) + 1e-9  # camera in the bounding sphere: every ray may hit
+    alpha = torch.asin((r / dist.clamp_min(1e-12)).clamp(max=1.0))  # (B, E)
+    cdir = c / dist.clamp_min(1e-12)[..., None]
+    gap = torch.acos((axis @ cdir.transpose(-1, -2)).clamp(-1, 1))  # (B, T, E) angle between axes
+    cand = (gap <= half[..., None] + alpha[:, None, :] + 1e-4) | inside[:, None, :]
+    return cand.nonzero()
+
+
+def _nearest_hits(
+    rays: torch.Tensor,
+    A6: torch.Tensor,
+    Ac: torch.Tensor,
+    cc: torch.Tensor,
+    c_cam: torch.Tensor,
+    radii: torch.Tensor,
+    K: torch.Tensor,
+    height: int,
+    width: int,
+    chunk_pairs: int,
+    tile: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest ray parameter (B*P,) (inf = miss) and its ellipsoid index (B*P,) for rays (B, P, 3).
+
+    Only (pixel, ellipsoid) pairs that pass the bounding-sphere cull of :func:`_tile_candidates`
+    are evaluated (a dropped pair cannot hit, so the result equals the dense one); ties between
+    ellipsoids go to the lowest index. At most ``chunk_pairs`` pairs are evaluated at once; the
+    result does not depend on it.
+    """
+
+    B, P = rays.shape[:2]
+    E = c_cam.shape[1]
+    dev, dt = rays.device, rays.dtype
+    ty, tx = -(-height // tile), -(-width // tile)
+    ys = (torch.arange(ty, device=dev)[:, None] * tile + torch.arange(tile, device=dev)).clamp(max=height)
+    xs = (torch.arange(tx, device=dev)[:, None] * tile + torch.arange(tile, device=dev)).clamp(max=width)
+    # pixel index of every slot of every tile (T, tile*tile); slots outside the image are -1
+    tile_pix = torch.where(
+        (ys[:, None, :, None] < height) & (xs[None, :, None, :] < width),
+        ys[:, None, :, None] * width + xs[None, :, None, :],
+        -1,
+    ).reshape(ty * tx, tile * tile)
+    trip = _tile_candidates(c_cam, radii, K, height, width, tile)  # (n, 3): view, tile, ellipsoid
+    rays_f = rays.reshape(B * P, 3)
+    A6_f, Ac_f, cc_f = A6.reshape(B * E, 6), Ac.reshape(B * E, 3), cc.reshape(B * E)
+    best_s = torch.full((B * P,), torch.inf, device=dev, dtype=dt)
+    best_e = torch.zeros(B * P, device=dev, dtype=torch.long)
+    step = max(1, chunk_pairs // (tile * tile))
+    for t0 in range(0, trip.shape[0], step):
+        b, tl, e = trip[t0 : t0 + step].unbind(-1)
+        pix = tile_pix[tl]  # (m, S)
+        valid = pix >= 0
+        key = b[:, None] * P + pix.clamp_min(0)  # (m, S) into B*P
+        be = b * E + e  # (m,) into B*E
+        d = rays_f[key]  # (m, S, 3)
+        dx, dy, dz = d.unbind(-1)
+        d6 = torch.stack([dx * dx, dy * dy, dz * dz, dx * dy, dx * dz, dy * dz], -1)  # (m, S, 6)
+        # running multiply-adds in the order a CPU GEMM uses, so values match the dense products
+        a6, ac = A6_f[be, None, :].expand_as(d6), Ac_f[be, None, :].expand_as(d)
+        qa = torch.zeros_like(dx)  # (m, S): d^T A d
+        for k in range(6):
+            qa = qa.addcmul(d6[..., k], a6[..., k])
+        qb = torch.zeros_like(dx)  # d . Ac
+        for k in range(3):
+            qb = qb.addcmul(d[..., k], ac[..., k])
+        disc = qb * qb - qa * cc_f[be, None]
+        s = (-qb - disc.clamp_min(0).sqrt()) / qa  # nearer root
+        s = torch.where((disc >= 0) & (s > 1e-6) & valid, s, torch.inf)
+        key, s = key.reshape(-1), s.reshape(-1)
+        ee = e[:, None].expand_as(pix).reshape(-1)
+        cmin = torch.full_like(best_s, torch.inf).scatter_reduce_(0, key, s, "amin")
+        # lowest ellipsoid index among this chunk's pairs at the pixel's nearest parameter
+        tie = (s == cmin[key]) & torch.isfinite(s)
+        cidx = torch.full_like(best_e, E).scatter_reduce_(0, key[tie], ee[tie], "amin")
+        better = (cmin < best_s) | ((cmin == best_s) & (cidx < best_e) & torch.isfinite(cmin))
+        best_s = torch.where(better, cmin, best_s)
+        best_e = torch.where(better, cidx, best_e)
+    return best_s, best_e
+
+
 def render_ellipsoids(
     ellipsoids: Ellipsoids,
     K: torch.Tensor,
@@ -256,39 +379,28 @@ def render_ellipsoids(
     cc = ((M @ c_cam[..., None])[..., 0] ** 2).sum(-1) - 1.0  # (B, E)
     rays = _pixel_rays(K, height, width)  # (B, P, 3)
 
-    depth = torch.zeros(B, P, device=dev, dtype=dt)
-    normal = torch.zeros(B, P, 3, device=dev, dtype=dt)
-    part = torch.full((B, P), -1, device=dev, dtype=torch.long)
-    major = torch.zeros(B, P, device=dev, dtype=dt)  # hit point's coordinate along the major axis, [-1, 1]
-    # group views when images are small, split pixels when they are large
-    per_view = P * max(E, 1)
-    b_step = max(1, chunk_pairs // per_view)
-    p_step = max(1, min(P, chunk_pairs // max(E, 1)))
-    for b0 in range(0, B, b_step):
-        bs = slice(b0, min(B, b0 + b_step))
-        for p0 in range(0, P, p_step):
-            ps = slice(p0, min(P, p0 + p_step))
-            d = rays[bs, ps]  # (b, p, 3)
-            dx, dy, dz = d.unbind(-1)
-            d6 = torch.stack([dx * dx, dy * dy, dz * dz, dx * dy, dx * dz, dy * dz], -1)  # (b, p, 6)
-            qa = d6 @ A6[bs].transpose(-1, -2)  # (b, p, E)
-            qb = d @ Ac[bs].transpose(-1, -2)  # (b, p, E)
-            disc = qb * qb - qa * cc[bs, None, :]
-            s = (-qb - disc.clamp_min(0).sqrt()) / qa  # nearer root
-            s = torch.where((disc >= 0) & (s > 1e-6), s, torch.full_like(s, torch.inf))
-            smin, idx = s.min(dim=-1)  # (b, p)
-            hit = torch.isfinite(smin)
-            if not hit.any():
-                continue
-            bi = torch.arange(bs.start, bs.stop, device=dev)[:, None].expand_as(idx)
-            point = smin.where(hit, 0.0)[..., None] * d  # (b, p, 3)
-            rel = point - c_cam[bi, idx]  # (b, p, 3)
-            n = (A[bi, idx] @ rel[..., None])[..., 0]  # gradient of the quadric = outward normal
-            local = (M[bi, idx] @ rel[..., None])[..., 0]  # (b, p, 3) on the unit sphere
-            depth[bs, ps] = smin.where(hit, 0.0)
-            normal[bs, ps] = F.normalize(n, dim=-1) * hit[..., None]
-            part[bs, ps] = torch.where(hit, ellipsoids.part[idx], -1)
-            major[bs, ps] = local[..., 0].clamp(-1, 1) * hit
+    # nearest hit per pixel over the ellipsoids whose bounding spheres can reach it (see _nearest_hits)
+    smin, idx = _nearest_hits(rays, A6, Ac, cc, c_cam, ellipsoids.radii, K, height, width, chunk_pairs)
+    hit = torch.isfinite(smin)  # (B*P,)
+    depth = smin.where(hit, 0.0)
+    idx = idx.where(hit, 0)
+    # normals and stripe coordinates at hit pixels only (misses stay 0)
+    hit_at = hit.nonzero()[:, 0]  # (N,) into B*P
+    eidx = torch.div(hit_at, P, rounding_mode="floor") * E + idx[hit_at]  # (N,) into B*E
+    rays_f = rays.reshape(B * P, 3)
+    c_f, A_f, M_f = c_cam.reshape(B * E, 3), A.reshape(B * E, 3, 3), M.reshape(B * E, 3, 3)
+    normal = torch.zeros(B * P, 3, device=dev, dtype=dt)
+    major = torch.zeros(B * P, device=dev, dtype=dt)  # hit point's coordinate along the major axis, [-1, 1]
+    step = max(1, chunk_pairs // 8)
+    for q0 in range(0, hit_at.shape[0], step):
+        at, ei = hit_at[q0 : q0 + step], eidx[q0 : q0 + step]
+        rel = depth[at, None] * rays_f[at] - c_f[ei]  # hit point relative to the centre
+        n = (A_f[ei] @ rel[..., None])[..., 0]  # gradient of the quadric = outward normal
+        local = (M_f[ei] @ rel[..., None])[..., 0]  # on the unit sphere
+        normal[at] = F.normalize(n, dim=-1)
+        major[at] = local[..., 0].clamp(-1, 1)
+    depth, normal, major = depth.reshape(B, P), normal.reshape(B, P, 3), major.reshape(B, P)
+    part = torch.where(hit, ellipsoids.part[idx], -1).reshape(B, P)
     mask = part >= 0
 
     rgb = None
