@@ -4,13 +4,13 @@
 * :mod:`.geometric_decoder` — D_g, tokens -> 6D body/hand pose;
 * :mod:`.injection` — motion cross-attention (attention processor) / channel-concat ablation;
 * :mod:`.backbone` — Wan presets, :class:`ThreeDiMoTransformer`, strict loading;
-* :mod:`.frozen` — frozen Wan VAE and UMT5 text encoder;
+* :mod:`.frozen` — frozen Wan VAE, UMT5 text encoder and (I2V) CLIP image encoder;
 * :mod:`.network` — :class:`ThreeDiMoNet`, the trainable parts with save/from_pretrained;
 * :mod:`.module` — :class:`ThreeDiMoModule`, the LightningModule.
 """
 
 from dimo.models.threedimo.backbone import WAN_PRESETS, MissingWeightsError, ThreeDiMoTransformer
-from dimo.models.threedimo.frozen import WanTextEncoder, WanVAE
+from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.geometric_decoder import GeometricDecoder
 from dimo.models.threedimo.module import ThreeDiMoModule, geometric_loss, geometric_mpjpe
 from dimo.models.threedimo.motion_encoder import MotionEncoders, TiTokEncoder, hand_crops
@@ -25,6 +25,7 @@ __all__ = [
     "ThreeDiMoNet",
     "ThreeDiMoTransformer",
     "TiTokEncoder",
+    "WanImageEncoder",
     "WanTextEncoder",
     "WanVAE",
     "geometric_loss",

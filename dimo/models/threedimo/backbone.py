@@ -7,11 +7,19 @@ are exactly diffusers' keys, so a local Wan diffusers folder loads into it) and 
 * ``tiny``: 2 layers, 2x16 heads, CPU seconds per step (tests, toy runs);
 * ``wan2.1-t2v-1.3b``: diffusers' ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` transformer config
   (1,418,996,800 parameters);
-* ``wan2.1-i2v-14b``: ``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`` (36 input channels, CLIP image branch).
+* ``wan2.1-i2v-14b``: ``Wan-AI/Wan2.1-I2V-14B-480P-Diffusers`` (36 input channels, CLIP image branch);
+* ``tiny-i2v``: ``tiny`` with the I2V input (36 channels) and a 32-wide image branch (CPU tests).
 
-Reference conditioning (paper: the reference latent shares the video tokens' self-attention): as in
-Wan2.2 TI2V, the clean reference latent replaces the first latent frame and those tokens get
-timestep 0 (per-token timesteps); the loss skips them (done by the LightningModule).
+Reference conditioning (paper: the reference latent shares the video tokens' self-attention):
+
+* T2V presets (``image_dim`` None): as in Wan2.2 TI2V, the clean reference latent replaces the first
+  latent frame and those tokens get timestep 0 (per-token timesteps); the loss skips them (done by
+  the LightningModule).
+* I2V presets (``image_dim`` set): as diffusers' ``WanImageToVideoPipeline``, the input is
+  ``[noisy latents (16); mask (4); VAE latent of [reference, zeros...] (16)]`` on channels and the
+  CLIP image tokens of the reference go through Wan's image branch (``encoder_hidden_states_image``);
+  one timestep per sample, loss on every latent frame. Text embeddings are zero-padded to the 512
+  tokens diffusers' I2V attention processor assumes (Wan pads prompts to 512 with zeros too).
 
 Loading is strict: :func:`load_strict` raises :class:`MissingWeightsError` naming the folder, the
 file and the keys unless a key is on the explicit allow-list of new layers.
@@ -40,6 +48,7 @@ from dimo.models.threedimo.injection import (
 __all__ = [
     "WAN_PRESETS",
     "MissingWeightsError",
+    "i2v_condition",
     "ThreeDiMoTransformer",
     "load_strict",
     "read_weights",
@@ -87,6 +96,11 @@ WAN_PRESETS: dict[str, dict] = {
         "added_kv_proj_dim": 5120,
     },
 }
+
+WAN_PRESETS["tiny-i2v"] = {**WAN_PRESETS["tiny"], "in_channels": 36, "image_dim": 32, "added_kv_proj_dim": 32}
+
+WAN_TEXT_LENGTH = 512  # diffusers' WanAttnProcessor splits image/text context at (length - 512)
+I2V_MASK_CHANNELS = 4  # = VAE temporal stride: one mask channel per folded frame
 
 NEW_LAYER_PREFIXES = ("motion_",)  # keys that a plain Wan checkpoint cannot hold
 
@@ -268,15 +282,29 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
         text_embeds: torch.Tensor,
         motion: torch.Tensor | None = None,
         num_motion_frames: int | None = None,
+        condition: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """latents (B, C, F, h, w); timestep (B,) or per-token (B, F*h'*w'); text (B, L, text_dim);
-        motion (B, T*K, D) or None (then the block outputs are the plain Wan ones)."""
+        motion (B, T*K, D) or None (then the block outputs are the plain Wan ones).
 
-        if self.transformer.config.image_dim is not None:
-            raise NotImplementedError(
-                "this Wan preset has a CLIP image branch (I2V); 3DiMo's adapter supports T2V-style "
-                "first-frame latent conditioning only (use wan2.1-t2v-1.3b or tiny)"
-            )
+        I2V presets only: ``condition`` (B, 4 + 16, F, h, w) = mask + reference condition latent
+        (see :func:`i2v_condition`), ``image_embeds`` (B, N, image_dim) CLIP tokens of the reference.
+        """
+
+        extra = {}
+        if self.is_i2v:
+            if condition is None or image_embeds is None:
+                raise ValueError("an I2V Wan preset needs `condition` (mask + latent) and `image_embeds`")
+            latents = torch.cat([latents, condition.to(latents.dtype)], dim=1)  # (B, 36, F, h, w)
+            if text_embeds.shape[1] > WAN_TEXT_LENGTH:
+                raise ValueError(
+                    f"I2V Wan takes at most {WAN_TEXT_LENGTH} text tokens, got {text_embeds.shape[1]}"
+                )
+            text_embeds = nn.functional.pad(text_embeds, (0, 0, 0, WAN_TEXT_LENGTH - text_embeds.shape[1]))
+            extra["encoder_hidden_states_image"] = image_embeds.to(text_embeds.dtype)
+        elif condition is not None or image_embeds is not None:
+            raise ValueError("`condition` / `image_embeds` are for I2V presets (with image_dim) only")
         if motion is None:
             self.clear_motion()
         else:
@@ -290,12 +318,33 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
             self.prepare_motion(motion, num_motion_frames)
         # The context keeps its tensors until the next call: gradient checkpointing re-runs the
         # blocks during backward and must see the same motion tokens.
-        return self.transformer(latents, timestep, text_embeds, return_dict=False)[0]
+        return self.transformer(latents, timestep, text_embeds, return_dict=False, **extra)[0]
+
+    @property
+    def is_i2v(self) -> bool:
+        """Wan I2V (CLIP image branch, mask + condition latent channels) rather than T2V."""
+
+        return self.transformer.config.image_dim is not None
 
     def patch_grid(self, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
         p_t, p_h, p_w = self.transformer.config.patch_size
         _, _, f, h, w = latent_shape
         return f // p_t, h // p_h, w // p_w
+
+
+def i2v_condition(cond_latent: torch.Tensor, temporal_compression: int = 4) -> torch.Tensor:
+    """Wan I2V channel condition, as diffusers' ``WanImageToVideoPipeline.prepare_latents``.
+
+    ``cond_latent``: normalised VAE latent (B, 16, F, h, w) of the video [reference, zeros, ...].
+    Returns (B, 4 + 16, F, h, w): the mask (1 on the frames given: the reference, which the causal VAE
+    folds alone into latent frame 0; 0 elsewhere; one channel per folded pixel frame) then the latent.
+    """
+
+    b, _, f, h, w = cond_latent.shape
+    c = temporal_compression
+    mask = cond_latent.new_zeros(b, c, f, h, w)
+    mask[:, :, 0] = 1.0
+    return torch.cat([mask, cond_latent], dim=1)
 
 
 def _sinusoid(n: int, dim: int) -> torch.Tensor:

@@ -15,6 +15,12 @@ LightningModule leaves them out of the optimiser.
   ``ByT5Tokenizer`` and a 1-layer random ``UMT5EncoderModel``; paper scale loads ``tokenizer/`` and
   ``text_encoder/`` of a Wan diffusers folder. With ``cache=True`` embeddings are cached per prompt
   (camera prompts repeat a lot), which removes the encoder from the step time.
+* :class:`WanImageEncoder` (I2V presets only): the CLIP vision tower of Wan I2V. Like diffusers'
+  ``WanImageToVideoPipeline.encode_image`` it returns the penultimate hidden states
+  (B, 1 + patches, hidden) of ``CLIPVisionModel``; the image is resized (short side), centre-cropped
+  to the model's ``image_size`` and normalised with the CLIP mean/std (``CLIPImageProcessor``'s
+  steps, in torch). ``tiny`` is a file-free 2-layer 32-wide random CLIP; paper scale loads
+  ``image_encoder/`` of a Wan I2V diffusers folder.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch import nn
 
 from dimo.models.threedimo.backbone import MissingWeightsError
 
-__all__ = ["WanVAE", "WanTextEncoder", "VAE_PRESETS", "TEXT_PRESETS"]
+__all__ = ["WanVAE", "WanTextEncoder", "WanImageEncoder", "VAE_PRESETS", "TEXT_PRESETS", "IMAGE_PRESETS"]
 
 VAE_PRESETS: dict[str, dict] = {
     "tiny": dict(
@@ -44,6 +50,20 @@ VAE_PRESETS: dict[str, dict] = {
 TEXT_PRESETS: dict[str, dict] = {
     "tiny": dict(vocab_size=384, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2),
 }
+
+
+IMAGE_PRESETS: dict[str, dict] = {
+    "tiny": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    ),
+}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / CLIPImageProcessor defaults
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class _Frozen(nn.Module):
@@ -162,3 +182,63 @@ class WanTextEncoder(_Frozen):
             for p, e in zip(todo, self._encode(todo, device)):
                 self._cache[p] = e.cpu()
         return torch.stack([self._cache[p] for p in prompts]).to(device)  # (B, L, D)
+
+
+class WanImageEncoder(_Frozen):
+    """Frozen CLIP vision encoder of Wan I2V: reference (B, 3, H, W) in [-1, 1] -> (B, N, hidden).
+
+    Args:
+        preset: ``tiny`` (random, file-free) when ``path`` is None.
+        path: local Wan I2V diffusers folder holding ``image_encoder/`` (``CLIPVisionModel``); the
+            mean/std of ``image_processor/preprocessor_config.json`` are used when present.
+    """
+
+    def __init__(self, preset: str = "tiny", path: Path | None = None) -> None:
+        super().__init__()
+        import json
+
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        mean, std = CLIP_MEAN, CLIP_STD
+        if path is not None:
+            path = Path(path)
+            if not (path / "image_encoder" / "config.json").is_file():
+                raise MissingWeightsError(
+                    f"CLIP image encoder folder not found or has no config.json: {path / 'image_encoder'}"
+                )
+            self.encoder = CLIPVisionModel.from_pretrained(path / "image_encoder", local_files_only=True)
+            proc = path / "image_processor" / "preprocessor_config.json"
+            if proc.is_file():
+                cfg = json.loads(proc.read_text())
+                mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
+        else:
+            if preset not in IMAGE_PRESETS:
+                raise KeyError(
+                    f"unknown image encoder preset {preset!r}; expected one of {sorted(IMAGE_PRESETS)}"
+                )
+            self.encoder = CLIPVisionModel(CLIPVisionConfig(**IMAGE_PRESETS[preset]))
+        self.from_folder = path is not None
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.freeze()
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.config.hidden_size
+
+    @torch.no_grad()
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> penultimate CLIP hidden states (B, 1 + (S/p)^2, hidden), float32."""
+
+        size = self.encoder.config.image_size
+        x = (image.float() + 1) / 2  # [0, 1]
+        h, w = x.shape[-2:]
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        x = nn.functional.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[..., top : top + size, left : left + size].clamp(0, 1)
+        x = (x - self.mean.to(x)) / self.std.to(x)
+        dtype = next(self.encoder.parameters()).dtype
+        out = self.encoder(pixel_values=x.to(dtype), output_hidden_states=True)
+        return out.hidden_states[-2].float()

@@ -7,7 +7,11 @@ Per batch (3DiMo sample dict, ``docs/contracts.md``):
 2. motion encoders: driving frames -> z = [z_b; z_h] (B, T*(K_b+K_h), D);
 3. flow matching: shifted sigma ~ p(sigma), ``x_t = (1-sigma) x0 + sigma eps``; the clean reference
    latent replaces latent frame 0 with timestep 0 (per-token timesteps); velocity target ``eps - x0``;
-   MSE on latent frames 1..F-1 only (no loss on the conditioning positions);
+   MSE on latent frames 1..F-1 only (no loss on the conditioning positions). I2V backbones
+   (``net.is_i2v``, e.g. ``tiny-i2v``, ``wan2.1-i2v-14b``) instead condition as Wan I2V does: the
+   frozen CLIP ``image_encoder`` embeds the reference for the image branch, the VAE latent of
+   [reference, zeros...] plus a 4-channel first-frame mask join the noisy latents on channels, one
+   timestep per sample, and the MSE covers every latent frame (no latent position is conditioning);
 4. geometric decoder: z -> 6D body/hand rotations; loss = squared Frobenius distance of rotation
    matrices, averaged over valid labels only (``body_valid`` per frame, ``hand_valid`` per hand);
 5. total = diffusion + ``geo_weight`` * geo. ``geo_weight`` is a plain float attribute that the
@@ -41,7 +45,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from dimo.diffusion.flow_matching import FlowMatching
 from dimo.geometry.rotations import axis_angle_to_matrix, rot6d_to_matrix
 from dimo.geometry.skeleton import LEFT_HAND_IDS, NUM_JOINTS, RIGHT_HAND_IDS, forward_kinematics, rest_joints
-from dimo.models.threedimo.frozen import WanTextEncoder, WanVAE
+from dimo.models.threedimo.backbone import i2v_condition
+from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.network import ThreeDiMoNet
 
 __all__ = ["ThreeDiMoModule", "geometric_loss", "geometric_mpjpe"]
@@ -141,6 +146,8 @@ class ThreeDiMoModule(LightningModule):
         metrics_weights_dir: weight files of LPIPS/FID/FVD/FID-VID (default ``$DIMO_WEIGHTS_DIR``).
         val_metric_batches: validation batches per epoch that are sampled and scored (0: none).
         optimizer, lr_scheduler: injected by LightningCLI (paper: Adam, lr 1e-5).
+        image_encoder: frozen CLIP vision encoder for I2V backbones (default: the ``tiny`` one; its
+            width must equal the backbone's ``image_dim``); must be None for T2V backbones.
     """
 
     def __init__(
@@ -163,9 +170,12 @@ class ThreeDiMoModule(LightningModule):
         val_metric_batches: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
+        image_encoder: WanImageEncoder | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "vae", "text_encoder", "optimizer", "lr_scheduler"])
+        self.save_hyperparameters(
+            ignore=["net", "vae", "text_encoder", "optimizer", "lr_scheduler", "image_encoder"]
+        )
         self.net = net if net is not None else ThreeDiMoNet()
         self.vae = vae if vae is not None else WanVAE()
         self.text_encoder = text_encoder if text_encoder is not None else WanTextEncoder()
@@ -173,6 +183,16 @@ class ThreeDiMoModule(LightningModule):
             raise ValueError(
                 f"text encoder width {self.text_encoder.dim} != backbone text_dim {self.net.text_dim}"
             )
+        if self.net.is_i2v:
+            image_encoder = image_encoder if image_encoder is not None else WanImageEncoder()
+            if image_encoder.dim != self.net.image_dim:
+                raise ValueError(
+                    f"image encoder width {image_encoder.dim} != backbone image_dim {self.net.image_dim}"
+                )
+            image_encoder.to(_DTYPES[frozen_dtype])
+        elif image_encoder is not None:
+            raise ValueError("image_encoder is only used by I2V backbones (image_dim set); this one is T2V")
+        self.image_encoder = image_encoder
         self.flow = flow if flow is not None else FlowMatching()
         self.train_parts = train_parts
         self.geo_weight = float(geo_weight)
@@ -216,7 +236,8 @@ class ThreeDiMoModule(LightningModule):
 
     # -- checkpoints: frozen parts loaded from a folder are not copied into every checkpoint -----
     def _frozen_from_folder(self) -> list[str]:
-        return [name for name in ("vae", "text_encoder") if getattr(self, name).from_folder]
+        names = ("vae", "text_encoder", "image_encoder")
+        return [n for n in names if getattr(self, n, None) is not None and getattr(self, n).from_folder]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         drop = tuple(f"{n}." for n in self._frozen_from_folder())
@@ -249,6 +270,16 @@ class ThreeDiMoModule(LightningModule):
         text = self.text_encoder(list(batch["prompt"]), device=self.device)  # (B, L, D_t)
         return x0, ref, text
 
+    @torch.no_grad()
+    def encode_i2v(self, batch: dict[str, Any], num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """I2V conditions of the reference: channel condition (B, 4 + 16, F, h, w), CLIP tokens (B, N, D)."""
+
+        ref = batch["reference"]  # (B, 3, H, W)
+        b, c, h, w = ref.shape
+        video = torch.cat([ref[:, :, None], ref.new_zeros(b, c, num_frames - 1, h, w)], dim=2)
+        condition = i2v_condition(self.vae.encode(video), self.vae.temporal_compression)
+        return condition, self.image_encoder(ref)
+
     def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000*sigma elsewhere."""
 
@@ -260,6 +291,8 @@ class ThreeDiMoModule(LightningModule):
     def _losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         driving = batch["driving"]  # (B, T, 3, H, W)
         b, num_frames = driving.shape[:2]
+        if self.net.is_i2v:
+            return self._losses_i2v(batch, generator)
         x0, ref, text = self.encode_conditions(batch)
         if x0.shape[2] < 2:
             raise ValueError("3DiMo needs at least 1 + 4 frames: latent frame 0 is the reference")
@@ -271,6 +304,39 @@ class ThreeDiMoModule(LightningModule):
         v = self.net(x_t, self._timesteps(sigma, x_t.shape), text, z, num_frames)
         target_v = self.flow.velocity_target(x0, noise)
         loss_diffusion = (v[:, :, 1:].float() - target_v[:, :, 1:]).square().mean()
+        body6d, hand6d = self.net.decode_geometry(z, num_frames)
+        labels = (batch["body_pose"], batch["hand_pose"], batch["body_valid"], batch["hand_valid"])
+        loss_geo = geometric_loss(body6d.float(), hand6d.float(), *labels)
+        out = {
+            "loss": loss_diffusion + self.geo_weight * loss_geo,
+            "loss_diffusion": loss_diffusion.detach(),
+            "loss_geo": loss_geo.detach(),
+        }
+        err = geometric_mpjpe(body6d.detach(), hand6d.detach(), *labels)
+        if err is not None:
+            out["mpjpe_geo"] = err
+        return out
+
+    def _losses_i2v(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Wan I2V conditioning: reference via mask + condition latent and CLIP tokens; loss on all frames."""
+
+        driving = batch["driving"]  # (B, T, 3, H, W)
+        b, num_frames = driving.shape[:2]
+        x0 = self.vae.encode(batch["target"].transpose(1, 2))  # (B, 16, F, h, w)
+        text = self.text_encoder(list(batch["prompt"]), device=self.device)
+        condition, image_embeds = self.encode_i2v(batch, batch["target"].shape[1])
+        z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
+        sigma = self.flow.sample_sigmas(b, device=self.device, generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        x_t = self.flow.add_noise(x0, noise, sigma)
+        timestep = self.flow.timestep(sigma)  # (B,): every latent frame is generated
+        v = self.net(x_t, timestep, text, z, num_frames, condition, image_embeds)
+        loss_diffusion = (v.float() - self.flow.velocity_target(x0, noise)).square().mean()
+        return self._with_geometry(batch, z, num_frames, loss_diffusion)
+
+    def _with_geometry(
+        self, batch: dict[str, Any], z: torch.Tensor, num_frames: int, loss_diffusion: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         body6d, hand6d = self.net.decode_geometry(z, num_frames)
         labels = (batch["body_pose"], batch["hand_pose"], batch["body_valid"], batch["hand_valid"])
         loss_geo = geometric_loss(body6d.float(), hand6d.float(), *labels)
@@ -333,6 +399,8 @@ class ThreeDiMoModule(LightningModule):
     def generate(self, batch: dict[str, Any], num_steps: int | None = None) -> torch.Tensor:
         """Few-step Euler sample: (B, T, 3, H, W) generated frames in [-1, 1]."""
 
+        if self.net.is_i2v:
+            return self._generate_i2v(batch, num_steps)
         x0, ref, text = self.encode_conditions(batch)
         driving = batch["driving"]
         z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
@@ -347,6 +415,22 @@ class ThreeDiMoModule(LightningModule):
             return torch.cat([ref, x[:, :, 1:]], dim=2)
 
         latents = self.flow.sample(velocity, noise, num_steps or self.sample_steps, clamp=clamp)
+        return self.vae.decode(latents).transpose(1, 2)  # (B, T, 3, H, W)
+
+    @torch.no_grad()
+    def _generate_i2v(self, batch: dict[str, Any], num_steps: int | None = None) -> torch.Tensor:
+        driving, target = batch["driving"], batch["target"]
+        b, num_frames = target.shape[:2]
+        text = self.text_encoder(list(batch["prompt"]), device=self.device)
+        condition, image_embeds = self.encode_i2v(batch, num_frames)
+        z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
+        shape = (b, self.vae.vae.config.z_dim, *condition.shape[2:])
+        noise = torch.randn(shape, generator=self._generator(offset=997), device=self.device)
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.net(x, t, text, z, driving.shape[1], condition, image_embeds)
+
+        latents = self.flow.sample(velocity, noise, num_steps or self.sample_steps)
         return self.vae.decode(latents).transpose(1, 2)  # (B, T, 3, H, W)
 
     def _should_sample(self) -> bool:

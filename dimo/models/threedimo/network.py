@@ -38,7 +38,7 @@ class ThreeDiMoNet(nn.Module):
     """3DiMo's trainable parts.
 
     Args:
-        backbone: Wan preset name (``tiny``, ``wan2.1-t2v-1.3b``, ``wan2.1-i2v-14b``).
+        backbone: Wan preset name (``tiny``, ``wan2.1-t2v-1.3b``; I2V: ``tiny-i2v``, ``wan2.1-i2v-14b``).
         backbone_path: local diffusers folder of the Wan transformer (``<wan>/transformer``), or None
             for random init (tiny runs; paper-scale counts on ``meta``).
         injection: ``cross_attention`` (paper) or ``channel_concat`` (ablation).
@@ -104,6 +104,16 @@ class ThreeDiMoNet(nn.Module):
     def text_dim(self) -> int:
         return self.transformer.transformer.config.text_dim
 
+    @property
+    def is_i2v(self) -> bool:
+        """I2V backbone: reference via mask + condition latent channels and the CLIP image branch."""
+
+        return self.transformer.is_i2v
+
+    @property
+    def image_dim(self) -> int | None:
+        return self.transformer.transformer.config.image_dim
+
     def motion_parameters(self) -> list[nn.Parameter]:
         """Everything new in 3DiMo: encoders, decoder and the injection layers (not the Wan weights)."""
 
@@ -132,8 +142,12 @@ class ThreeDiMoNet(nn.Module):
         text_embeds: torch.Tensor,
         motion: torch.Tensor | None,
         num_motion_frames: int | None = None,
+        condition: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.transformer(latents, timestep, text_embeds, motion, num_motion_frames)
+        return self.transformer(
+            latents, timestep, text_embeds, motion, num_motion_frames, condition, image_embeds
+        )
 
     # -- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, folder: Path | str) -> Path:
