@@ -155,3 +155,200 @@ def test_hvg_cli_views_overview_and_export_round_trip(hvg_ckpt, tmp_path) -> Non
         np.testing.assert_array_equal(
             read_frames(out_b.parent / name, range(2)), read_frames(out.parent / name, range(2))
         )
+
+
+# --- explicit camera files and trajectories (issue 7) ------------------------------------------
+
+
+def _explicit_views(target: torch.Tensor) -> list[dict]:
+    from dimo.geometry.cameras import intrinsics, look_at
+
+    eyes = torch.tensor([[0.0, 1.2, 3.0], [2.5, 1.0, 1.0], [-2.0, 0.5, -2.0]])
+    aim = target + torch.tensor([0.05, -0.1, 0.0])  # slightly off the pelvis: alignment shifts K
+    R, t = look_at(eyes, aim.expand(3, 3))
+    K = intrinsics(48, 32, torch.tensor([40.0, 50.0, 30.0]))
+    return [{"K": K[i].tolist(), "R": R[i].tolist(), "t": t[i].tolist()} for i in range(3)]
+
+
+def test_camera_file_explicit_views_match_the_file_after_alignment(tmp_path) -> None:
+    import json
+
+    from dimo.geometry.alignment import pelvis_alignment
+
+    _, joints = _motion(tmp_path)
+    pelvis = joints[0, 0]
+    views = _explicit_views(pelvis)
+    (tmp_path / "cams.json").write_text(json.dumps(views))
+    cams = parse_cameras(str(tmp_path / "cams.json"), pelvis, 32, 48)
+    K, R, t = (torch.tensor([v[k] for v in views]) for k in ("K", "R", "t"))
+    torch.testing.assert_close(cams.R, R)
+    torch.testing.assert_close(cams.t, t)
+    al = pelvis_alignment(pelvis, K, R, t, (32, 48))  # the training samples' alignment (pure shift)
+    torch.testing.assert_close(cams.K, al.K, atol=1e-4, rtol=0)
+    torch.testing.assert_close(cams.K[:, :2, :2], K[:, :2, :2])  # focal lengths kept
+    assert not torch.allclose(cams.K, K, atol=1e-2)  # the pelvis was off-centre before
+    batch = HVGPipeline.batch(torch.zeros(3, 32, 48), joints, cams)
+    torch.testing.assert_close(batch["R"][0], R)
+    torch.testing.assert_close(batch["K"][0], al.K, atol=1e-4, rtol=0)
+    torch.testing.assert_close(batch["rel_rot"][0, 0], torch.eye(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch["rel_rot"][0], R @ R[:1].transpose(-1, -2))
+    torch.testing.assert_close(
+        batch["pelvis2d"][0, :, 0], torch.tensor([24.0, 16.0]).expand(3, 2), atol=1e-3, rtol=0
+    )
+
+
+def test_ring_cameras_are_already_aligned() -> None:
+    from dimo.geometry.alignment import pelvis_alignment
+
+    target = torch.tensor([0.1, 0.9, -0.2])
+    cams = parse_cameras("ring5", target, 32, 48)
+    al = pelvis_alignment(target, cams.K, cams.R, cams.t, (32, 48))
+    torch.testing.assert_close(al.K, cams.K, atol=1e-4, rtol=0)
+
+
+def test_camera_file_eye_target_form_equals_look_at(tmp_path) -> None:
+    import json
+
+    from dimo.geometry.cameras import intrinsics, look_at
+
+    target = torch.tensor([0.0, 0.9, 0.0])
+    views = [
+        {"eye": [0.0, 1.0, 3.0], "target": target.tolist(), "fov_deg": 40},
+        {"eye": [3.0, 1.5, 0.0], "target": target.tolist(), "fov_deg": 35.5},
+    ]
+    (tmp_path / "c.json").write_text(json.dumps(views))
+    cams = parse_cameras(str(tmp_path / "c.json"), target, 32, 32)
+    R, t = look_at(torch.tensor([v["eye"] for v in views]), target.expand(2, 3))
+    torch.testing.assert_close(cams.R, R)
+    torch.testing.assert_close(cams.t, t)
+    K = intrinsics(32, 32, torch.tensor([40.0, 35.5]))
+    torch.testing.assert_close(cams.K, K, atol=1e-4, rtol=0)  # aimed at the pelvis: alignment is a no-op
+
+
+_BAD_CAMERA_FILES = {
+    "not_json": ("{oops", "cannot read camera file"),
+    "not_list": ('{"K": 1}', "expected a JSON list of 1..64 views"),
+    "empty": ("[]", "expected a JSON list of 1..64 views"),
+    "not_object": ("[[1, 2, 3]]", "view 0 is a JSON list"),
+    "missing_t": ('[{"K": EYE, "R": EYE}]', r"view 0: missing key\(s\) 't'"),
+    "missing_all": ('[{"foo": 1}]', r"missing key\(s\) 'eye', 'target', 'fov_deg'"),
+    "unknown_key": (
+        '[{"eye": [0,1,3], "target": [0,1,0], "fov": 40}]',
+        r"missing key\(s\) 'fov_deg'; unknown key\(s\) 'fov'",
+    ),
+    "mixed_forms": ('[{"K": EYE, "R": EYE, "t": [0,0,3], "eye": [0,0,0]}]', r"unknown key\(s\) 'eye'"),
+    "bad_R_shape": (
+        '[{"K": EYE, "R": [[1,0],[0,1]], "t": [0,0,3]}]',
+        r"R has shape \(2, 2\), expected \(3, 3\)",
+    ),
+    "bad_t_shape": ('[{"K": EYE, "R": EYE, "t": [0,0,3,1]}]', r"t has shape \(4,\), expected \(3,\)"),
+    "ragged_K": (
+        '[{"K": [[1,0,0],[0,1],[0,0,1]], "R": EYE, "t": [0,0,3]}]',
+        "K must be a 3x3 array of numbers",
+    ),
+    "bad_K": ('[{"K": [[1,0,0],[0,1,0],[0,1,1]], "R": EYE, "t": [0,0,3]}]', r"K must be \[\[fx"),
+    "scaled_R": ('[{"K": EYE, "R": [[2,0,0],[0,1,0],[0,0,1]], "t": [0,0,3]}]', "R is not a rotation"),
+    "reflection_R": ('[{"K": EYE, "R": [[-1,0,0],[0,1,0],[0,0,1]], "t": [0,0,3]}]', "R is not a rotation"),
+    "bad_fov": (
+        '[{"eye": [0,1,3], "target": [0,1,0], "fov_deg": 180}]',
+        r"fov_deg must be a number in \(0, 180\)",
+    ),
+    "string_eye": (
+        '[{"eye": "front", "target": [0,1,0], "fov_deg": 40}]',
+        "eye must be a 3 array of numbers",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_BAD_CAMERA_FILES))
+def test_bad_camera_files_one_clear_error_and_no_output(case, tmp_path, capsys) -> None:
+    from dimo.commands.generate import main
+
+    text, expected = _BAD_CAMERA_FILES[case]
+    cam_file = tmp_path / "cams.json"
+    cam_file.write_text(text.replace("EYE", "[[1,0,0],[0,1,0],[0,0,1]]"))
+    with pytest.raises(GenerateError, match=expected):
+        parse_cameras(str(cam_file), torch.zeros(3), 32, 32)
+    data, _ = _motion(tmp_path, n=3)
+    np.savez(tmp_path / "m.npz", **data)
+    out = tmp_path / "out" / "x.mp4"
+    argv = [
+        "--model",
+        "hvg",
+        "--checkpoint",
+        str(tmp_path / "missing.ckpt"),
+        "--reference",
+        str(tmp_path / "r.png"),
+    ]
+    argv += ["--motion", str(tmp_path / "m.npz"), "--cameras", str(cam_file), "--out", str(out)]
+    assert main(argv) == 2  # the camera file is checked before the checkpoint is read
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and str(cam_file) in err
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_camera_file_geometry_errors(tmp_path) -> None:
+    import json
+
+    bad = {
+        "same.json": [{"eye": [0, 1, 0], "target": [0, 1, 0], "fov_deg": 40}],
+        "behind.json": [
+            {"K": [[30, 0, 16], [0, 30, 16], [0, 0, 1]], "R": torch.eye(3).tolist(), "t": [0, 0, -3]}
+        ],
+    }
+    for name, views in bad.items():
+        (tmp_path / name).write_text(json.dumps(views))
+    with pytest.raises(GenerateError, match="eye and target coincide"):
+        parse_cameras(str(tmp_path / "same.json"), torch.zeros(3), 32, 32)
+    with pytest.raises(GenerateError, match="behind the camera in views \\[0\\]"):
+        parse_cameras(str(tmp_path / "behind.json"), torch.zeros(3), 32, 32)
+    with pytest.raises(GenerateError, match="camera file not found"):
+        parse_cameras(str(tmp_path / "missing.json"), torch.zeros(3), 32, 32)
+
+
+def test_trajectory_orbit_gives_evenly_spaced_views() -> None:
+    from dimo.geometry.cameras import camera_centers, project
+
+    target = torch.tensor([0.1, 0.9, -0.2])
+    cams = parse_cameras("trajectory:orbit:4", target, 32, 32)
+    assert cams.name == "trajectory:orbit:4" and cams.R.shape == (4, 3, 3) and cams.K.shape == (4, 3, 3)
+    centres = camera_centers(cams.R, cams.t) - target
+    yaw = torch.atan2(centres[:, 0], centres[:, 2])
+    steps = torch.remainder(torch.cat([yaw.diff(), yaw[:1] - yaw[-1:]]), 2 * torch.pi)
+    torch.testing.assert_close(steps, torch.full((4,), torch.pi / 2), atol=1e-4, rtol=0)  # closes the ring
+    uv, depth = project(target[None, None].expand(4, 1, 3), cams.K, cams.R, cams.t)
+    torch.testing.assert_close(uv[:, 0], torch.full((4, 2), 16.0), atol=1e-3, rtol=0)
+    assert bool((depth > 0).all())
+    assert len(parse_cameras("trajectory:dolly_in", target, 32, 32).K) == 8  # default N
+
+
+@pytest.mark.parametrize(
+    "spec", ["trajectory:spin:4", "trajectory:orbit:0", "trajectory:orbit:65", "trajectory:"]
+)
+def test_bad_trajectories_are_clear_errors(spec: str) -> None:
+    with pytest.raises(GenerateError, match=r"expected trajectory:KIND\[:N\]"):
+        parse_cameras(spec, torch.zeros(3), 32, 32)
+
+
+def test_hvg_cli_with_a_camera_file(hvg_ckpt, tmp_path) -> None:
+    import json
+
+    from PIL import Image
+
+    from dimo.commands.generate import main
+
+    data, joints = _motion(tmp_path, n=3)
+    np.savez(tmp_path / "m.npz", **data)
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "ref.png")
+    views = [
+        {"eye": [0.0, 1.0, 3.0], "target": joints[0, 0].tolist(), "fov_deg": 40},
+        _explicit_views(joints[0, 0])[1],
+    ]
+    (tmp_path / "cams.json").write_text(json.dumps(views))
+    out = tmp_path / "c" / "grid.mp4"
+    argv = ["--model", "hvg", "--checkpoint", str(hvg_ckpt), "--reference", str(tmp_path / "ref.png")]
+    argv += ["--motion", str(tmp_path / "m.npz"), "--cameras", str(tmp_path / "cams.json"), "--out", str(out)]
+    assert main([*argv, "--num-frames", "2", "--steps", "1", "--height", "32", "--width", "32"]) == 0
+    side = json.loads((out.parent / "grid.json").read_text())
+    assert side["cameras"] == str(tmp_path / "cams.json") and len(side["views"]) == 2
+    torch.testing.assert_close(torch.tensor(side["camera_matrices"]["R"][1]), torch.tensor(views[1]["R"]))

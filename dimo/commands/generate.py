@@ -11,6 +11,9 @@ HVG (3D motion in the clip format + a camera set)::
     python -m dimo.cli generate --model hvg --checkpoint runs/hvg/.../last.ckpt \\
         --reference ref.png --motion clip_motion.npz --cameras ring8 --out out.mp4
 
+``--cameras`` also takes ``trajectory:KIND[:N]`` (e.g. ``trajectory:orbit:8``) or ``cameras.json``
+(explicit views; schema in ``docs/generate.md``).
+
 ``--pretrained DIR`` (a folder from ``python -m dimo.cli export``, either model) replaces ``--checkpoint``. Next to
 every MP4 a JSON sidecar (``out.json``) records the inputs and settings. Bad input prints one
 ``error:`` line and exits with status 2; files appear at ``--out`` only when generation succeeded
@@ -60,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     g3.add_argument("--num-frames", type=int, help="use at most this many driving frames")
     gh = p.add_argument_group("hvg")
     gh.add_argument("--motion", type=Path, help="motion file in the clip format (.npz) (hvg)")
-    gh.add_argument("--cameras", default="ring8", help="ringN (N cameras on a ring) (hvg)")
+    gh.add_argument(
+        "--cameras",
+        default="ring8",
+        help="ringN (N cameras on a ring), trajectory:KIND[:N] (N views along a camera path, e.g. "
+        "trajectory:orbit:8) or a cameras .json file (see docs/generate.md) (hvg)",
+    )
     gh.add_argument("--fps", type=float, default=8.0, help="output fps (hvg; 3dimo uses the driving fps)")
     p.add_argument("--steps", type=int, default=8, help="sampling steps")
     p.add_argument("--seed", type=int, default=0)
