@@ -3,7 +3,7 @@
 The DataModule's stream is deterministic, so the frames it decodes are known: one pass records every
 ``read_frames`` call it makes (path, frame indices, size); the baseline replays exactly those calls
 in one process with nothing else (no sample assembly, motion loading, collation or workers). The
-DataModule is then timed over the same batches at ``num_workers`` 0 and 2 (persistent workers,
+DataModule is then timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent workers,
 warm: the first epoch is not timed). ``ratio`` = DataModule seconds / raw seconds for the same
 frames; the goal is <= 1.15 (under 15% overhead) at ``num_workers=2``. Augmentation is off in the
 timed rows (it is model-side work the raw decode does not do); one extra row shows its cost.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -120,7 +121,7 @@ def run(profile: str = "cpu") -> list[dict]:
         frames = sum(len(c[1]) for c in calls)
         samples = batches * cfg["batch_size"]
         setting = f"3dimo T={cfg['num_frames']} {cfg['height']}x{cfg['width']} B={cfg['batch_size']} x {batches} batches"
-        configs = ((0, False), (2, False), (2, True))
+        configs = ((0, False), (1, False), (2, False), (2, True))
         dms = [_make_dm(root, w, batches, aug, cfg) for w, aug in configs]
         for dm in dms:  # start persistent workers, fill caches
             _time_dm(dm, warm_epochs=1)
@@ -149,6 +150,18 @@ def run(profile: str = "cpu") -> list[dict]:
                 rows.append(
                     dict(name=name, setting=f"{setting}, {tag}", value=count / secs, unit=unit, **common)
                 )
+        # num_workers scaling (augmentation off): frames/s per worker count, drawn in the scaling plot
+        scaling = [(w, frames / statistics.median(t)) for (w, aug), t in zip(configs, dm_s) if not aug]
+        rows.append(
+            dict(
+                name="data/datamodule_frames vs num_workers",
+                setting=f"{setting}, num_workers {[w for w, _ in scaling]}, {os.cpu_count()} cpus",
+                value=scaling[-1][1] / scaling[0][1],
+                unit="x speed-up at max workers",
+                curve={"x": [w for w, _ in scaling], "y": [f for _, f in scaling], "xlabel": "num_workers",
+                       "ylabel": "DataModule frames/s"},
+            )
+        )  # fmt: skip
         del dms
     return rows
 
