@@ -304,18 +304,7 @@ class ThreeDiMoModule(LightningModule):
         v = self.net(x_t, self._timesteps(sigma, x_t.shape), text, z, num_frames)
         target_v = self.flow.velocity_target(x0, noise)
         loss_diffusion = (v[:, :, 1:].float() - target_v[:, :, 1:]).square().mean()
-        body6d, hand6d = self.net.decode_geometry(z, num_frames)
-        labels = (batch["body_pose"], batch["hand_pose"], batch["body_valid"], batch["hand_valid"])
-        loss_geo = geometric_loss(body6d.float(), hand6d.float(), *labels)
-        out = {
-            "loss": loss_diffusion + self.geo_weight * loss_geo,
-            "loss_diffusion": loss_diffusion.detach(),
-            "loss_geo": loss_geo.detach(),
-        }
-        err = geometric_mpjpe(body6d.detach(), hand6d.detach(), *labels)
-        if err is not None:
-            out["mpjpe_geo"] = err
-        return out
+        return self._with_geometry(batch, z, num_frames, loss_diffusion)
 
     def _losses_i2v(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Wan I2V conditioning: reference via mask + condition latent and CLIP tokens; loss on all frames."""
