@@ -38,17 +38,18 @@ def _plain_wan(model: ThreeDiMoTransformer) -> WanTransformer3DModel:
 
 
 @pytest.mark.parametrize(
-    "injection,attention",
+    "injection,attention,placement",
     [
-        ("cross_attention", "frame_aligned"),
-        ("cross_attention", "global"),
-        ("channel_concat", "frame_aligned"),
+        ("cross_attention", "frame_aligned", "sequential"),
+        ("cross_attention", "global", "sequential"),
+        ("cross_attention", "frame_aligned", "parallel"),
+        ("channel_concat", "frame_aligned", "sequential"),
     ],
 )
-def test_zero_init_output_equals_pretrained_backbone(injection, attention):
+def test_zero_init_output_equals_pretrained_backbone(injection, attention, placement):
     torch.manual_seed(0)
     model = ThreeDiMoTransformer.from_preset(
-        "tiny", motion_dim=24, injection=injection, motion_attention=attention
+        "tiny", motion_dim=24, injection=injection, motion_attention=attention, motion_placement=placement
     )
     x, t, text, motion = _inputs()
     out = model(x, t, text, motion, T)
@@ -64,6 +65,32 @@ def test_zero_init_output_equals_pretrained_backbone(injection, attention):
         )
         layer.weight.normal_(std=0.1)
     assert not torch.allclose(model(x, t, text, motion, T), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("placement", ["sequential", "parallel"])
+def test_motion_step_placement_relative_to_text_cross_attention(placement):
+    """Sequential (paper): the text cross-attention reads the stream *after* the motion step.
+
+    Parallel: it reads the same post-self-attention stream as without motion. Captured at the input
+    of block 0's ``attn2`` with the motion layer made non-zero.
+    """
+
+    torch.manual_seed(0)
+    cfg = dict(WAN_PRESETS["tiny"], num_layers=1)
+    model = ThreeDiMoTransformer(wan_config=cfg, motion_dim=24, motion_placement=placement)
+    with torch.no_grad():
+        model.motion_layers[0].to_out[0].weight.normal_(std=0.2)
+    seen: list[torch.Tensor] = []
+    model.transformer.blocks[0].attn2.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    x, t, text, motion = _inputs()
+    with_motion = model(x, t, text, motion, T)
+    model(x, t, text, None, T)  # no motion tokens: the plain Wan block
+    text_input_with, text_input_without = seen
+    if placement == "sequential":
+        assert not torch.allclose(text_input_with, text_input_without, atol=1e-4)
+    else:
+        assert torch.equal(text_input_with, text_input_without)
+    assert not torch.allclose(with_motion, model(x, t, text, None, T), atol=1e-4)
 
 
 def test_frame_aligned_tokens_only_reach_their_latent_frame():

@@ -181,6 +181,7 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
         motion_dim: int = 64,
         injection: Literal["cross_attention", "channel_concat"] = "cross_attention",
         motion_attention: Literal["frame_aligned", "global"] = "frame_aligned",
+        motion_placement: Literal["sequential", "parallel"] = "sequential",
         temporal_compression: int = 4,
         concat_channels: int = 16,
         max_frames: int = 512,
@@ -201,8 +202,17 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
                 make_motion_attention(dim, tcfg.num_attention_heads, tcfg.eps)
                 for _ in self.transformer.blocks
             )
-            for block, layer in zip(self.transformer.blocks, self.motion_layers):
-                block.attn2.set_processor(MotionInjectionProcessor(layer, self.context))
+            sequential = motion_placement == "sequential"
+            if sequential:  # the new residual step's query norm (no norm2 reuse: text keeps its own)
+                self.motion_query_norms = nn.ModuleList(
+                    nn.LayerNorm(dim, eps=tcfg.eps) for _ in self.transformer.blocks
+                )
+            for i, (block, layer) in enumerate(zip(self.transformer.blocks, self.motion_layers)):
+                norm = self.motion_query_norms[i] if sequential else None
+                processor = MotionInjectionProcessor(layer, self.context, norm)
+                block.attn2.set_processor(processor)
+                if sequential:
+                    block.norm2.register_forward_pre_hook(processor.norm2_pre_hook)
         elif injection == "channel_concat":
             self.motion_proj = nn.Linear(motion_dim, concat_channels)
             self.motion_patch_embedding = nn.Conv3d(

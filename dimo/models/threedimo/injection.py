@@ -4,13 +4,19 @@ Two ways, chosen by ``injection`` (the paper's ablation):
 
 ``cross_attention`` (default, the paper's design)
     One new cross-attention layer per transformer block (a diffusers :class:`WanAttention`, so it
-    uses the same attention backends), in which the video tokens query the motion tokens. It is
-    attached through the block's ``attn2`` **attention processor** (:class:`MotionInjectionProcessor`):
-    the processor runs the stock text cross-attention unchanged and adds the motion cross-attention
-    output, both reading the post-self-attention residual stream (decoupled cross-attention, as
-    IP-Adapter does). So the new layer follows every self-attention, only video tokens attend to
-    motion tokens, and the text path is untouched. ``to_out`` is zero-initialised: at step 0 the
-    output equals the pretrained model's exactly.
+    uses the same attention backends), in which the video tokens query the motion tokens; only video
+    tokens attend to motion tokens and the text path is untouched. ``to_out`` is zero-initialised: at
+    step 0 the output equals the pretrained model's exactly. ``motion_placement``:
+
+    * ``"sequential"`` (default, the paper's placement): a residual step of its own right after the
+      self-attention, before the text cross-attention: ``h' = h + M(LN(h))``, then the block's text
+      cross-attention reads ``norm2(h')``. Wired without copying diffusers' block ``forward``: a
+      forward pre-hook on the block's ``norm2`` (whose input is exactly the post-self-attention
+      residual ``h``) computes ``m = M(LN(h))`` and feeds ``h + m`` to ``norm2``; the ``attn2``
+      processor (:class:`MotionInjectionProcessor`) adds the same ``m`` to its output, so the block's
+      residual becomes ``h + m + text(norm2(h + m))``.
+    * ``"parallel"``: decoupled cross-attention (IP-Adapter style): text and motion cross-attention
+      both read ``norm2(h)`` and their outputs are summed.
 
     ``motion_attention = "frame_aligned"`` (default): the video tokens of latent frame f attend only
     to the motion tokens of the driving frames that the causal VAE folds into f (frame 0 alone, then
@@ -98,14 +104,44 @@ def make_motion_attention(dim: int, heads: int, eps: float = 1e-6) -> WanAttenti
 class MotionInjectionProcessor:
     """``attn2`` processor: stock text cross-attention + motion cross-attention (``motion_attn``).
 
-    ``motion_attn`` is owned (registered) by the wrapper model, not by the block, so the pretrained
-    key names of the Wan transformer are unchanged; the processor only holds a reference.
+    ``motion_attn`` (and the sequential placement's query norm) are owned (registered) by the wrapper
+    model, not by the block, so the pretrained key names of the Wan transformer are unchanged; the
+    processor only holds references. In the sequential placement :meth:`norm2_pre_hook` must be
+    registered as a forward pre-hook on the same block's ``norm2``.
     """
 
-    def __init__(self, motion_attn: WanAttention, context: MotionContext) -> None:
+    def __init__(
+        self, motion_attn: WanAttention, context: MotionContext, query_norm: nn.Module | None = None
+    ) -> None:
         self.base = WanAttnProcessor()
         self.motion_attn = motion_attn
         self.context = context
+        self.query_norm = query_norm  # set: sequential placement
+        self._pending: torch.Tensor | None = None
+
+    def _motion(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Motion cross-attention output for video tokens ``hidden_states`` (B, L, C)."""
+
+        ctx = self.context
+        tokens = ctx.tokens.to(hidden_states.dtype)
+        if ctx.frame_aligned:
+            b, length, c = hidden_states.shape
+            f = ctx.num_latent_frames
+            q = hidden_states.reshape(b * f, length // f, c)  # (B*F, h*w, C): one latent frame each
+            return self.motion_attn(q, tokens.flatten(0, 1)).reshape(b, length, c)
+        return self.motion_attn(hidden_states, tokens)
+
+    def norm2_pre_hook(self, module: nn.Module, args: tuple) -> tuple | None:
+        """Sequential placement: ``norm2``'s input ``h`` -> ``h + M(LN(h))``; ``m`` kept for ``attn2``."""
+
+        self._pending = None
+        if self.context.tokens is None:
+            return None
+        h = args[0]  # (B, L, C) post-self-attention residual (float32 in Wan's block)
+        dtype = self.motion_attn.to_q.weight.dtype
+        m = self._motion(self.query_norm(h.to(dtype)))
+        self._pending = m
+        return (h + m.to(h.dtype), *args[1:])
 
     def __call__(
         self,
@@ -117,15 +153,11 @@ class MotionInjectionProcessor:
         **kwargs,
     ) -> torch.Tensor:
         out = self.base(attn, hidden_states, encoder_hidden_states, attention_mask, rotary_emb)  # (B, L, C)
-        ctx = self.context
-        if ctx.tokens is None:
+        if self.context.tokens is None:
             return out
-        tokens = ctx.tokens.to(hidden_states.dtype)
-        if ctx.frame_aligned:
-            b, length, c = hidden_states.shape
-            f = ctx.num_latent_frames
-            q = hidden_states.reshape(b * f, length // f, c)  # (B*F, h*w, C): one latent frame each
-            motion = self.motion_attn(q, tokens.flatten(0, 1)).reshape(b, length, c)
-        else:
-            motion = self.motion_attn(hidden_states, tokens)
-        return out + motion
+        if self.query_norm is not None:  # sequential: m was computed from h by the norm2 pre-hook
+            m, self._pending = self._pending, None
+            if m is None:
+                raise RuntimeError("sequential motion injection: norm2 pre-hook did not run before attn2")
+            return out + m.to(out.dtype)
+        return out + self._motion(hidden_states)

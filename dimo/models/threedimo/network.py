@@ -43,6 +43,8 @@ class ThreeDiMoNet(nn.Module):
             for random init (tiny runs; paper-scale counts on ``meta``).
         injection: ``cross_attention`` (paper) or ``channel_concat`` (ablation).
         motion_attention: ``frame_aligned`` or ``global`` motion cross-attention.
+        motion_placement: ``sequential`` (paper: its own residual step right after self-attention,
+            before the text cross-attention) or ``parallel`` (summed with the text cross-attention).
         image_size: driving frames are resized to this (H, W) for E_b.
         patch_size: E_b patch side.
         hand_crop: hand crop side for E_h.
@@ -58,6 +60,7 @@ class ThreeDiMoNet(nn.Module):
         backbone_path: Path | None = None,
         injection: Literal["cross_attention", "channel_concat"] = "cross_attention",
         motion_attention: Literal["frame_aligned", "global"] = "frame_aligned",
+        motion_placement: Literal["sequential", "parallel"] = "sequential",
         image_size: tuple[int, int] = (64, 64),
         patch_size: int = 8,
         hand_crop: int = 32,
@@ -81,6 +84,7 @@ class ThreeDiMoNet(nn.Module):
             motion_dim=motion_dim,
             injection=injection,
             motion_attention=motion_attention,
+            motion_placement=motion_placement,
             temporal_compression=temporal_compression,
         )
         if backbone_path is not None:
