@@ -18,8 +18,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from dimo.pipelines.errors import GenerateError
+from dimo.pipelines.io import atomic_folder
 
 __all__ = [
     "CameraSet",
@@ -340,9 +339,7 @@ class HVGPipeline(DiffusionPipeline):
         from safetensors.torch import save_file
 
         out = Path(save_directory)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_folder(out) as tmp:
             (tmp / "hvg").mkdir()
             hp = {k: v for k, v in dict(self.module.hparams).items() if not k.startswith("_")}
             hp.update(pretrained=None, init_from=None)  # the weights below hold everything
@@ -362,12 +359,6 @@ class HVGPipeline(DiffusionPipeline):
                 "dimo": {"settings": self.settings},
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     @classmethod

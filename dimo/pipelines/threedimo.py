@@ -27,8 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from dimo.diffusion.flow_matching import FlowMatching
 from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanTextEncoder, WanVAE
 from dimo.pipelines.errors import GenerateError
+from dimo.pipelines.io import atomic_folder
 from dimo.pipelines.windows import fuse_windows, motion_frames
 
 __all__ = ["ThreeDiMoPipeline"]
@@ -103,9 +102,7 @@ class ThreeDiMoPipeline(DiffusionPipeline):
         """Write the folder described in the module docstring, atomically (temp folder + rename)."""
 
         out = Path(save_directory)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_folder(out) as tmp:
             self.net.save_pretrained(tmp / "net")
             self.vae.vae.save_pretrained(tmp / "vae", safe_serialization=True)
             self.text_encoder.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -124,12 +121,6 @@ class ThreeDiMoPipeline(DiffusionPipeline):
                 "dimo": {"settings": self.settings, "text_max_length": self.text_encoder.max_length},
             }
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     @classmethod
