@@ -229,3 +229,91 @@ def test_backbone_from_a_local_wan_folder(tmp_path):
         ThreeDiMoNet(backbone_path=tmp_path / "transformer", motion_dim=24)
     with pytest.raises(MissingWeightsError, match="config.json"):
         ThreeDiMoNet(backbone_path=tmp_path / "missing", motion_dim=24)
+
+
+def _net_with_live_injection(injection: str, attention: str = "frame_aligned") -> ThreeDiMoNet:
+    """A tiny ThreeDiMoNet whose zero-initialised injection output is made non-zero (a trained net)."""
+
+    torch.manual_seed(0)
+    net = ThreeDiMoNet(backbone="tiny", injection=injection, motion_attention=attention, motion_dim=32)
+    with torch.no_grad():
+        if injection == "cross_attention":
+            for layer in net.transformer.motion_layers:
+                layer.to_out[0].weight.normal_(std=0.2)
+        else:
+            net.transformer.motion_patch_embedding.weight.normal_(std=0.2)
+    return net.eval()
+
+
+def _driving(seed: int = 0) -> torch.Tensor:
+    return torch.rand(1, T, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("frame", [1, 4, 5, 8])
+def test_encoder_layout_sends_each_driving_frame_to_its_own_latent_frame(frame):
+    """Real path (encode_motion -> backbone): perturbing driving frame f changes only the motion keys of
+    the latent frame that folds f (frame-aligned), only frame f's token slots (global), and only that
+    latent frame's column of the concatenated motion map (channel_concat)."""
+
+    latent_of = 0 if frame == 0 else 1 + (frame - 1) // 4
+    x = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([500.0])
+    driving = _driving()
+    changed = driving.clone()
+    changed[:, frame] = -changed[:, frame]
+    for injection, attention in (
+        ("cross_attention", "frame_aligned"),
+        ("cross_attention", "global"),
+        ("channel_concat", "frame_aligned"),
+    ):
+        net = _net_with_live_injection(injection, attention)
+        ctx = net.transformer.context
+        keys = []
+        with torch.no_grad():
+            for d in (driving, changed):
+                net(x, t, text, net.encode_motion(d), T)
+                keys.append((ctx.tokens if injection == "cross_attention" else ctx.concat_map).clone())
+        a, b = keys
+        if injection == "channel_concat":  # (B, C_m, F, 1, 1)
+            diff = (a - b).abs().amax(dim=(0, 1, 3, 4))
+        elif attention == "frame_aligned":  # (B, F, c*K, C)
+            diff = (a - b).abs().amax(dim=(0, 2, 3))
+        else:  # global (B, T*K, C): one diff per driving frame
+            diff = (a - b).abs().amax(dim=(0, 2)).view(T, -1).amax(1)
+        hit = latent_of if attention == "frame_aligned" else frame
+        assert diff[hit] > 1e-3, (injection, attention)
+        others = torch.cat([diff[:hit], diff[hit + 1 :]])
+        assert torch.all(others == 0), (injection, attention, diff)
+
+
+def test_frame_aligned_output_changes_only_at_the_latent_frame_of_the_changed_driving_frame():
+    """End to end through a one-block backbone: changing driving frame 1 changes latent frame 1 only."""
+
+    torch.manual_seed(0)
+    net = ThreeDiMoNet(backbone="tiny", motion_dim=32)
+    net.transformer = ThreeDiMoTransformer(wan_config=dict(WAN_PRESETS["tiny"], num_layers=1), motion_dim=32)
+    with torch.no_grad():
+        net.transformer.motion_layers[0].to_out[0].weight.normal_(std=0.2)
+    x = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    text = torch.randn(1, 7, 32, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([500.0])
+    driving = _driving()
+    changed = driving.clone()
+    changed[:, 1] = -changed[:, 1]
+    with torch.no_grad():
+        out = net(x, t, text, net.encode_motion(driving), T)
+        out2 = net(x, t, text, net.encode_motion(changed), T)
+    diff = (out - out2).abs().amax(dim=(0, 1, 3, 4))
+    assert diff[1] > 1e-4 and diff[0] == 0 and diff[2] == 0, diff
+
+
+def test_per_frame_view_matches_the_encoders_layout():
+    enc = ThreeDiMoNet(backbone="tiny", motion_dim=32).encoders.eval()
+    driving = _driving()
+    with torch.no_grad():
+        z = enc(driving)
+        per = enc.per_frame(z, T)  # (1, T, K_b + K_h, D)
+        body_only = enc.body(driving[:, 3:4])  # frame 3 alone
+    assert per.shape == (1, T, 10, 32)
+    torch.testing.assert_close(per[:, 3, :5], body_only[:, :5])

@@ -224,11 +224,9 @@ class ThreeDiMoPipeline(DiffusionPipeline):
             return enc(prompts, device=self.exec_device)  # (B, L, D_t)
 
     def _slice_motion(self, z: torch.Tensor, num_frames: int, frames: list[int]) -> torch.Tensor:
-        """Motion tokens of ``frames`` in the network's layout [body of all frames; hands of all frames]."""
+        """Motion tokens of ``frames`` in the network's frame-major layout (B, t*(K_b+K_h), D)."""
 
-        per = self.net.encoders.per_frame(z, num_frames)[:, frames]  # (B, t, K_b+K_h, D)
-        k_b = self.net.encoders.body_tokens
-        return torch.cat([per[:, :, :k_b].flatten(1, 2), per[:, :, k_b:].flatten(1, 2)], dim=1)
+        return self.net.encoders.per_frame(z, num_frames)[:, frames].flatten(1, 2)
 
     def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000 sigma elsewhere."""

@@ -4,7 +4,7 @@ Per batch (3DiMo sample dict, ``docs/contracts.md``):
 
 1. frozen VAE: target frames (B, T, 3, H, W) -> latents x0 (B, 16, F, h, w), F = 1 + (T-1)/4;
    reference (B, 3, H, W) -> its latent (B, 16, 1, h, w); frozen text encoder: prompts -> (B, L, D_t);
-2. motion encoders: driving frames -> z = [z_b; z_h] (B, T*(K_b+K_h), D);
+2. motion encoders: driving frames -> z (B, T*(K_b+K_h), D), frame-major ([z_b(t); z_h(t)] per frame);
 3. flow matching: shifted sigma ~ p(sigma), ``x_t = (1-sigma) x0 + sigma eps``; the clean reference
    latent replaces latent frame 0 with timestep 0 (per-token timesteps); velocity target ``eps - x0``;
    MSE on latent frames 1..F-1 only (no loss on the conditioning positions). I2V backbones

@@ -2,7 +2,9 @@
 
 Each driving frame is patchified, K learnable latent tokens are appended, a few pre-norm transformer
 layers mix them, and only the K latent tokens are kept; the frames' tokens form the motion sequence
-(B, T*K, D). Body and hand tokens are concatenated: ``z = [z_b; z_h]`` (B, T*(K_b + K_h), D).
+(B, T*K, D). Body and hand tokens are joined **frame by frame**: ``z`` is (B, T*(K_b + K_h), D) laid out
+frame-major, ``[z_b(0); z_h(0); z_b(1); z_h(1); ...]``, so ``z.reshape(B, T, K_b + K_h, D)`` gives each
+frame's own body then hand tokens (the layout the backbone's frame-aligned injection relies on).
 
 How the hand encoder sees the hands (our choice; the paper does not say): per frame, a square crop
 around each wrist is cut from the driving frame (left hand in the left half, right hand in the right
@@ -132,7 +134,7 @@ def hand_crops(
 
 
 class MotionEncoders(nn.Module):
-    """E_b and E_h together: driving frames (+ 2D joints) -> z = [z_b; z_h] (B, T*(K_b+K_h), D).
+    """E_b and E_h together: driving frames (+ 2D joints) -> z (B, T*(K_b+K_h), D), frame-major.
 
     Args:
         image_size: body encoder input (H, W).
@@ -171,14 +173,13 @@ class MotionEncoders(nn.Module):
         joints2d: torch.Tensor | None = None,
         joints2d_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        z_b = self.body(driving)  # (B, T*K_b, D)
-        z_h = self.hands(hand_crops(driving, joints2d, joints2d_valid, self.hand_crop))  # (B, T*K_h, D)
-        return torch.cat([z_b, z_h], dim=1)  # (B, T*(K_b+K_h), D)
+        b, t = driving.shape[:2]
+        z_b = self.body(driving).reshape(b, t, self.body_tokens, -1)  # (B, T, K_b, D)
+        crops = hand_crops(driving, joints2d, joints2d_valid, self.hand_crop)
+        z_h = self.hands(crops).reshape(b, t, self.hand_tokens, -1)  # (B, T, K_h, D)
+        return torch.cat([z_b, z_h], dim=2).flatten(1, 2)  # (B, T*(K_b+K_h), D), frame-major
 
     def per_frame(self, z: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Regroup z (B, T*(K_b+K_h), D) as (B, T, K_b+K_h, D): each frame's body then hand tokens."""
+        """View z (B, T*(K_b+K_h), D) as (B, T, K_b+K_h, D): each frame's body then hand tokens."""
 
-        b = z.shape[0]
-        z_b = z[:, : num_frames * self.body_tokens].reshape(b, num_frames, self.body_tokens, -1)
-        z_h = z[:, num_frames * self.body_tokens :].reshape(b, num_frames, self.hand_tokens, -1)
-        return torch.cat([z_b, z_h], dim=2)
+        return z.reshape(z.shape[0], num_frames, self.tokens_per_frame, -1)
