@@ -22,13 +22,19 @@ checkpoint draws exactly what the uninterrupted run would have drawn.
 
 Logs: ``train/loss``, ``train/loss_diffusion``, ``train/loss_geo``, ``train/geo_weight``,
 ``train/mpjpe_geo`` (mm, D_g's pose through the skeleton FK vs the label's, root-aligned, over valid
-joints), ``train/lr``; ``val/*`` the same; every ``sample_every_n_steps`` a few-step sample of the
-first validation batch to TensorBoard (``val/samples``: rows driving | generated | target, columns
-frames) and as an MP4 under ``<log_dir>/samples/``.
+joints); ``val/*`` the same (the learning rate is logged once, by the CLI's LR monitor). Every
+``sample_every_n_steps`` a few-step sample of the first validation batch goes through the logger as a
+labelled grid (``val/samples``: rows driving | generated | target, columns frames) and a video
+(``val/samples_video``), and as an MP4 under ``<log_dir>/samples/``.
+
+Conditioning-use evidence (:meth:`ThreeDiMoModule.conditioning_losses`, at every validation): the
+loss on a fixed sigma grid with fixed noise, with each sample's own driving frames, with another
+clip's, and with no motion; ``val/motion_gap = (other - own) / own`` is the relative increase.
 
 Video metrics (``val_metrics``, harness names from :mod:`dimo.eval.harness`, default PSNR/SSIM/L1):
 on the first ``val_metric_batches`` validation batches a few-step sample of the whole batch is scored
-against the target frames and logged as ``val/<label>`` (``val/psnr``, ``val/fvd_16f``); ``test_step``
+against the target frames and logged as ``val/<label>`` (``val/psnr``, ``val/fvd_16f``), beside
+``val/psnr_static``, the PSNR of the static baseline (the reference frame repeated); ``test_step``
 scores every test batch under ``test/``. Lightning computes, syncs (DDP) and resets them per epoch.
 """
 
@@ -49,7 +55,7 @@ from dimo.models.threedimo.backbone import i2v_condition
 from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.network import ThreeDiMoNet
 
-__all__ = ["ThreeDiMoModule", "geometric_loss", "geometric_mpjpe"]
+__all__ = ["ThreeDiMoModule", "geometric_loss", "geometric_mpjpe", "other_clip_index", "relative_gap"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,6 +122,27 @@ def geometric_mpjpe(
     return mpjpe(j_pr, j_gt, root=0, mask=mask)
 
 
+def other_clip_index(clip_ids: Sequence[str] | None, batch: int) -> torch.Tensor:
+    """For every sample, the next sample (cyclically) of the batch from another clip; itself when none.
+
+    Without clip ids the samples are taken to be distinct clips (a plain roll by one).
+    """
+
+    ids = list(clip_ids) if clip_ids is not None else list(range(batch))
+    out = []
+    for i in range(batch):
+        j = next((k % batch for k in range(i + 1, i + batch) if ids[k % batch] != ids[i]), i)
+        out.append(j)
+    return torch.tensor(out, dtype=torch.long)
+
+
+def relative_gap(own: torch.Tensor | float, other: torch.Tensor | float) -> torch.Tensor:
+    """Relative loss increase ``(other - own) / own`` (the conditioning-use gap)."""
+
+    own, other = torch.as_tensor(own, dtype=torch.float64), torch.as_tensor(other, dtype=torch.float64)
+    return (other - own) / own.clamp_min(1e-12)
+
+
 def _pose_rotmats(orient: torch.Tensor, body: torch.Tensor, hands: torch.Tensor) -> torch.Tensor:
     """Local rotation matrices in SMPL-X joint order (..., 55, 3, 3); jaw and eyes identity."""
 
@@ -148,6 +175,8 @@ class ThreeDiMoModule(LightningModule):
         optimizer, lr_scheduler: injected by LightningCLI (paper: Adam, lr 1e-5).
         image_encoder: frozen CLIP vision encoder for I2V backbones (default: the ``tiny`` one; its
             width must equal the backbone's ``image_dim``); must be None for T2V backbones.
+        gap_sigmas: the fixed noise levels of the conditioning-use protocol (``val/motion_gap``,
+            :meth:`conditioning_losses`); empty to switch it off.
     """
 
     def __init__(
@@ -171,6 +200,7 @@ class ThreeDiMoModule(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         image_encoder: WanImageEncoder | None = None,
+        gap_sigmas: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -194,6 +224,10 @@ class ThreeDiMoModule(LightningModule):
             raise ValueError("image_encoder is only used by I2V backbones (image_dim set); this one is T2V")
         self.image_encoder = image_encoder
         self.flow = flow if flow is not None else FlowMatching()
+        if any(not 0.0 < float(x) <= 1.0 for x in gap_sigmas):
+            raise ValueError(f"gap_sigmas must lie in (0, 1], got {list(gap_sigmas)}")
+        self.gap_sigmas = tuple(float(x) for x in gap_sigmas)
+        self._gap_sums: torch.Tensor | None = None
         self.train_parts = train_parts
         self.geo_weight = float(geo_weight)
         self.noise_seed = noise_seed
@@ -209,6 +243,8 @@ class ThreeDiMoModule(LightningModule):
         self.val_metric_batches = val_metric_batches
         self.metrics_val = build_metrics(val_metrics, metrics_weights_dir, allow_grid=False)
         self.metrics_test = build_metrics(val_metrics, metrics_weights_dir, allow_grid=False)
+        # the static baseline: the reference frame repeated, scored like the generated clips
+        self.metrics_val_static = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.vae.to(_DTYPES[frozen_dtype])
         self.text_encoder.to(_DTYPES[frozen_dtype])
         if train_parts == "motion":
@@ -288,40 +324,99 @@ class ThreeDiMoModule(LightningModule):
         t[:, 0] = 0.0
         return t.flatten(1)
 
-    def _losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        driving = batch["driving"]  # (B, T, 3, H, W)
-        b, num_frames = driving.shape[:2]
+    @torch.no_grad()
+    def _conditions(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Frozen encodings of a batch: target latents ``x0``, text, and the reference conditioning
+        (T2V: its latent ``ref``; I2V: the channel ``condition`` and CLIP ``image_embeds``)."""
+
         if self.net.is_i2v:
-            return self._losses_i2v(batch, generator)
+            x0 = self.vae.encode(batch["target"].transpose(1, 2))  # (B, 16, F, h, w)
+            text = self.text_encoder(list(batch["prompt"]), device=self.device)
+            condition, image_embeds = self.encode_i2v(batch, batch["target"].shape[1])
+            return {"x0": x0, "text": text, "condition": condition, "image_embeds": image_embeds}
         x0, ref, text = self.encode_conditions(batch)
         if x0.shape[2] < 2:
             raise ValueError("3DiMo needs at least 1 + 4 frames: latent frame 0 is the reference")
-        z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
-        sigma = self.flow.sample_sigmas(b, device=self.device, generator=generator)
-        noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
+        return {"x0": x0, "text": text, "ref": ref}
+
+    def _flow_loss(
+        self,
+        cond: dict[str, torch.Tensor],
+        z: torch.Tensor | None,
+        num_frames: int,
+        sigma: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-sample velocity MSE (B,) at noise levels ``sigma`` (B,) with motion tokens ``z`` (or None).
+
+        T2V: the clean reference latent replaces latent frame 0 (timestep 0) and the loss skips it;
+        I2V: one timestep per sample and the loss covers every latent frame.
+        """
+
+        x0 = cond["x0"]
         x_t = self.flow.add_noise(x0, noise, sigma)
-        x_t = torch.cat([ref, x_t[:, :, 1:]], dim=2)  # clean reference latent in frame 0
-        v = self.net(x_t, self._timesteps(sigma, x_t.shape), text, z, num_frames)
         target_v = self.flow.velocity_target(x0, noise)
-        loss_diffusion = (v[:, :, 1:].float() - target_v[:, :, 1:]).square().mean()
-        return self._with_geometry(batch, z, num_frames, loss_diffusion)
+        if self.net.is_i2v:
+            timestep = self.flow.timestep(sigma)  # (B,): every latent frame is generated
+            v = self.net(x_t, timestep, cond["text"], z, num_frames, cond["condition"], cond["image_embeds"])
+            return (v.float() - target_v).square().flatten(1).mean(1)
+        x_t = torch.cat([cond["ref"], x_t[:, :, 1:]], dim=2)  # clean reference latent in frame 0
+        v = self.net(x_t, self._timesteps(sigma, x_t.shape), cond["text"], z, num_frames)
+        return (v[:, :, 1:].float() - target_v[:, :, 1:]).square().flatten(1).mean(1)
 
-    def _losses_i2v(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Wan I2V conditioning: reference via mask + condition latent and CLIP tokens; loss on all frames."""
-
+    def _losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         driving = batch["driving"]  # (B, T, 3, H, W)
         b, num_frames = driving.shape[:2]
-        x0 = self.vae.encode(batch["target"].transpose(1, 2))  # (B, 16, F, h, w)
-        text = self.text_encoder(list(batch["prompt"]), device=self.device)
-        condition, image_embeds = self.encode_i2v(batch, batch["target"].shape[1])
+        cond = self._conditions(batch)
         z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
         sigma = self.flow.sample_sigmas(b, device=self.device, generator=generator)
+        x0 = cond["x0"]
         noise = torch.randn(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
-        x_t = self.flow.add_noise(x0, noise, sigma)
-        timestep = self.flow.timestep(sigma)  # (B,): every latent frame is generated
-        v = self.net(x_t, timestep, text, z, num_frames, condition, image_embeds)
-        loss_diffusion = (v.float() - self.flow.velocity_target(x0, noise)).square().mean()
+        loss_diffusion = self._flow_loss(cond, z, num_frames, sigma, noise).mean()
         return self._with_geometry(batch, z, num_frames, loss_diffusion)
+
+    # -- conditioning-use evidence (docs/3dimo.md, "Is the motion used?") ------------------------------
+    @torch.no_grad()
+    def conditioning_losses(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """Fixed-grid losses summed over samples, [own motion, another clip's, no motion, sample count] (4,).
+
+        Protocol: every sample keeps its own target, reference and prompt; only the driving frames (and
+        their 2D joints) are replaced by those of the next sample in the batch that comes from another
+        clip. The noise is fixed per validation batch (seeded by ``noise_seed`` and the batch index,
+        not the step, so every validation sees the same noise), and the loss is averaged over the fixed
+        sigma grid ``gap_sigmas``. Returns None when no sample has a partner from another clip.
+        """
+
+        driving = batch["driving"]
+        b, num_frames = driving.shape[:2]
+        other = other_clip_index(batch.get("clip_id"), b)
+        keep = other != torch.arange(b)
+        if not keep.any() or not self.gap_sigmas:
+            return None
+        idx = torch.nonzero(keep).flatten()
+        sub = {
+            k: (v[idx] if torch.is_tensor(v) else [v[i] for i in idx.tolist()])
+            for k, v in batch.items()
+            if torch.is_tensor(v) or isinstance(v, list)
+        }
+        swap = other[idx].to(driving.device)
+        cond = self._conditions(sub)
+        j2d, jv = batch.get("joints2d"), batch.get("joints2d_valid")
+        z_own = self.net.encode_motion(sub["driving"], sub.get("joints2d"), sub.get("joints2d_valid"))
+        z_swap = self.net.encode_motion(
+            driving[swap], None if j2d is None else j2d[swap], None if jv is None else jv[swap]
+        )
+        g = torch.Generator(device=self.device)
+        rank = self.trainer.global_rank if self._trainer is not None else 0
+        g.manual_seed(self.noise_seed + 7919 * (1 + batch_idx) + 104_729 * rank)
+        x0 = cond["x0"]
+        noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
+        totals = torch.zeros(3, device=self.device)
+        for s in self.gap_sigmas:
+            sigma = torch.full((x0.shape[0],), float(s), device=self.device)
+            for k, z in enumerate((z_own, z_swap, None)):
+                totals[k] += self._flow_loss(cond, z, num_frames, sigma, noise).sum()
+        return torch.cat([totals / len(self.gap_sigmas), totals.new_tensor([float(len(idx))])])
 
     def _with_geometry(
         self, batch: dict[str, Any], z: torch.Tensor, num_frames: int, loss_diffusion: torch.Tensor
@@ -347,9 +442,7 @@ class ThreeDiMoModule(LightningModule):
             if key in out:
                 self.log(f"train/{key}", out[key], prog_bar=key != "loss_geo", batch_size=b)
         self.log("train/geo_weight", self.geo_weight, batch_size=b)
-        if self._trainer is not None and self.trainer.optimizers:
-            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=b)
-        return out["loss"]
+        return out["loss"]  # the learning rate is logged once, by the CLI's LearningRateMonitor
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._losses(batch, self._generator(offset=1 + batch_idx))
@@ -357,12 +450,36 @@ class ThreeDiMoModule(LightningModule):
         for key in ("loss_diffusion", "loss_geo", "mpjpe_geo"):
             if key in out:
                 self.log(f"val/{key}", out[key], batch_size=b, sync_dist=True)
+        gap = self.conditioning_losses(batch, batch_idx)
+        if gap is not None:
+            self._gap_sums = gap if self._gap_sums is None else self._gap_sums + gap
         generated = None
         if batch_idx < self.val_metric_batches and len(self.metrics_val):
             generated = self.generate(batch)
             self._update_metrics(self.metrics_val, "val", generated, batch["target"])
+            static = batch["reference"][:, None].expand_as(batch["target"])
+            self._update_metrics(self.metrics_val_static, "val", static, batch["target"], suffix="_static")
         if batch_idx == 0 and self._should_sample():
             self._log_samples(batch, generated)
+
+    def on_validation_epoch_start(self) -> None:
+        self._gap_sums = None
+
+    def on_validation_epoch_end(self) -> None:
+        """``val/motion_gap`` from the epoch's summed fixed-grid losses (ratio of means, all ranks)."""
+
+        sums = self._gap_sums if self._gap_sums is not None else torch.zeros(4, device=self.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
+        self._gap_sums = None
+        if float(sums[3]) == 0:
+            return
+        own, swapped, none = (sums[:3] / sums[3]).tolist()
+        self.log("val/loss_own_motion", own, sync_dist=False, rank_zero_only=True)
+        self.log("val/loss_other_motion", swapped, sync_dist=False, rank_zero_only=True)
+        self.log("val/loss_no_motion", none, sync_dist=False, rank_zero_only=True)
+        self.log("val/motion_gap", float(relative_gap(own, swapped)), prog_bar=True, rank_zero_only=True)
+        self.log("val/no_motion_gap", float(relative_gap(own, none)), rank_zero_only=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._losses(batch, self._generator(offset=1 + batch_idx))
@@ -374,14 +491,19 @@ class ThreeDiMoModule(LightningModule):
             self._update_metrics(self.metrics_test, "test", self.generate(batch), batch["target"])
 
     def _update_metrics(
-        self, metrics: torch.nn.ModuleDict, split: str, generated: torch.Tensor, target: torch.Tensor
+        self,
+        metrics: torch.nn.ModuleDict,
+        split: str,
+        generated: torch.Tensor,
+        target: torch.Tensor,
+        suffix: str = "",
     ) -> None:
         """Score generated vs target clips (B, T, 3, H, W) in [-1, 1]; Lightning computes at epoch end."""
 
         g, r = generated.float().clamp(-1, 1), target.float()
         for metric in metrics.values():
             metric.update(g, r)
-        self.log_dict({f"{split}/{k}": m for k, m in metrics.items()}, batch_size=g.shape[0])
+        self.log_dict({f"{split}/{k}{suffix}": m for k, m in metrics.items()}, batch_size=g.shape[0])
 
     # -- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -428,26 +550,32 @@ class ThreeDiMoModule(LightningModule):
         return self.global_step % self.sample_every_n_steps == 0 or self.global_step == self.trainer.max_steps
 
     def _log_samples(self, batch: dict[str, Any], generated: torch.Tensor | None = None) -> None:
+        """Labelled grid (rows driving | generated | target per clip, columns frames) and video, through
+        the logger's API (``val/samples``, ``val/samples_video``), plus an MP4 under ``<log_dir>/samples/``."""
+
+        from dimo.viz import labelled_grid, labelled_video, log_image, log_video, to_unit
+
         n = min(self.num_samples, batch["driving"].shape[0])
         small = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
         generated = self.generate(small) if generated is None else generated[:n]
-        rows = torch.stack([small["driving"], generated, small["target"]], dim=1)  # (n, 3, T, 3, H, W)
-        # one image per clip: rows driving | generated | target, columns frames -> (3, 3H, T*W)
-        grid = rows.permute(0, 3, 1, 4, 2, 5).flatten(4, 5).flatten(2, 3)  # (n, 3, 3H, T*W)
-        grid = ((grid.float().clamp(-1, 1) + 1) / 2).cpu()
-        logger = self.logger
-        experiment = getattr(logger, "experiment", None) if logger is not None else None
-        if experiment is not None and hasattr(experiment, "add_images"):
-            experiment.add_images("val/samples", grid, self.global_step)
-        log_dir = getattr(logger, "log_dir", None) if logger is not None else None
+        drv, gen, tgt = to_unit(small["driving"]), to_unit(generated), to_unit(small["target"])
+        t = drv.shape[1]
+        rows = []
+        for i in range(n):
+            tag = f"#{i} " if n > 1 else ""
+            rows += [(f"{tag}driving", drv[i]), (f"{tag}generated", gen[i]), (f"{tag}target", tgt[i])]
+        grid = labelled_grid(rows, [f"t={j}" for j in range(t)])
+        log_image(self.logger, "val/samples", grid, self.global_step)
+        # video: one column per clip, rows driving | generated | target, one frame per time step
+        video_rows = [
+            (name, torch.stack([x[:, j] for j in range(n)], dim=1))  # (T, n, 3, H, W)
+            for name, x in (("driving", drv), ("generated", gen), ("target", tgt))
+        ]
+        video = labelled_video(video_rows, [f"clip {j}" for j in range(n)])
+        log_video(self.logger, "val/samples_video", video, self.global_step, fps=4)
+        log_dir = getattr(self.logger, "log_dir", None) if self.logger is not None else None
         if log_dir is not None and self.trainer.is_global_zero:
-            self._write_mp4(rows, Path(log_dir) / "samples" / f"step_{self.global_step:07d}.mp4")
+            from dimo.data.video import write_video
 
-    @staticmethod
-    def _write_mp4(rows: torch.Tensor, path: Path) -> None:
-        from dimo.data.video import write_video
-
-        # (n, 3, T, C, H, W) -> frames (T, n*H, 3*W, C): clips stacked vertically, rows side by side
-        frames = rows.permute(2, 0, 4, 1, 5, 3).flatten(3, 4).flatten(1, 2)
-        frames = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-        write_video(path, frames, fps=8)
+            frames = (video.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+            write_video(Path(log_dir) / "samples" / f"step_{self.global_step:07d}.mp4", frames, fps=4)

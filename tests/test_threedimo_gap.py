@@ -1,0 +1,108 @@
+"""3DiMo conditioning-use evidence: ``val/motion_gap`` (own vs another clip's driving frames)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from test_threedimo_training import _batch, _module
+from torch.utils.data import DataLoader
+
+from dimo.models.threedimo.module import other_clip_index, relative_gap
+
+
+def test_other_clip_index_picks_the_next_sample_from_another_clip():
+    assert other_clip_index(None, 3).tolist() == [1, 2, 0]
+    assert other_clip_index(["a", "a", "b"], 3).tolist() == [2, 2, 0]
+    assert other_clip_index(["a", "b", "a", "b"], 4).tolist() == [1, 2, 3, 0]
+    assert other_clip_index(["a", "a"], 2).tolist() == [0, 1]  # nobody to swap with: itself
+    assert float(relative_gap(2.0, 2.5)) == pytest.approx(0.25)
+
+
+def _live(module):
+    with torch.no_grad():
+        for layer in module.net.transformer.motion_layers:
+            layer.to_out[0].weight.normal_(std=0.3, generator=torch.Generator().manual_seed(3))
+    return module
+
+
+def _by_hand(module, batch, batch_idx=0):
+    """The protocol written out independently: fixed noise, fixed sigma grid, own/other/no motion."""
+
+    b, t = batch["driving"].shape[:2]
+    x0, ref, text = module.encode_conditions(batch)
+    g = torch.Generator().manual_seed(module.noise_seed + 7919 * (1 + batch_idx))
+    noise = torch.randn(x0.shape, generator=g)
+    other = [1, 0]
+    drv_o = batch["driving"][other]
+    z = {
+        "own": module.net.encode_motion(batch["driving"], batch["joints2d"], batch["joints2d_valid"]),
+        "other": module.net.encode_motion(drv_o, batch["joints2d"][other], batch["joints2d_valid"][other]),
+        "none": None,
+    }
+    out = {}
+    for name, zz in z.items():
+        total = 0.0
+        for s in module.gap_sigmas:
+            sigma = torch.full((b,), s)
+            x_t = (1 - s) * x0 + s * noise
+            x_t = torch.cat([ref, x_t[:, :, 1:]], dim=2)
+            ts = module._timesteps(sigma, x_t.shape)
+            v = module.net(x_t, ts, text, zz, t)
+            total += (v[:, :, 1:] - (noise - x0)[:, :, 1:]).square().mean().item()
+        out[name] = total / len(module.gap_sigmas)
+    return out
+
+
+@torch.no_grad()
+def test_conditioning_losses_follow_the_protocol():
+    seed_everything(0)
+    module = _live(_module(gap_sigmas=(0.3, 0.7))).eval()
+    batch = _batch(b=2)
+    res = module.conditioning_losses(batch, 0)
+    own, other, none, count = (res[:3] / res[3]).tolist() + [res[3].item()]
+    assert count == 2
+    expected = _by_hand(module, batch)
+    assert own == pytest.approx(expected["own"], rel=1e-5)
+    assert other == pytest.approx(expected["other"], rel=1e-5)
+    assert none == pytest.approx(expected["none"], rel=1e-5)
+    assert abs(other - own) > 1e-4  # the swapped motion changes the prediction
+    # the noise is fixed per validation batch, not per step
+    module.noise_seed = module.noise_seed
+    assert torch.equal(module.conditioning_losses(batch, 0), res)
+    assert not torch.equal(module.conditioning_losses(batch, 1), res)
+
+
+@torch.no_grad()
+def test_gap_is_zero_for_the_zero_initialised_injection_and_for_identical_driving():
+    seed_everything(0)
+    module = _module().eval()  # zero-init: the motion cannot change the output yet
+    own, other, none, _ = module.conditioning_losses(_batch(b=2), 0).tolist()
+    assert own == other == none
+    live = _live(_module()).eval()
+    batch = _batch(b=2)
+    batch["driving"][1] = batch["driving"][0]
+    batch["joints2d"][1] = batch["joints2d"][0]
+    own, other, _, _ = live.conditioning_losses(batch, 0).tolist()
+    assert own == pytest.approx(other, rel=1e-6)  # "another clip" with the same frames: no gap
+    batch["clip_id"] = ["x", "x"]
+    assert live.conditioning_losses(batch, 0) is None  # one clip only: nothing to compare
+
+
+def test_validation_logs_the_motion_gap(tmp_path: Path):
+    seed_everything(0)
+    module = _live(_module(sample_steps=1, val_metric_batches=0))
+    loader = DataLoader([_batch(b=2), _batch(b=2, seed=1)], batch_size=None)
+    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    logged = trainer.validate(module, loader, verbose=False)[0]
+    for key in ("val/loss_own_motion", "val/loss_other_motion", "val/loss_no_motion", "val/motion_gap"):
+        assert key in logged, sorted(logged)
+    expected = (logged["val/loss_other_motion"] - logged["val/loss_own_motion"]) / logged[
+        "val/loss_own_motion"
+    ]
+    assert float(logged["val/motion_gap"]) == pytest.approx(float(expected), rel=1e-4)
+    direct = [module.conditioning_losses(b, i) for i, b in enumerate(loader)]
+    sums = sum(direct)
+    assert float(logged["val/loss_own_motion"]) == pytest.approx(float(sums[0] / sums[3]), rel=1e-5)
