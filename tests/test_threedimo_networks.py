@@ -231,6 +231,23 @@ def test_backbone_from_a_local_wan_folder(tmp_path):
         ThreeDiMoNet(backbone_path=tmp_path / "missing", motion_dim=24)
 
 
+def test_export_of_a_folder_backbone_of_another_shape_rebuilds_without_the_folder(tmp_path):
+    """A 3-layer, 2x32-head Wan folder under the ``tiny`` preset name: the export reloads on its own."""
+
+    torch.manual_seed(2)
+    cfg = dict(WAN_PRESETS["tiny"], num_layers=3, attention_head_dim=32)
+    WanTransformer3DModel(**cfg).save_pretrained(tmp_path / "transformer")
+    net = ThreeDiMoNet(backbone="tiny", backbone_path=tmp_path / "transformer", motion_dim=24)
+    net.save_pretrained(tmp_path / "net")
+    import shutil
+
+    shutil.rmtree(tmp_path / "transformer")
+    loaded = ThreeDiMoNet.from_pretrained(tmp_path / "net")
+    assert len(loaded.transformer.transformer.blocks) == 3
+    a, b = net.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _net_with_live_injection(injection: str, attention: str = "frame_aligned") -> ThreeDiMoNet:
     """A tiny ThreeDiMoNet whose zero-initialised injection output is made non-zero (a trained net)."""
 

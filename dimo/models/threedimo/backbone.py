@@ -330,6 +330,16 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
         # blocks during backward and must see the same motion tokens.
         return self.transformer(latents, timestep, text_embeds, return_dict=False, **extra)[0]
 
+    def wan_config(self) -> dict:
+        """The Wan transformer's constructor arguments (JSON-ready), enough to rebuild its shape."""
+
+        keys = set(WanTransformer3DModel.extract_init_dict(dict(self.transformer.config))[0])
+        return {
+            k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in self.transformer.config.items()
+            if k in keys
+        }
+
     @property
     def is_i2v(self) -> bool:
         """Wan I2V (CLIP image branch, mask + condition latent channels) rather than T2V."""

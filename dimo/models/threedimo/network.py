@@ -40,7 +40,10 @@ class ThreeDiMoNet(nn.Module):
     Args:
         backbone: Wan preset name (``tiny``, ``wan2.1-t2v-1.3b``; I2V: ``tiny-i2v``, ``wan2.1-i2v-14b``).
         backbone_path: local diffusers folder of the Wan transformer (``<wan>/transformer``), or None
-            for random init (tiny runs; paper-scale counts on ``meta``).
+            for random init (tests; paper-scale counts on ``meta``).
+        backbone_config: the Wan transformer's own config (random init of exactly that shape); set by
+            :meth:`save_pretrained`, so an export rebuilds whatever backbone it was trained on, not
+            the preset's shape. Takes precedence over ``backbone``; ignored with ``backbone_path``.
         injection: ``cross_attention`` (paper) or ``channel_concat`` (ablation).
         motion_attention: ``frame_aligned`` or ``global`` motion cross-attention.
         motion_placement: ``sequential`` (paper: its own residual step right after self-attention,
@@ -58,6 +61,7 @@ class ThreeDiMoNet(nn.Module):
         self,
         backbone: str = "tiny",
         backbone_path: Path | None = None,
+        backbone_config: dict | None = None,
         injection: Literal["cross_attention", "channel_concat"] = "cross_attention",
         motion_attention: Literal["frame_aligned", "global"] = "frame_aligned",
         motion_placement: Literal["sequential", "parallel"] = "sequential",
@@ -89,6 +93,11 @@ class ThreeDiMoNet(nn.Module):
         )
         if backbone_path is not None:
             self.transformer = ThreeDiMoTransformer.from_wan_pretrained(backbone_path, **kwargs)
+        elif backbone_config is not None:
+            cfg = dict(backbone_config)
+            if "patch_size" in cfg:
+                cfg["patch_size"] = tuple(cfg["patch_size"])
+            self.transformer = ThreeDiMoTransformer(wan_config=cfg, **kwargs)
         else:
             self.transformer = ThreeDiMoTransformer.from_preset(backbone, **kwargs)
         self.encoders = MotionEncoders(
@@ -159,7 +168,8 @@ class ThreeDiMoNet(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        config = dict(self.config, backbone_path=None)  # the weights below already hold the backbone
+        # the weights below hold the backbone; its exact shape goes in the config (not a preset name)
+        config = dict(self.config, backbone_path=None, backbone_config=self.transformer.wan_config())
         (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "class": "ThreeDiMoNet"})
