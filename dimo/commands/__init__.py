@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "export": "dimo.commands.export:main",
     "generate": "dimo.commands.generate:main",
     "geometry": "dimo.commands.geometry:main",
+    "toy": "dimo.commands.toy:main",
 }
 
 

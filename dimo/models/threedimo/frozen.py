@@ -84,9 +84,6 @@ class WanVAE(_Frozen):
         path: local diffusers folder of the VAE (``.../vae``); required for real weights.
     """
 
-    temporal_compression = 4
-    spatial_compression = 8
-
     def __init__(self, preset: str = "tiny", path: Path | None = None) -> None:
         super().__init__()
         from diffusers import AutoencoderKLWan
@@ -102,6 +99,9 @@ class WanVAE(_Frozen):
             self.vae = AutoencoderKLWan(**VAE_PRESETS[preset])
         self.from_folder = path is not None
         cfg = self.vae.config
+        # strides from the config: Wan2.1 is 8x in space, 4x in time; the toy folder is 4x / 4x
+        self.spatial_compression = 2 ** (len(cfg.dim_mult) - 1)
+        self.temporal_compression = 2 ** sum(bool(x) for x in cfg.temperal_downsample)
         self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
         self.freeze()
