@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from dimo.safe_io import atomic_write_text
+
 __all__ = [
     "LABEL_KINDS",
     "MANIFEST_NAME",
@@ -260,12 +262,8 @@ def write_manifest(root: str | os.PathLike, records: Iterable[ClipRecord | dict[
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / MANIFEST_NAME
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec.to_json() if isinstance(rec, ClipRecord) else rec) + "\n")
-    os.replace(tmp, path)
-    return path
+    lines = [json.dumps(rec.to_json() if isinstance(rec, ClipRecord) else rec) + "\n" for rec in records]
+    return atomic_write_text(path, "".join(lines))
 
 
 def load_motion(record: ClipRecord) -> dict[str, np.ndarray]:
