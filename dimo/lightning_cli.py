@@ -33,7 +33,11 @@ class DimoCLI(LightningCLI):
             "callbacks": [LearningRateMonitor(logging_interval="step"), CheckpointOnSignal()],
         }
         trainer_defaults.update(kwargs.pop("trainer_defaults", {}) or {})
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"})
+        # exit_on_error=False: a bad value raises instead of printing usage + a multi-line message, so
+        # `dimo.cli.main` can reduce it to one line (and --debug can show the traceback)
+        common = {"parser_mode": "omegaconf", "exit_on_error": False}
+        parser_kwargs = {**common, **{sub: dict(common) for sub in ("fit", "validate", "test", "predict")}}
+        kwargs.setdefault("parser_kwargs", parser_kwargs)
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("seed_everything_default", 42)
@@ -62,3 +66,67 @@ class DimoCLI(LightningCLI):
 
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
+
+    # ---- checks before any work --------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        """Every missing pretrained file or folder named in the config, listed at once."""
+
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        missing = sorted(set(missing_paths(config.as_dict() if hasattr(config, "as_dict") else config)))
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} pretrained path(s) in the config do not exist: "
+                + "; ".join(f"{key}={path}" for key, path in missing)
+                + " (nothing is downloaded: place the files there or point the config at them)"
+            )
+
+    def before_fit(self) -> None:
+        check_model_data(self.model, self.datamodule)
+
+    before_validate = before_test = before_predict = before_fit
+
+
+# config keys that name pretrained inputs which must exist before anything is built
+PRETRAINED_KEYS = ("backbone_path", "path", "pretrained", "init_from", "pretrained_path")
+
+
+def missing_paths(node, prefix: str = "") -> list[tuple[str, str]]:
+    """``(config key, path)`` of every pretrained path in ``node`` (nested dicts/lists) that is absent."""
+
+    import os
+
+    out: list[tuple[str, str]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key in PRETRAINED_KEYS and isinstance(value, (str, os.PathLike)) and str(value):
+                if not os.path.exists(os.path.expanduser(str(value))):
+                    out.append((name, str(value)))
+            else:
+                out += missing_paths(value, name)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out += missing_paths(value, f"{prefix}[{i}]")
+    return out
+
+
+def check_model_data(model, datamodule) -> None:
+    """Model/data agreements a wrong YAML breaks deep inside the first step, checked up front."""
+
+    spec = getattr(datamodule, "spec", None)
+    net = getattr(model, "net", None)
+    config = getattr(net, "config", None)
+    if spec is None or not isinstance(config, dict):
+        return
+    tc = config.get("temporal_compression")
+    if spec.task == "3dimo" and isinstance(tc, int) and tc > 1 and (spec.num_frames - 1) % tc:
+        lo = (spec.num_frames - 1) // tc * tc + 1
+        raise ValueError(
+            f"data.num_frames={spec.num_frames} does not fit the Wan VAE: frame counts must be 1 + {tc}k "
+            f"(e.g. {lo} or {lo + tc})"
+        )
+    size = config.get("image_size")
+    if spec.task == "3dimo" and size is not None and tuple(size) != (spec.height, spec.width):
+        raise ValueError(
+            f"model net.image_size={list(size)} differs from data height x width = {spec.height}x{spec.width}"
+        )

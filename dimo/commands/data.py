@@ -70,13 +70,13 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
     from dimo.data.validate import print_report, validate_root
 
     try:
         report = validate_root(args.root, decode=not args.no_decode)
-    except FileNotFoundError as err:
-        print(f"error: {err}")
-        return 2
+    except OSError as err:  # no manifest, unreadable root
+        return fail(err)
     print_report(report)
     return 0 if report.ok else 1
 
