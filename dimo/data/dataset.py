@@ -36,7 +36,8 @@ __all__ = ["ClipDataset", "SampleSpec", "frames_to_tensor", "ineligible_reason",
 log = logging.getLogger(__name__)
 
 MOTION_CACHE = 256  # motion files kept in memory per worker (a few hundred KB at toy scale)
-LOAD_ERRORS = (VideoError, MotionError, RecordError, OSError, EOFError)
+# what a broken clip can raise while loading; ValueError/IndexError cover odd files PyAV/numpy reject
+LOAD_ERRORS = (VideoError, MotionError, RecordError, OSError, EOFError, ValueError, IndexError)
 
 
 @dataclass(frozen=True)

@@ -301,7 +301,9 @@ def evaluate(
                 g = read_item(gen[item], cfg.grid, cfg.max_frames).to(device)
                 r = read_item(ref[item], cfg.grid, cfg.max_frames).to(device)
             except Exception as err:  # noqa: BLE001 - corrupt/empty/audio-only files: name the item
-                raise ValueError(f"item {item!r}: cannot read it ({' '.join(str(err).split())[:300]})") from err
+                raise ValueError(
+                    f"item {item!r}: cannot read it ({' '.join(str(err).split())[:300]})"
+                ) from err
             if g.shape[-4] != r.shape[-4] and cfg.max_frames is None:
                 raise ValueError(
                     f"{item}: generated has {g.shape[-4]} frames, reference {r.shape[-4]} (truncated output?); "
