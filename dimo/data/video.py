@@ -115,6 +115,17 @@ def _stream_fps(stream) -> float:
     return float(rate)
 
 
+def _check_rotation(path, frame) -> None:
+    """Display-rotated videos are refused: frames, keypoints and intrinsics refer to stored pixels."""
+
+    rotation = getattr(frame, "rotation", 0) or 0
+    if rotation:
+        raise VideoError(
+            f"{path}: video has a display rotation of {rotation:g} degrees; dimo reads the stored pixels "
+            "(and calibrations refer to them): re-encode it upright"
+        )
+
+
 def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
     """Header facts of a video; ``count=True`` decodes every frame to count them (catches truncation)."""
 
@@ -126,7 +137,9 @@ def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
         if count or not num:
             num = 0
             try:
-                for _ in container.decode(stream):
+                for frame in container.decode(stream):
+                    if num == 0:
+                        _check_rotation(path, frame)
                     num += 1
             except av.error.FFmpegError as err:
                 raise VideoError(f"{path}: decoding failed after {num} frames ({err})") from err
@@ -168,11 +181,14 @@ def read_frames(
         if wanted[0] > 0:
             container.seek(first_pts, stream=stream, backward=True, any_frame=False)
         out: list[np.ndarray] = []
-        pos = 0
+        pos, idx_checked = 0, False
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     raise VideoError(f"{path}: frame without timestamp")
+                if not out and idx_checked is False:
+                    _check_rotation(path, frame)
+                    idx_checked = True
                 idx = round((frame.pts - start) * tb_s * fps)
                 if idx < wanted[pos]:
                     continue
