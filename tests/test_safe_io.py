@@ -171,3 +171,15 @@ def test_check_new_output(tmp_path):
         ro.mkdir(mode=0o555)
         with pytest.raises(safe_io.OutputError, match="not writable"):
             safe_io.check_new_output(ro / "out.mp4")
+
+
+def test_toy_dataset_files_follow_the_umask(tmp_path):
+    from dimo.data.synth import SynthConfig, synthesize
+
+    old = os.umask(0o022)
+    try:
+        synthesize(tmp_path / "toy", SynthConfig(num_internet=1, num_ue5=0, num_multiview=0, num_frames=4, height=16, width=16))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "toy").rglob("*") if p.is_file()}
+    assert modes and set(modes.values()) == {0o644}, modes
