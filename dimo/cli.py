@@ -124,9 +124,9 @@ def _dispatch(argv: list[str], from_command_line: bool = False) -> int:
     if from_command_line:
         # LightningCLI (and Lightning's DDP launcher, which re-runs this command line) read sys.argv
         sys.argv = [sys.argv[0], *argv]
-        run_lightning(None)
+        run_lightning(None, raise_errors=True)
     else:
-        run_lightning(argv)
+        run_lightning(argv, raise_errors=True)
     return 0
 
 

@@ -33,9 +33,9 @@ class DimoCLI(LightningCLI):
             "callbacks": [LearningRateMonitor(logging_interval="step"), CheckpointOnSignal()],
         }
         trainer_defaults.update(kwargs.pop("trainer_defaults", {}) or {})
-        # exit_on_error=False: a bad value raises instead of printing usage + a multi-line message, so
-        # `dimo.cli.main` can reduce it to one line (and --debug can show the traceback)
-        common = {"parser_mode": "omegaconf", "exit_on_error": False}
+        # raise_errors (what `dimo.cli.main` asks for): a bad value raises instead of printing usage and a
+        # multi-line message, so main can reduce it to one line (and --debug can show the traceback)
+        common = {"parser_mode": "omegaconf", "exit_on_error": not kwargs.pop("raise_errors", False)}
         parser_kwargs = {**common, **{sub: dict(common) for sub in ("fit", "validate", "test", "predict")}}
         kwargs.setdefault("parser_kwargs", parser_kwargs)
         kwargs.setdefault("subclass_mode_model", True)
@@ -68,8 +68,12 @@ class DimoCLI(LightningCLI):
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
 
     # ---- checks before any work --------------------------------------------------------------------
-    def before_instantiate_classes(self) -> None:
-        """Every missing pretrained file or folder named in the config, listed at once."""
+    def instantiate_classes(self) -> None:
+        self.check_pretrained_paths()
+        super().instantiate_classes()
+
+    def check_pretrained_paths(self) -> None:
+        """Every missing pretrained file or folder named in the config, listed at once (before any is built)."""
 
         config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
         missing = sorted(set(missing_paths(config.as_dict() if hasattr(config, "as_dict") else config)))
