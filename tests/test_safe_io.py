@@ -178,7 +178,10 @@ def test_toy_dataset_files_follow_the_umask(tmp_path):
 
     old = os.umask(0o022)
     try:
-        synthesize(tmp_path / "toy", SynthConfig(num_internet=1, num_ue5=0, num_multiview=0, num_frames=4, height=16, width=16))
+        synthesize(
+            tmp_path / "toy",
+            SynthConfig(num_internet=1, num_ue5=0, num_multiview=0, num_frames=4, height=16, width=16),
+        )
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "toy").rglob("*") if p.is_file()}
