@@ -48,30 +48,41 @@ preview: setup
 
 # 3DiMo (docs/3dimo.md). `make train-stage1`: stage 1 on the toy data, tiny preset, CPU (TensorBoard run
 # and checkpoints under runs/3dimo/stage1). train-stage2/3 resume from the previous stage's last.ckpt
-# (global step continues; the previous stage is trained first if its checkpoint is missing);
-# `make train` = all three. Paper scale: CONFIG="experiments/3dimo.yaml experiments/3dimo_paper.yaml".
+# (global step continues; the previous stage is trained first if its checkpoint is missing, and a
+# checkpoint of an unfinished previous stage is refused); `make train` = all three.
+# An existing run folder is never deleted: the target refuses to start, or with RESUME=1 continues
+# that stage from its own last.ckpt (after a crash, a kill or SIGTERM; docs/3dimo.md "Resuming").
+# Paper scale: CONFIG="experiments/3dimo.yaml experiments/3dimo_paper.yaml".
 CONFIG ?= experiments/3dimo.yaml
 ARGS ?=
 RUN_DIR ?= runs/3dimo
+RESUME ?=
 THREEDIMO_FIT = $(PY) -m dimo.cli fit $(foreach c,$(CONFIG),--config $(c))
 threedimo_stage = $(THREEDIMO_FIT) --config experiments/3dimo_stage$(1).yaml \
 	--trainer.logger.init_args.save_dir=$(dir $(RUN_DIR)) --trainer.logger.init_args.name=$(notdir $(RUN_DIR)) \
 	--trainer.logger.init_args.version=stage$(1) --checkpoint.dirpath=$(RUN_DIR)/stage$(1)/checkpoints
+# $(1): stage number; $(2): the checkpoint it starts from (empty for stage 1). RESUME=1 and an own
+# last.ckpt: continue this stage from it instead.
+define run_threedimo_stage
+	@if [ -e $(RUN_DIR)/stage$(1) ] && [ "$(RESUME)" != 1 ]; then \
+		echo "error: $(RUN_DIR)/stage$(1) exists; continue it with 'make train-stage$(1) RESUME=1' or move it away to start over" >&2; \
+		exit 2; fi
+	@ckpt="$(2)"; own=$(RUN_DIR)/stage$(1)/checkpoints/last.ckpt; \
+	if [ "$(RESUME)" = 1 ] && [ -f $$own ]; then ckpt=$$own; echo "resuming stage $(1) from $$own"; fi; \
+	set -x; $(call threedimo_stage,$(1)) $${ckpt:+--ckpt_path=$$ckpt} $(ARGS)
+endef
 .PHONY: train train-stage1 train-stage2 train-stage3
 
 train-stage1: setup data
-	rm -rf $(RUN_DIR)/stage1
-	$(call threedimo_stage,1) $(ARGS)
+	$(call run_threedimo_stage,1,)
 
 train-stage2: setup data
 	test -f $(RUN_DIR)/stage1/checkpoints/last.ckpt || $(MAKE) train-stage1
-	rm -rf $(RUN_DIR)/stage2
-	$(call threedimo_stage,2) --ckpt_path=$(RUN_DIR)/stage1/checkpoints/last.ckpt $(ARGS)
+	$(call run_threedimo_stage,2,$(RUN_DIR)/stage1/checkpoints/last.ckpt)
 
 train-stage3: setup data
 	test -f $(RUN_DIR)/stage2/checkpoints/last.ckpt || $(MAKE) train-stage2
-	rm -rf $(RUN_DIR)/stage3
-	$(call threedimo_stage,3) --ckpt_path=$(RUN_DIR)/stage2/checkpoints/last.ckpt $(ARGS)
+	$(call run_threedimo_stage,3,$(RUN_DIR)/stage2/checkpoints/last.ckpt)
 
 train: train-stage1
 	$(MAKE) train-stage2

@@ -1,5 +1,5 @@
 """Lightning callbacks shared by the methods: the 3DiMo stage scheduler (and sample logging)."""
 
-from dimo.callbacks.stage_scheduler import Stage, StageScheduler, StopAfterStage
+from dimo.callbacks.stage_scheduler import Stage, StageChainError, StageScheduler, StopAfterStage
 
-__all__ = ["Stage", "StageScheduler", "StopAfterStage"]
+__all__ = ["Stage", "StageChainError", "StageScheduler", "StopAfterStage"]

@@ -28,7 +28,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-__all__ = ["Stage", "StageScheduler", "StopAfterStage"]
+__all__ = ["Stage", "StageChainError", "StageScheduler", "StopAfterStage"]
 
 log = logging.getLogger(__name__)
 
@@ -186,22 +186,77 @@ class StageScheduler(Callback):
         self.restored = dict(state_dict)
 
 
+class StageChainError(RuntimeError):
+    """A per-stage run was resumed from a checkpoint of an unfinished earlier stage."""
+
+
 class StopAfterStage(Callback):
     """End ``fit`` when the named stage of the run's :class:`StageScheduler` is complete.
 
     Per-stage runs (``make train-stage1`` ...) add this with the stage's name; resuming the next
     stage from the last checkpoint continues the global step. Sets ``max_steps`` to the stage's
     end (or keeps a smaller positive ``trainer.max_steps``).
+
+    The checkpoint records which stage wrote it and whether that stage was complete
+    (``{"stage", "stage_end", "global_step", "completed"}``). A run of stage ``k`` resumed from a
+    checkpoint of another stage checks that every stage before ``k`` is complete (the global step
+    has reached the end of stage ``k-1``) and stops with :class:`StageChainError` otherwise, so a
+    shortened stage 2 is never silently continued inside stage 3. Resuming the *same* stage after a
+    crash is always allowed.
     """
 
     def __init__(self, stage: str) -> None:
         self.stage = stage
+        self.restored: dict[str, Any] | None = None
+        self._end: int | None = None
+        self._trainer: Trainer | None = None
+
+    @property
+    def state_key(self) -> str:
+        return "StopAfterStage"  # one key across stages, so stage k reads what stage k-1 wrote
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        schedulers = [cb for cb in trainer.callbacks if isinstance(cb, StageScheduler)]
-        if len(schedulers) != 1:
-            raise RuntimeError(f"StopAfterStage needs exactly one StageScheduler, found {len(schedulers)}")
-        end = schedulers[0].stage_end(self.stage)
+        scheduler = self._scheduler(trainer)
+        end = scheduler.stage_end(self.stage)
+        self._end = end
+        self._trainer = trainer
         current = trainer.fit_loop.epoch_loop.max_steps
         # an explicit, smaller trainer.max_steps (a quick try-out) still wins
         trainer.fit_loop.epoch_loop.max_steps = end if current < 0 else min(current, end)
+
+    @staticmethod
+    def _scheduler(trainer: Trainer) -> StageScheduler:
+        schedulers = [cb for cb in trainer.callbacks if isinstance(cb, StageScheduler)]
+        if len(schedulers) != 1:
+            raise RuntimeError(f"StopAfterStage needs exactly one StageScheduler, found {len(schedulers)}")
+        return schedulers[0]
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        scheduler = self._scheduler(trainer)
+        names = [s.name for s in scheduler.stages]
+        k = names.index(self.stage)
+        prev = self.restored or {}
+        if prev.get("stage") == self.stage or k == 0:
+            return  # resuming this stage (after a crash or a signal)
+        need = scheduler.stage_end(names[k - 1])
+        if trainer.global_step < need:
+            what = f"stage {prev['stage']!r}" if prev.get("stage") else "a run"
+            raise StageChainError(
+                f"{trainer.ckpt_path} is a checkpoint of {what} at step {trainer.global_step}, but "
+                f"{self.stage!r} starts after {names[k - 1]!r} ends at step {need}: finish {names[k - 1]!r} "
+                f"first (e.g. `make train-{names[k - 1]} RESUME=1`)"
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        step = self._trainer.global_step if self._trainer is not None else 0
+        return {
+            "stage": self.stage,
+            "stage_end": self._end,
+            "global_step": step,
+            "completed": self._end is not None and step >= self._end,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.restored = dict(state_dict)

@@ -41,12 +41,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
     from dimo.data.manifest import MANIFEST_NAME
     from dimo.data.synth import SynthConfig, synthesize
+    from dimo.safe_io import check_new_output
 
     if (args.out / MANIFEST_NAME).is_file() and not args.force:
         print(f"{args.out} already has {MANIFEST_NAME}; nothing to do (--force rebuilds)")
         return 0
+    for name in ("clips_per_source", "frames", "fps"):
+        value = getattr(args, name)
+        if value is not None and not (value > 0 and value < float("inf")):
+            return fail(ValueError(f"--{name.replace('_', '-')} must be > 0, got {value}"))
+    if args.size is not None and (min(args.size) < 2 or any(s % 2 for s in args.size)):
+        return fail(
+            ValueError(f"--size must be even and >= 2 (H.264 video), got {args.size[0]} {args.size[1]}")
+        )
+    try:
+        check_new_output(args.out, overwrite=True, what="dataset folder")
+    except OSError as err:
+        return fail(err)
     kw = {"seed": args.seed}
     if args.clips_per_source is not None:
         kw.update(
@@ -70,13 +84,13 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
     from dimo.data.validate import print_report, validate_root
 
     try:
         report = validate_root(args.root, decode=not args.no_decode)
-    except FileNotFoundError as err:
-        print(f"error: {err}")
-        return 2
+    except OSError as err:  # no manifest, unreadable root
+        return fail(err)
     print_report(report)
     return 0 if report.ok else 1
 

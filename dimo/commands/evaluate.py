@@ -59,19 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
+    from dimo.commands import fail
     from dimo.eval.harness import EvalConfig, evaluate, to_markdown, write_results
+    from dimo.safe_io import check_new_output
 
     args = build_parser().parse_args(list(argv))
-    merged = OmegaConf.structured(EvalConfig)
-    for f in args.config:
-        merged = OmegaConf.merge(merged, OmegaConf.load(f))
-    overrides = {
-        f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name, None) is not None
-    }
-    merged = OmegaConf.merge(merged, overrides)
-    cfg = EvalConfig(**OmegaConf.to_container(merged, resolve=True))
-    results = evaluate(args.generated, args.reference, cfg, progress=args.progress)
     out = Path(args.out) if args.out else Path(args.generated) / "eval"
+    try:
+        merged = OmegaConf.structured(EvalConfig)
+        for f in args.config:
+            merged = OmegaConf.merge(merged, OmegaConf.load(f))
+        overrides = {
+            f.name: getattr(args, f.name)
+            for f in fields(EvalConfig)
+            if getattr(args, f.name, None) is not None
+        }
+        merged = OmegaConf.merge(merged, overrides)
+        cfg = EvalConfig(**OmegaConf.to_container(merged, resolve=True))
+        for name in ("generated", "reference"):
+            if not Path(getattr(args, name)).is_dir():
+                raise FileNotFoundError(f"--{name} {getattr(args, name)} is not a folder")
+        check_new_output(out / "metrics.json", overwrite=True, what="metrics")  # before any featurising
+        results = evaluate(args.generated, args.reference, cfg, progress=args.progress)
+    except Exception as err:  # noqa: BLE001 - corrupt items, missing weights, bad config: one line
+        return fail(err)
     write_results(
         out, results, cfg, extra={"generated": str(args.generated), "reference": str(args.reference)}
     )

@@ -9,7 +9,6 @@ give it explicitly). The folder is written to a temporary sibling and renamed wh
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,12 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dimo export", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", type=Path, help="Lightning .ckpt written by `dimo.cli fit`")
-    p.add_argument("out_dir", type=Path, help="output folder (replaced if it holds an earlier export)")
+    p.add_argument(
+        "out_dir",
+        type=Path,
+        help="output folder (must be new or empty, or an earlier export with --overwrite)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at OUT_DIR")
     p.add_argument(
         "--config", type=Path, help="the run's config.yaml (default: found next to the checkpoint)"
     )
@@ -27,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
+    from dimo.commands import fail
     from dimo.pipelines.checkpoint import checkpoint_kind, read_checkpoint
     from dimo.pipelines.errors import GenerateError
+    from dimo.safe_io import check_new_output
 
     args = build_parser().parse_args(list(argv))
     try:
@@ -37,6 +43,10 @@ def main(argv: Sequence[str]) -> int:
                 raise GenerateError(
                     f"{args.out_dir} exists and is not an earlier export; expected a new or empty folder"
                 )
+        elif args.out_dir.exists() and not args.overwrite:
+            raise GenerateError(f"{args.out_dir} holds an earlier export; pass --overwrite to replace it")
+        empty_dir = args.out_dir.is_dir() and not any(args.out_dir.iterdir())
+        check_new_output(args.out_dir, overwrite=args.overwrite or empty_dir, what="export folder")
         kind = checkpoint_kind(read_checkpoint(args.checkpoint))
         if kind == "3dimo":
             from dimo.pipelines.threedimo import ThreeDiMoPipeline
@@ -52,8 +62,7 @@ def main(argv: Sequence[str]) -> int:
                 "or hvg (HVGModule) checkpoint"
             )
         pipe.save_pretrained(args.out_dir)
-    except GenerateError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (GenerateError, OSError) as err:
+        return fail(err)
     print(f"exported {args.checkpoint} -> {args.out_dir}")
     return 0

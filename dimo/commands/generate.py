@@ -23,7 +23,6 @@ every MP4 a JSON sidecar (``out.json``) records the inputs and settings. Bad inp
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reference", type=Path, required=True, help="reference image (PNG/JPEG)")
     p.add_argument("--out", type=Path, required=True, help="output .mp4 (its JSON sidecar goes next to it)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (and its sidecar); else an error"
+    )
     g3 = p.add_argument_group("3dimo")
     g3.add_argument("--driving", type=Path, help="driving video (3dimo)")
     g3.add_argument("--prompt", help='camera prompt, e.g. "Front view. The camera stays static." (3dimo)')
@@ -98,13 +100,63 @@ def _size(args: argparse.Namespace, settings: dict[str, Any], reference: Path) -
     return int(h), int(w)
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, overwrite: bool = False) -> None:
+    """Everything about --out that can fail, checked before any model is loaded."""
+
     from dimo.pipelines.errors import GenerateError
+    from dimo.safe_io import OutputError, check_new_output
 
     if out.suffix.lower() != ".mp4":
         raise GenerateError(f"--out must end in .mp4, got {out}")
-    if out.is_dir():
-        raise GenerateError(f"--out {out} is a folder; expected an .mp4 file path")
+    views = (
+        sorted(out.parent.glob(f"{out.stem}_view*.mp4")) if out.parent.is_dir() else []
+    )  # hvg per-view files
+    for path in (out, out.with_suffix(".json"), *views):
+        if path.is_dir():
+            raise GenerateError(f"{path} is a folder; expected a file path for the {path.suffix[1:]} output")
+        try:
+            check_new_output(path, overwrite=overwrite, what="output")
+        except OutputError as err:
+            raise GenerateError(str(err)) from err
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Values argparse accepts but generation cannot use (NaN scales gave a black video, exit 0)."""
+
+    import math
+
+    from dimo.pipelines.errors import GenerateError
+
+    for name in ("guidance_scale", "motion_guidance_scale", "fps"):
+        value = getattr(args, name, None)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise GenerateError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+    for name in ("steps", "window", "num_frames", "height", "width"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise GenerateError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.overlap is not None and args.overlap < 0:
+        raise GenerateError(f"--overlap must be >= 0, got {args.overlap}")
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    from dimo.pipelines.errors import GenerateError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise GenerateError(f"unknown --device {name!r}; expected cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GenerateError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise GenerateError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise GenerateError(f"--device {name}: MPS is not available here (use --device cpu)")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise GenerateError(f"unsupported --device {name!r}; expected cpu, cuda, cuda:N or mps")
 
 
 def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
@@ -197,23 +249,41 @@ def _run_config(args: argparse.Namespace) -> str | None:
 
 
 def _write_outputs(out: Path, videos: dict, fps: float, sidecar: dict, write_mp4, write_json) -> None:
-    """Write every video then the sidecar; on any failure remove what this call wrote."""
+    """Write every video and the sidecar to hidden temporary siblings, then rename them all into place.
 
-    written: list[Path] = []
+    A failure while writing leaves every pre-existing file as it was (only this call's temporaries
+    are removed); nothing already at a target path is ever deleted.
+    """
+
+    import os
+    import tempfile
+
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(target: Path) -> Path:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+        staged.append((Path(tmp), target))
+        return Path(tmp)
+
     try:
         for path, frames in videos.items():
-            written.append(write_mp4(path, frames, fps))
-        written.append(write_json(out.with_suffix(".json"), sidecar))
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
+            write_mp4(stage(Path(path)), frames, fps)
+        write_json(stage(out.with_suffix(".json")), sidecar)
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Generate for parsed ``args``; returns the sidecar dict. Raises :class:`GenerateError`."""
 
-    _check_out(args.out)
+    _check_out(args.out, getattr(args, "overwrite", False))
+    _check_numbers(args)
+    _check_device(args.device)
     if args.model == "3dimo":
         return _run_threedimo(args)
     from dimo.pipelines.hvg import run_hvg
@@ -222,13 +292,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str]) -> int:
+    from dimo.commands import fail
     from dimo.pipelines.errors import GenerateError
 
     args = build_parser().parse_args(list(argv))
     try:
         sidecar = run(args)
-    except GenerateError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (GenerateError, OSError) as err:
+        return fail(err)
     print(f"wrote {args.out} ({sidecar['frames']} frames) and {args.out.with_suffix('.json')}")
     return 0

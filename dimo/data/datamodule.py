@@ -37,7 +37,7 @@ __all__ = ["ViewRichDataModule"]
 
 log = logging.getLogger(__name__)
 
-_PRIVATE_KEYS = ("_draw", "_skipped")
+_PRIVATE_KEYS = ("_draw", "_skipped", "_bad")
 
 
 class _FixedKeys(Dataset):
@@ -138,6 +138,7 @@ class ViewRichDataModule(LightningDataModule):
         self.pools: dict[str, list[ClipRecord]] = {}
         self.problems: list[Problem] = []
         self.skipped_draws = 0
+        self.bad_clips: set[str] = set()  # ids of clips that failed to load in training (checkpointed)
         self._consumed = 0
         self._preview_done = False
         self._train_set: ClipDataset | None = None
@@ -163,11 +164,26 @@ class ViewRichDataModule(LightningDataModule):
 
     # ---- Lightning checkpoint hooks --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"mixture": self.mixture_state(), "skipped_draws": self.skipped_draws}
+        return {
+            "mixture": self.mixture_state(),
+            "skipped_draws": self.skipped_draws,
+            "bad_clips": sorted(self.bad_clips),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.load_mixture_state(state_dict["mixture"])
         self.skipped_draws = int(state_dict.get("skipped_draws", 0))
+        self.bad_clips = set(state_dict.get("bad_clips", []))
+        if self._train_set is not None:
+            self._seed_bad(self._train_set)
+
+    def _seed_bad(self, dataset: ClipDataset) -> None:
+        """Known-bad clips (from a checkpoint) are not opened again; counts do not depend on it."""
+
+        for source, pool in dataset.pools.items():
+            for i, rec in enumerate(pool):
+                if rec.id in self.bad_clips:
+                    dataset.bad.setdefault((source, i), "failed to load before the resume")
 
     # ---- data ------------------------------------------------------------------------------------
     def _resolve_seed(self) -> int:
@@ -249,6 +265,8 @@ class ViewRichDataModule(LightningDataModule):
             self.setup("fit")
             augment = self.augment if self.task == "3dimo" else None
             self._train_set = ClipDataset(self.pools, self.spec, augment, self.max_retries)
+            if self.bad_clips:
+                self._seed_bad(self._train_set)
         return self._train_set
 
     def train_dataloader(self) -> DataLoader:
@@ -278,11 +296,13 @@ class ViewRichDataModule(LightningDataModule):
             return batch
         draw = batch.pop("_draw")
         skipped = batch.pop("_skipped")
+        bad = batch.pop("_bad", [])
         trainer = getattr(self, "trainer", None)
         training = trainer is not None and trainer.training and not trainer.sanity_checking
         if training or trainer is None:
             self._consumed = int(torch.as_tensor(draw).max()) + 1
             self.skipped_draws += int(torch.as_tensor(skipped).sum())
+            self.bad_clips.update(i for ids in bad for i in ids.split(";") if i)
         if training:
             self._log_stats(trainer)
             if self.log_preview and not self._preview_done:

@@ -7,9 +7,11 @@ the augmentation are drawn from ``key.seed``, so a sample is the same whichever 
 A clip that fails to load (missing/truncated video, missing/corrupt motion, too few frames...) is
 remembered as bad in that worker, logged once with its id and reason, and replaced by another clip
 of the same source (drawn from the key's seed); the sample's ``_skipped`` field counts the
-replacements so the DataModule can log them. Two bookkeeping fields ride along with every sample
-and are removed by the DataModule before the batch reaches the model: ``_draw`` (global batch index
-in the stream, int) and ``_skipped`` (int).
+replacements so the DataModule can log them. The replacement order is a pure function of the key
+(:meth:`ClipDataset._candidates`), never of what a worker happened to see before, so batches are the
+same with any ``num_workers`` and after a resume. Three bookkeeping fields ride along with every
+sample and are removed by the DataModule before the batch reaches the model: ``_draw`` (global batch
+index in the stream, int), ``_skipped`` (int) and ``_bad`` (the ids of the bad clips met, ``;``-joined).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ __all__ = ["ClipDataset", "SampleSpec", "frames_to_tensor", "ineligible_reason",
 log = logging.getLogger(__name__)
 
 MOTION_CACHE = 256  # motion files kept in memory per worker (a few hundred KB at toy scale)
-LOAD_ERRORS = (VideoError, MotionError, RecordError, OSError, EOFError)
+# what a broken clip can raise while loading; ValueError/IndexError cover odd files PyAV/numpy reject
+LOAD_ERRORS = (VideoError, MotionError, RecordError, OSError, EOFError, ValueError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class ClipDataset(Dataset):
         self.augment = DrivingAugment(augment) if augment is not None else None
         self.max_retries = max_retries
         self.bad: dict[tuple[str, int], str] = {}  # per process (worker): clips found broken
+        self._warned: set[str] = set()
         self._motion_cache: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
 
     def __len__(self) -> int:  # informative only; the sampler decides what is drawn
@@ -118,13 +122,13 @@ class ClipDataset(Dataset):
     def __getitem__(self, key: SampleKey) -> dict[str, Any]:
         if not isinstance(key, SampleKey):
             raise TypeError(f"ClipDataset is indexed by SampleKey, got {type(key).__name__}")
-        source, index, task, skipped = key.source, key.index, key.task, 0
-        if not self.pools.get(source):
-            raise RuntimeError(f"no clips for source {source!r}")
-        rng = np.random.default_rng([key.seed, 1])
-        for _attempt in range(self.max_retries + 1):
+        if not self.pools.get(key.source):
+            raise RuntimeError(f"no clips for source {key.source!r}")
+        skipped, found = 0, []
+        for source, index in self._candidates(key):
             if (source, index) not in self.bad:
                 record = self.pools[source][index]
+                task = key.task
                 if task == "cross_view" and len(record.views) < 2:  # a fallback clip from a 1-view source
                     task = "reconstruction"
                 try:
@@ -135,25 +139,47 @@ class ClipDataset(Dataset):
                 else:
                     sample["_draw"] = key.draw
                     sample["_skipped"] = skipped
+                    sample["_bad"] = ";".join(found)
                     return sample
             skipped += 1
-            # another clip of the same source; when the whole source is broken, of any source
-            good = [i for i in range(len(self.pools[key.source])) if (key.source, i) not in self.bad]
-            if good:
-                source, index = key.source, int(rng.choice(good))
-                continue
-            others = [
-                (s, i) for s, pool in self.pools.items() for i in range(len(pool)) if (s, i) not in self.bad
-            ]
-            if not others:
-                break
-            if source == key.source:
-                log.warning(
-                    "every clip of source %r failed to load; drawing from the other sources", key.source
-                )
-            source, index = others[int(rng.integers(len(others)))]
+            found.append(self.pools[source][index].id)
         reasons = "; ".join(f"{self.pools[s][i].id}: {r}" for (s, i), r in list(self.bad.items())[:5])
         raise RuntimeError(f"could not build a {key.task} sample after {skipped} bad clips: {reasons}")
+
+    def _candidates(self, key: SampleKey):
+        """The clips tried for ``key``, in order: its own, then others of its source, then any source.
+
+        A pure function of the key and the pools (never of which clips this process already found
+        bad), so a sample is the same in every worker, with any number of workers and after a
+        resume; known-bad clips are skipped from the cache but still counted.
+        """
+
+        rng = np.random.default_rng([key.seed, 1])
+        budget = self.max_retries + 1
+        yield key.source, key.index
+        budget -= 1
+        n = len(self.pools[key.source])
+        same = rng.choice(n, size=min(n, budget + 1), replace=False) if budget > 0 else []
+        for i in same:
+            if budget <= 0:
+                return
+            if int(i) != key.index:
+                budget -= 1
+                yield key.source, int(i)
+        others = [(s, len(pool)) for s, pool in self.pools.items() if s != key.source and pool]
+        total = sum(c for _, c in others)
+        if budget <= 0 or total == 0:
+            return
+        if key.source not in self._warned:
+            self._warned.add(key.source)
+            log.warning("every tried clip of source %r failed to load; drawing from the other sources", key.source)
+        for flat in rng.choice(total, size=min(total, budget), replace=False):
+            flat = int(flat)
+            for s, c in others:
+                if flat < c:
+                    yield s, flat
+                    break
+                flat -= c
 
     # ---- building --------------------------------------------------------------------------------
     def _window(self, record: ClipRecord, rng: np.random.Generator) -> list[int]:

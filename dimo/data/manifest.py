@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from dimo.safe_io import atomic_write_text
+
 __all__ = [
     "LABEL_KINDS",
     "MANIFEST_NAME",
@@ -151,13 +153,50 @@ class ClipRecord:
         return {k: v for k, v in d.items() if v is not None}
 
 
+MAX_FRAMES = 10_000_000  # per clip; anything larger is a corrupt record, not a video
+MAX_FPS = 10_000.0
+
+
 def _check_matrix(value: Any, shape: tuple[int, ...], num_frames: int, what: str) -> list:
-    arr = np.asarray(value, dtype=np.float64)
+    if not isinstance(value, list):
+        raise RecordError(f"{what} must be a (nested) list of numbers, got {type(value).__name__}")
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError) as err:  # ragged, strings, dicts, booleans mixed in
+        raise RecordError(f"{what} must be a regular array of numbers ({err})") from None
     if arr.shape != shape and arr.shape != (num_frames, *shape):
         raise RecordError(f"{what} must have shape {shape} or {(num_frames, *shape)}, got {arr.shape}")
     if not np.isfinite(arr).all():
         raise RecordError(f"{what} has non-finite values")
     return arr.tolist()
+
+
+def _check_intrinsics(K: list, what: str) -> None:
+    k = np.asarray(K, dtype=np.float64).reshape(-1, 3, 3)
+    if not ((k[:, 0, 0] > 0).all() and (k[:, 1, 1] > 0).all()):
+        raise RecordError(f"{what}: focal lengths K[0][0] and K[1][1] must be > 0")
+    if not np.allclose(k[:, 2], [0.0, 0.0, 1.0], atol=1e-6):
+        raise RecordError(f"{what}: last row must be [0, 0, 1], got {k[0, 2].tolist()}")
+
+
+def _check_rotation(R: list, what: str) -> None:
+    r = np.asarray(R, dtype=np.float64).reshape(-1, 3, 3)
+    err = np.abs(r @ np.swapaxes(r, -1, -2) - np.eye(3)).max()
+    if err > 1e-3 or (np.linalg.det(r) < 0.999).any():
+        raise RecordError(f"{what} is not a rotation matrix (R R^T != I by {err:.3g}, or det(R) != 1)")
+
+
+def _check_rel_path(path: str, what: str) -> None:
+    if not path.strip():
+        raise RecordError(f"{what} is an empty path")
+    if "\x00" in path:
+        raise RecordError(f"{what} contains a NUL byte")
+    if not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] == "..":
+        raise RecordError(f"{what} {path!r} points outside the dataset root")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
@@ -174,13 +213,14 @@ def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
     if raw["source"] not in SOURCES:
         raise RecordError(f"source must be one of {SOURCES}, got {raw['source']!r}")
     fps, num_frames = raw["fps"], raw["num_frames"]
-    if not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-        raise RecordError(f"fps must be a positive number, got {fps!r}")
-    if not isinstance(num_frames, int) or num_frames <= 0:
-        raise RecordError(f"num_frames must be a positive integer, got {num_frames!r}")
+    if not _is_number(fps) or not math.isfinite(fps) or not 0 < fps <= MAX_FPS:
+        raise RecordError(f"fps must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or not 0 < num_frames <= MAX_FRAMES:
+        raise RecordError(f"num_frames must be an integer in [1, {MAX_FRAMES}], got {num_frames!r}")
     for key in ("height", "width"):
-        if raw.get(key) is not None and (not isinstance(raw[key], int) or raw[key] <= 0):
-            raise RecordError(f"{key} must be a positive integer, got {raw[key]!r}")
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1 << 16):
+            raise RecordError(f"{key} must be an integer in [1, 65536], got {value!r}")
     views_raw = raw["views"]
     if not isinstance(views_raw, list) or not views_raw:
         raise RecordError("'views' must be a non-empty list")
@@ -188,6 +228,7 @@ def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
     for i, v in enumerate(views_raw):
         if not isinstance(v, dict) or not isinstance(v.get("video"), str):
             raise RecordError(f"views[{i}] must be an object with a 'video' path")
+        _check_rel_path(v["video"], f"views[{i}].video")
         prompt = v.get("camera_prompt", "")
         if not isinstance(prompt, str):
             raise RecordError(f"views[{i}].camera_prompt must be a string")
@@ -195,12 +236,17 @@ def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
         for key, shape in (("K", (3, 3)), ("R", (3, 3)), ("t", (3,))):
             if v.get(key) is not None:
                 cams[key] = _check_matrix(v[key], shape, num_frames, f"views[{i}].{key}")
+        if "K" in cams:
+            _check_intrinsics(cams["K"], f"views[{i}].K")
+        if "R" in cams:
+            _check_rotation(cams["R"], f"views[{i}].R")
         views.append(ViewRecord(video=v["video"], camera_prompt=prompt, name=str(v.get("name", "")), **cams))
     motion = None
     if raw.get("motion") is not None:
         m = raw["motion"]
         if not isinstance(m, dict) or not isinstance(m.get("file"), str):
             raise RecordError("'motion' must be an object with a 'file' path")
+        _check_rel_path(m["file"], "motion.file")
         flags = {}
         for key in ("body", "hands", "joints3d"):
             flags[key] = m.get(key, "gt")
@@ -234,17 +280,28 @@ def load_manifest(root: str | os.PathLike) -> tuple[list[ClipRecord], list[Probl
     records: list[ClipRecord] = []
     problems: list[Problem] = []
     seen: set[str] = set()
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
+    with path.open("rb") as fh:
+        for lineno, raw_line in enumerate(fh, start=1):
             label = f"line {lineno}"
             try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                problems.append(Problem(label, "record", f"not UTF-8 text ({err.reason} at byte {err.start})"))
+                continue
+            if not line.strip():
+                continue
+            try:
                 raw = json.loads(line)
-                label = str(raw.get("id", label)) if isinstance(raw, dict) else label
+                label = str(raw.get("id", label))[:200] if isinstance(raw, dict) else label
                 rec = parse_record(raw, root)
             except (json.JSONDecodeError, RecordError) as err:
                 problems.append(Problem(label, "record", str(err)))
+                continue
+            except RecursionError:
+                problems.append(Problem(label, "record", "JSON nested too deeply"))
+                continue
+            except (ValueError, TypeError, OverflowError) as err:  # anything else a hostile line triggers
+                problems.append(Problem(label, "record", f"malformed record ({type(err).__name__}: {err})"))
                 continue
             if rec.id in seen:
                 problems.append(Problem(rec.id, "record", "duplicate id"))
@@ -260,12 +317,8 @@ def write_manifest(root: str | os.PathLike, records: Iterable[ClipRecord | dict[
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / MANIFEST_NAME
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec.to_json() if isinstance(rec, ClipRecord) else rec) + "\n")
-    os.replace(tmp, path)
-    return path
+    lines = [json.dumps(rec.to_json() if isinstance(rec, ClipRecord) else rec) + "\n" for rec in records]
+    return atomic_write_text(path, "".join(lines))
 
 
 def load_motion(record: ClipRecord) -> dict[str, np.ndarray]:
@@ -301,7 +354,10 @@ def load_motion(record: ClipRecord) -> dict[str, np.ndarray]:
         else:
             if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
                 raise MotionError(f"{path}: {key} is not a finite numeric array")
-            out[key] = arr.astype(np.float32)
+            with np.errstate(over="ignore"):
+                out[key] = arr.astype(np.float32)
+            if not np.isfinite(out[key]).all():  # e.g. 1e39 is finite in float64, inf in float32
+                raise MotionError(f"{path}: {key} has values beyond the float32 range")
     flags = record.motion
     need = []
     if flags.body != "missing":

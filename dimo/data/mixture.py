@@ -273,7 +273,10 @@ class MixtureSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[SampleKey]:
         lo = self.rank * self.batch_size
-        for _ in range(self.batches_per_epoch):
+        # Epoch e is stream batches [e * n, (e + 1) * n). A stream restored mid-epoch (resume) yields
+        # only the rest of that epoch, so epoch boundaries, and with them the stream positions of later
+        # epochs, match the uninterrupted run whatever the loader prefetched before the checkpoint.
+        for _ in range(self.batches_per_epoch - self.stream.position % self.batches_per_epoch):
             keys = self.stream.draw()
             yield from keys[lo : lo + self.batch_size]
 

@@ -31,6 +31,7 @@ import torch
 
 from dimo.data.manifest import MANIFEST_NAME, ClipRecord, MotionRecord, ViewRecord, write_manifest
 from dimo.data.video import write_video
+from dimo.safe_io import atomic_path, atomic_write_text
 
 __all__ = ["MOTIONS", "TRAJECTORIES", "SynthConfig", "make_identity", "make_motion", "synthesize"]
 
@@ -380,11 +381,10 @@ def make_clip(root: Path, source: str, index: int, cfg: SynthConfig) -> ClipReco
         views.append(ViewRecord(video=rel, camera_prompt=traj.prompt, name=traj.kind, **cams))
     motion_rel = f"clips/{clip_id}/motion.npz"
     arrays = {k: motion[k] for k in ("global_orient", "body_pose", "hand_pose", "transl")}
-    tmp = clip_dir / ".motion.tmp.npz"
-    np.savez_compressed(
-        tmp, **arrays, rest_joints=ident.rest.numpy(), joints=joints.numpy().astype(np.float32)
-    )
-    os.replace(tmp, root / motion_rel)
+    with atomic_path(root / motion_rel, suffix=".npz") as tmp:
+        np.savez_compressed(
+            tmp, **arrays, rest_joints=ident.rest.numpy(), joints=joints.numpy().astype(np.float32)
+        )
     return ClipRecord(
         id=clip_id,
         source=source,
@@ -434,8 +434,9 @@ def synthesize(
         ]
     finally:
         torch.set_num_threads(prev_threads)
-    (root / "synth_config.json").write_text(
-        json.dumps({**asdict(cfg), "seconds": round(time.perf_counter() - start, 2)}, indent=1) + "\n"
+    atomic_write_text(
+        root / "synth_config.json",
+        json.dumps({**asdict(cfg), "seconds": round(time.perf_counter() - start, 2)}, indent=1) + "\n",
     )
     write_manifest(root, records)
     return records

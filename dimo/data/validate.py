@@ -87,6 +87,9 @@ def validate_record(rec: ClipRecord, decode: bool = True) -> list[Problem]:
         except VideoError as err:
             problems.append(Problem(rec.id, part, str(err)))
             continue
+        except Exception as err:  # noqa: BLE001 - whatever a hostile file makes FFmpeg/PyAV raise
+            problems.append(Problem(rec.id, part, f"{path}: unreadable video ({type(err).__name__}: {err})"))
+            continue
         if info.num_frames < rec.num_frames:
             problems.append(
                 Problem(
@@ -113,7 +116,11 @@ def validate_record(rec: ClipRecord, decode: bool = True) -> list[Problem]:
         except MotionError as err:
             problems.append(Problem(rec.id, "motion", str(err)))
         else:
-            err_m = _check_fk(motion)
+            try:
+                err_m = _check_fk(motion)
+            except (ValueError, RuntimeError) as err:
+                problems.append(Problem(rec.id, "motion", f"forward kinematics failed: {err}"))
+                return problems
             if err_m is not None and not err_m <= FK_TOLERANCE_M:
                 problems.append(
                     Problem(

@@ -13,7 +13,6 @@ Resizing goes through libswscale (``VideoFrame.reformat``) while decoding; cropp
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,6 +21,8 @@ from typing import Literal
 
 import av
 import numpy as np
+
+from dimo.safe_io import atomic_path
 
 __all__ = [
     "CropMode",
@@ -114,6 +115,17 @@ def _stream_fps(stream) -> float:
     return float(rate)
 
 
+def _check_rotation(path, frame) -> None:
+    """Display-rotated videos are refused: frames, keypoints and intrinsics refer to stored pixels."""
+
+    rotation = getattr(frame, "rotation", 0) or 0
+    if rotation:
+        raise VideoError(
+            f"{path}: video has a display rotation of {rotation:g} degrees; dimo reads the stored pixels "
+            "(and calibrations refer to them): re-encode it upright"
+        )
+
+
 def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
     """Header facts of a video; ``count=True`` decodes every frame to count them (catches truncation)."""
 
@@ -125,7 +137,9 @@ def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
         if count or not num:
             num = 0
             try:
-                for _ in container.decode(stream):
+                for frame in container.decode(stream):
+                    if num == 0:
+                        _check_rotation(path, frame)
                     num += 1
             except av.error.FFmpegError as err:
                 raise VideoError(f"{path}: decoding failed after {num} frames ({err})") from err
@@ -167,11 +181,14 @@ def read_frames(
         if wanted[0] > 0:
             container.seek(first_pts, stream=stream, backward=True, any_frame=False)
         out: list[np.ndarray] = []
-        pos = 0
+        pos, idx_checked = 0, False
         try:
             for frame in container.decode(stream):
                 if frame.pts is None:
                     raise VideoError(f"{path}: frame without timestamp")
+                if not out and idx_checked is False:
+                    _check_rotation(path, frame)
+                    idx_checked = True
                 idx = round((frame.pts - start) * tb_s * fps)
                 if idx < wanted[pos]:
                     continue
@@ -210,7 +227,8 @@ def write_video(
     preset: str = "veryfast",
     gop: int | None = None,
 ) -> Path:
-    """Write uint8 (T, H, W, 3) RGB frames as H.264 (yuv420p) MP4, atomically (temp file + rename).
+    """Write uint8 (T, H, W, 3) RGB frames as H.264 (yuv420p) MP4, atomically (temp file in the same folder, fsync,
+    rename; umask permissions): an interrupted write never replaces an existing file.
 
     Frame ``i`` gets pts ``i`` in time base ``1/fps`` so readers find it at ``i / fps``.
     """
@@ -225,23 +243,15 @@ def write_video(
     if h % 2 or w % 2:
         raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w}")
     rate = Fraction(fps).limit_denominator(1001)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
-        with av.open(tmp, mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            stream.time_base = 1 / rate
-            stream.codec_context.gop_size = gop or max(1, round(fps))
-            stream.options = {"crf": str(crf), "preset": preset, "bf": "0"}
-            for i in range(t):
-                frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-                frame.pts = i
-                container.mux(stream.encode(frame))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.time_base = 1 / rate
+        stream.codec_context.gop_size = gop or max(1, round(fps))
+        stream.options = {"crf": str(crf), "preset": preset, "bf": "0"}
+        for i in range(t):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
     return path

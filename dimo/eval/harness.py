@@ -143,7 +143,7 @@ def list_items(root: str | os.PathLike, grid: bool = False) -> dict[str, Path]:
         raise FileNotFoundError(f"not a directory: {r}")
     items: dict[str, Path] = {}
     for p in sorted(r.iterdir()):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or (p / "metrics.json").is_file():  # hidden, or an earlier eval output
             continue
         if p.is_dir() or (not grid and p.suffix.lower() in VIDEO_EXTS | IMAGE_EXTS):
             items[p.stem if p.is_file() else p.name] = p
@@ -297,8 +297,18 @@ def evaluate(
     mine = _shard(names)
     with _progress(progress, len(mine)) as advance:
         for item in mine:
-            g = read_item(gen[item], cfg.grid, cfg.max_frames).to(device)
-            r = read_item(ref[item], cfg.grid, cfg.max_frames).to(device)
+            try:
+                g = read_item(gen[item], cfg.grid, cfg.max_frames).to(device)
+                r = read_item(ref[item], cfg.grid, cfg.max_frames).to(device)
+            except Exception as err:  # noqa: BLE001 - corrupt/empty/audio-only files: name the item
+                raise ValueError(
+                    f"item {item!r}: cannot read it ({' '.join(str(err).split())[:300]})"
+                ) from err
+            if g.shape[-4] != r.shape[-4] and cfg.max_frames is None:
+                raise ValueError(
+                    f"{item}: generated has {g.shape[-4]} frames, reference {r.shape[-4]} (truncated output?); "
+                    "set --max-frames to score a common prefix on purpose"
+                )
             if g.shape[-2:] != r.shape[-2:]:
                 raise ValueError(
                     f"{item}: generated frames are {tuple(g.shape[-2:])}, reference {tuple(r.shape[-2:])}"
@@ -372,5 +382,7 @@ def write_results(
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     payload = {"metrics": results, "config": asdict(cfg), **(extra or {})}
-    (d / "metrics.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    (d / "metrics.md").write_text(to_markdown(results, title=str((extra or {}).get("generated", ""))))
+    from dimo.safe_io import atomic_write_text
+
+    atomic_write_text(d / "metrics.json", json.dumps(payload, indent=2, default=str) + "\n")
+    atomic_write_text(d / "metrics.md", to_markdown(results, title=str((extra or {}).get("generated", ""))))

@@ -12,17 +12,27 @@ place them in a model directory laid out as smplx expects::
 reads) raises :class:`BodyModelFormatError`; both are :class:`FileNotFoundError` subclasses whose
 message names the expected path. smplx itself only ``assert``s on missing paths and raises bare
 ``AttributeError`` on missing arrays, hence the checks here.
+
+Safety: smplx reads ``.npz`` with ``allow_pickle=True`` and ``.pkl`` with ``pickle.load``, either of
+which runs code from a crafted file. dimo reads the file itself first (:func:`read_model_arrays`:
+``allow_pickle=False`` for ``.npz``; a restricted unpickler for ``.pkl`` that allows numpy arrays,
+scipy sparse matrices and chumpy arrays, the latter mapped to numpy without importing chumpy) and
+hands smplx only those plain arrays (``data_struct`` for SMPL/SMPL-H/MANO, a private clean ``.npz``
+copy for SMPL-X). A file that references any other class is refused with one clear line.
 """
 
 from __future__ import annotations
 
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from dimo.safe_io import UnsafeFileError, restricted_pickle_load
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -32,6 +42,7 @@ __all__ = [
     "expected_model_path",
     "load_body_model",
     "model_rest_joints",
+    "read_model_arrays",
 ]
 
 ModelType = Literal["smplx", "smplh", "smpl", "mano"]
@@ -106,34 +117,50 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(int(n) for n in (shape if shape is not None else np.shape(x)))
 
 
-def _read_summary(path: Path) -> tuple[set[str], dict[str, tuple[int, ...]]]:
-    """Array names in the file and the shapes of the small arrays that must agree with each other.
+def read_model_arrays(path: str | Path) -> dict[str, Any]:
+    """The arrays of a body-model file, read without running code from it.
 
-    npz members are read lazily, so the large blend-shape arrays are never loaded here.
+    ``.npz``: ``np.load(allow_pickle=False)``; object members (official SMPL-X files carry small
+    pickled dicts such as ``joint2num``) are left out unless smplx needs them. ``.pkl``: through
+    :func:`dimo.safe_io.restricted_pickle_load` (numpy arrays, scipy sparse matrices, chumpy arrays
+    mapped to numpy; any other class is refused with :class:`~dimo.safe_io.UnsafeFileError`).
     """
 
-    small = ("v_template", "kintree_table", "J_regressor", "weights")
+    path = Path(path)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=True) as data:
-            keys = set(data.files)
-            return keys, {k: _shape(data[k]) for k in small if k in keys}
-    with open(path, "rb") as fh:
-        data = pickle.load(fh, encoding="latin1")
+        out: dict[str, Any] = {}
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                try:
+                    out[key] = data[key]
+                except ValueError:  # an object array: needs pickle, never loaded
+                    continue
+        return out
+    data = restricted_pickle_load(path)
     if not isinstance(data, dict):
         raise TypeError(f"expected a pickled dict, got {type(data).__name__}")
-    return set(data), {k: _shape(data[k]) for k in small if k in data}
+    return dict(data)
 
 
-def _check_file(path: Path, model_type: str) -> None:
+def _read_summary(path: Path) -> tuple[dict[str, Any], dict[str, tuple[int, ...]]]:
+    """The file's arrays and the shapes of the small arrays that must agree with each other."""
+
+    small = ("v_template", "kintree_table", "J_regressor", "weights")
+    data = read_model_arrays(path)
+    return data, {k: _shape(data[k]) for k in small if k in data}
+
+
+def _check_file(path: Path, model_type: str) -> dict[str, Any]:
     try:
         keys, shapes = _read_summary(path)
-    except ModuleNotFoundError as err:  # e.g. original SMPL/MANO pickles reference chumpy
-        raise BodyModelFormatError(
-            f"body model file {path} needs the Python module {err.name!r} to be unpickled; install it or "
-            "convert the file to plain numpy arrays"
-        ) from err
+    except UnsafeFileError as err:
+        raise BodyModelFormatError(str(err)) from err
     except (OSError, ValueError, TypeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise BodyModelFormatError(f"cannot read body model file {path}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a corrupt pickle can raise nearly anything while loading
+        raise BodyModelFormatError(
+            f"cannot read body model file {path}: {type(err).__name__}: {err}"
+        ) from err
     missing = [k for k in REQUIRED_KEYS[model_type] if k not in keys]
     if missing:
         raise BodyModelFormatError(
@@ -153,6 +180,7 @@ def _check_file(path: Path, model_type: str) -> None:
             f"body model file {path} has inconsistent array shapes {wrong or shapes} "
             f"(expected {expected} for {n_vert} vertices and {n_joints} joints)"
         )
+    return keys
 
 
 def load_body_model(
@@ -178,16 +206,37 @@ def load_body_model(
             f"{Path(model_dir) / path.name}). The files are licensed: download them from the model's "
             "website and place them there."
         )
-    _check_file(path, model_type)
+    arrays = _check_file(path, model_type)
     if model_type == "mano":
         kwargs.setdefault("is_rhand", is_rhand)
     try:
-        # a file path makes smplx take the model type from the file name and load that file
-        return smplx.create(str(path), model_type=model_type, gender=gender, ext=path.suffix[1:], **kwargs)
+        if model_type == "smplx":
+            # smplx.SMPLX always reads its file itself (np.load(allow_pickle=True) / pickle.load): give it
+            # a private copy holding only the plain arrays read safely above.
+            with tempfile.TemporaryDirectory(prefix="dimo-smplx-") as tmp:
+                clean = Path(tmp) / f"SMPLX_{gender.upper()}.npz"
+                dense = {k: _dense(v) for k, v in arrays.items()}
+                np.savez(clean, **{k: v for k, v in dense.items() if v.dtype != object})
+                return smplx.create(str(clean), model_type="smplx", gender=gender, ext="npz", **kwargs)
+        from smplx.utils import Struct
+
+        # SMPL / SMPL-H / MANO take the arrays directly (no second read of the user's file)
+        return smplx.create(
+            str(path),
+            model_type=model_type,
+            gender=gender,
+            ext=path.suffix[1:],
+            data_struct=Struct(**arrays),
+            **kwargs,
+        )
     except (AssertionError, AttributeError, KeyError, IndexError, ValueError, RuntimeError) as err:
         raise BodyModelFormatError(
             f"smplx could not build a {model_type} model from {path}: {err!r}"
         ) from err
+
+
+def _dense(value: Any) -> np.ndarray:
+    return np.asarray(value.todense()) if hasattr(value, "todense") else np.asarray(value)
 
 
 def model_rest_joints(

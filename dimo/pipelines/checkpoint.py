@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from dimo.pipelines.errors import GenerateError
+from dimo.safe_io import UnsafeFileError, load_torch
 
 __all__ = ["ModelKind", "read_checkpoint", "checkpoint_kind", "find_run_config", "load_module"]
 
@@ -33,11 +34,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise GenerateError(f"checkpoint not found: {path} (expected a Lightning .ckpt from `dimo.cli fit`)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling/zip error means "not a checkpoint"
-        raise GenerateError(
-            f"cannot read checkpoint {path}: {err} (expected a Lightning .ckpt from `dimo.cli fit`)"
-        ) from err
+        # weights_only=True + an explicit allow-list: a checkpoint cannot run code (dimo.safe_io)
+        ckpt = load_torch(path, what="checkpoint", mmap=True)
+    except UnsafeFileError as err:
+        raise GenerateError(str(err)) from err
+    except ValueError as err:  # not a torch file (zip/pickle error, truncated)
+        raise GenerateError(f"{err} (expected a Lightning .ckpt from `dimo.cli fit`)") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise GenerateError(
             f"{path} is not a Lightning checkpoint (no 'state_dict'); expected a .ckpt from `dimo.cli fit`"

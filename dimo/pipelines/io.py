@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 
 from dimo.data.video import VideoError, probe, read_frames, resize_crop_plan, write_video
 from dimo.pipelines.errors import GenerateError
+from dimo.safe_io import atomic_dir, atomic_write_text
 
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm"}
 
@@ -109,17 +108,7 @@ def write_mp4(path: str | os.PathLike, frames: torch.Tensor, fps: float) -> Path
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     """Write ``data`` as indented JSON atomically."""
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 @contextmanager
@@ -129,14 +118,5 @@ def atomic_folder(out: str | os.PathLike) -> Iterator[Path]:
     So a reader never sees a half-written export: ``out`` is either the old folder or the new one.
     """
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=True) as tmp:  # the old folder is removed only once the new one is in
         yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

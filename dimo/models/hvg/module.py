@@ -143,7 +143,9 @@ class HVGModule(LightningModule):
     def _init_from(self, path: Path) -> None:
         if not path.exists():
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        from dimo.safe_io import load_torch
+
+        state = load_torch(path, what="init_from checkpoint")["state_dict"]  # weights_only=True
         own = self.state_dict()
         state = {**{k: v for k, v in own.items() if k.startswith(_FROZEN)}, **state}
         self.load_state_dict(state, strict=True)

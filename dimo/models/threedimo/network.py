@@ -34,6 +34,31 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def _check_net_sizes(args: dict) -> None:
+    """One-line errors for sizes that would otherwise fail deep inside the first step (or crawl)."""
+
+    for name in (
+        "patch_size", "motion_dim", "motion_depth", "motion_heads", "body_tokens", "hand_tokens",
+        "geo_hidden", "geo_layers", "temporal_compression",
+    ):  # fmt: skip
+        value = args[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"net.{name} must be a positive integer, got {value!r}")
+    h, w = (int(v) for v in args["image_size"])
+    p = args["patch_size"]
+    if h < p or w < p or h % p or w % p:
+        raise ValueError(f"net.image_size {h}x{w} must be positive multiples of patch_size={p}")
+    if args["motion_dim"] % args["motion_heads"]:
+        raise ValueError(
+            f"net.motion_dim={args['motion_dim']} must be divisible by motion_heads={args['motion_heads']}"
+        )
+    crop = args["hand_crop"]
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 8 or crop % 8 or crop > max(h, w):
+        raise ValueError(
+            f"net.hand_crop must be a multiple of 8 between 8 and the frame size {max(h, w)}, got {crop!r}"
+        )
+
+
 class ThreeDiMoNet(nn.Module):
     """3DiMo's trainable parts.
 
@@ -79,7 +104,8 @@ class ThreeDiMoNet(nn.Module):
     ) -> None:
         super().__init__()
         if backbone not in WAN_PRESETS:
-            raise KeyError(f"unknown backbone preset {backbone!r}; expected one of {sorted(WAN_PRESETS)}")
+            raise ValueError(f"unknown backbone preset {backbone!r}; expected one of {sorted(WAN_PRESETS)}")
+        _check_net_sizes(locals())
         self.config = {
             name: (str(value) if isinstance(value, Path) else value)
             for name, value in _call_args(self.__init__, locals()).items()
