@@ -95,6 +95,17 @@ HVG_CONFIG ?= experiments/hvg.yaml
 train-hvg: setup data
 	$(PY) -m dimo.cli fit $(foreach c,$(HVG_CONFIG),--config $(c)) $(ARGS)
 
+# Toy pretrained folders (DESIGN.md 3.5, docs/toy.md): trained on toy humans by the project's own code,
+# in the real diffusers layouts, committed under pretrained/ and loaded by the toy configs through the
+# same from_pretrained path as paper scale. `make toy-pretrained` rebuilds them from their seeds
+# (about 40 CPU-minutes on 2 cores; an existing folder is kept unless TOY_ARGS=--force).
+PRETRAINED ?= pretrained
+TOY_ARGS ?=
+.PHONY: toy-pretrained toy-pretrained-wan
+toy-pretrained: toy-pretrained-wan
+toy-pretrained-wan: setup
+	$(PY) -m dimo.cli toy wan --out $(PRETRAINED)/toy-wan2.1 $(TOY_ARGS)
+
 # Score generated videos against references (mp4 or frame folders, matched by name); weights are read
 # from $(DIMO_WEIGHTS_DIR) (never downloaded). Example:
 #   make eval GENERATED=runs/gen REFERENCE=data/ref METRICS="fid fvd lpips_alex ssim psnr"
