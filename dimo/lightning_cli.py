@@ -28,7 +28,7 @@ class DimoCLI(LightningCLI):
         trainer_defaults = {
             "logger": {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "runs", "name": "dimo"},
+                "init_args": {"save_dir": "runs", "name": "dimo", "default_hp_metric": False},
             },
             "callbacks": [LearningRateMonitor(logging_interval="step"), CheckpointOnSignal()],
         }

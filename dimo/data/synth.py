@@ -41,10 +41,10 @@ TRAJECTORIES = ("orbit", "arc", "dolly_in", "dolly_out", "pan", "zoom_in", "zoom
 
 @dataclass
 class SynthConfig:
-    """Size and look of the toy dataset. Defaults: 12 clips, 64x64, 20 frames, ~1 MB, seconds to build."""
+    """Size and look of the toy dataset. Defaults: 20 clips, 64x64, 20 frames, ~1 MB, seconds to build."""
 
     seed: int = 0
-    num_internet: int = 4
+    num_internet: int = 12  # stage 1 (self-reconstruction) trains on these
     num_ue5: int = 4
     num_multiview: int = 4
     num_frames: int = 20
