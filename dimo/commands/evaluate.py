@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    from omegaconf import OmegaConf
-
     import shlex
+
+    from omegaconf import OmegaConf
 
     from dimo.eval.harness import (
         EvalConfig,
