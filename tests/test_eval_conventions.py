@@ -224,3 +224,30 @@ def test_disco_i3d_variant_formula(toy_pairs, tmp_path):
         metric = FVDDisCo(extractor=DisCoI3DFeatures(module=loaded), allow_rank_deficient=True)
         got = metric.features(_to_model(g)[None])
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("version", ["1.4.3", "1.10.0", "2.0.1", "dev"])
+def test_ssim_torchmetrics_refuses_an_unpinned_torchmetrics(monkeypatch, version):
+    import re
+
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    import torchmetrics
+
+    from dimo.eval.pixel import TORCHMETRICS_SSIM_RANGE
+
+    # the refused range is pyproject's pin
+    deps = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    pin = next(d for d in deps if d.startswith("torchmetrics"))
+    (lo, hi) = TORCHMETRICS_SSIM_RANGE
+    assert pin == f"torchmetrics>={lo[0]}.{lo[1]},<{hi[0]}.{hi[1]}"
+    SSIMTorchmetrics()  # the installed version is in range
+    monkeypatch.setattr(torchmetrics, "__version__", version)
+    with pytest.raises(RuntimeError, match=re.escape(f"torchmetrics {version} is installed")) as err:
+        SSIMTorchmetrics()
+    assert "\n" not in str(err.value)
+    monkeypatch.setattr(torchmetrics, "__version__", "1.9.0")
+    assert SSIMTorchmetrics().torchmetrics_version == "1.9.0"

@@ -15,7 +15,9 @@ Corrected metrics (report these; on [0, 1] RGB):
   then crops ``(win - 1) // 2`` border pixels), RGB channels averaged.
 * ``ssim_torchmetrics``: torchmetrics' ``structural_similarity_index_measure`` (Gaussian 11/1.5), whose
   definition since torchmetrics 1.5 averages over the reflect-padded border too (no crop): lower than
-  ``ssim`` by ~0.05 at 64 px, ~0.005 at 256 px. pyproject pins the torchmetrics range.
+  ``ssim`` by ~0.05 at 64 px, ~0.005 at 256 px. pyproject pins the torchmetrics range, and building the
+  metric under a torchmetrics outside :data:`TORCHMETRICS_SSIM_RANGE` is an error (the definition has
+  changed before, so the number would not be the documented one).
 * ``l1``: mean absolute error on [0, 1].
 
 DisCo-compatible metrics (``*_disco``; only to sit next to published tables, see docs/metrics.md),
@@ -35,6 +37,8 @@ runtime dependencies; the tests compare against scikit-image.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
@@ -141,9 +145,36 @@ class SSIM(PairedFrameMetric):
         return ssim_wang(_unit(generated), _unit(reference))
 
 
+TORCHMETRICS_SSIM_RANGE = ((1, 5), (1, 10))
+"""torchmetrics versions ``[low, high)`` (major, minor) whose SSIM ``ssim_torchmetrics`` names; the same
+range as the pin in pyproject.toml."""
+
+
+def check_torchmetrics_version(version: str | None = None) -> str:
+    """The installed torchmetrics version, or a ``RuntimeError`` (one line) when it is outside
+    :data:`TORCHMETRICS_SSIM_RANGE`."""
+
+    import torchmetrics
+
+    version = version or torchmetrics.__version__
+    m = re.match(r"(\d+)\.(\d+)", version)
+    (lo, hi), found = TORCHMETRICS_SSIM_RANGE, (int(m.group(1)), int(m.group(2))) if m else None
+    if found is None or not lo <= found < hi:
+        raise RuntimeError(
+            f"ssim_torchmetrics names torchmetrics {lo[0]}.{lo[1]} <= version < {hi[0]}.{hi[1]} SSIM; "
+            f"torchmetrics {version} is installed (its SSIM may differ): install a version in that range"
+        )
+    return version
+
+
 class SSIMTorchmetrics(PairedFrameMetric):
     name = "ssim_torchmetrics"
     higher_is_better = True
+
+    def __init__(self, **kwargs) -> None:
+        version = check_torchmetrics_version()  # before anything is built: refuse an unpinned SSIM
+        super().__init__(**kwargs)
+        self.torchmetrics_version = version
 
     def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
         # float64: torchmetrics' E[x^2] - E[x]^2 in float32 loses ~3e-5
@@ -250,6 +281,8 @@ __all__ = [
     "PSNRDisCo2024",
     "PSNR_CAP_DB",
     "SSIMTorchmetrics",
+    "TORCHMETRICS_SSIM_RANGE",
+    "check_torchmetrics_version",
     "SSIMDisCo",
     "PairedFrameMetric",
     "quantize_uint8",
