@@ -61,8 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", dest="cache_dir", help="per-video feature cache (default OUT/feature_cache)"
     )
     p.add_argument("--no-cache", dest="no_cache", action="store_true", help="do not cache features")
-    p.add_argument("--bootstrap", type=int, help="bootstrap resamples for FID/FVD intervals (0: none)")
-    p.add_argument("--seed", type=int, help="bootstrap seed")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        help="half-sample draws (videos without replacement) for the FID/FVD intervals (0: none)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the half-sample draws")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 

@@ -50,6 +50,8 @@ class _ExtractorMetric(FrechetMetric):
 
         return getattr(self.extractor, "weight_path", None)
 
+    sample_unit = "clips"  # what one feature vector describes (reports)
+
     def samples_per_video(self, num_frames: int) -> int:
         """Feature vectors produced by one video of ``num_frames`` frames (0: too short)."""
 
@@ -82,6 +84,7 @@ class FID(_ExtractorMetric):
     """
 
     NAMES = {"tf1_bilinear": "fid", "clean": "fid_clean", "disco": "fid_disco"}
+    sample_unit = "frames"
 
     def __init__(
         self,
@@ -173,6 +176,7 @@ class FIDVID(_ExtractorMetric):
     """FID-VID (DisCo): Fréchet distance of per-video mean 3D ResNet-50 clip features (2048-d)."""
 
     name = "fid_vid"
+    sample_unit = "videos (clip features averaged)"
 
     def __init__(
         self,
@@ -189,6 +193,7 @@ class FIDVID(_ExtractorMetric):
 
             extractor = ResNet3DFeatures(weights, sample_size, sample_duration)
         super().__init__(extractor, feature_dim, batch_size, **kwargs)
+        self.sample_duration = int(getattr(extractor, "sample_duration", sample_duration))
 
     def features(self, samples: Tensor) -> Tensor:
         if samples.ndim != 5:
@@ -223,6 +228,7 @@ class FVDDisCo(_ExtractorMetric):
     whole video (every frame, however many), ``i3d_pretrained_400.pt`` in DisCo's I3D variant."""
 
     name = "fvd_disco"
+    sample_unit = "videos (one whole-video clip)"
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ metric is reduced across them (torchmetrics sync), so the numbers equal the sing
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -67,16 +68,48 @@ CONVENTIONS: dict[str, str] = {
     "resize to 299 clipped to 0..255; frames pooled",
     "fid_disco": f"{_DISCO} metric_center.py @ 6190108 FID: clean-fid resizer copy without clipping; "
     "frames pooled",
-    "fvd": "StyleGAN-V (github.com/universome/stylegan-v) I3D logits of the first N frames",
-    "fvd_disco": f"{_DISCO} metric_center.py @ 6190108 'FVD-3DInception': whole video as one clip, "
-    "PIL bicubic to 224, I3D BatchNorm eps 1e-3 / pool (1,7,7)",
+    "fvd": "StyleGAN-V (github.com/universome/stylegan-v) I3D logits of one {frames}-frame clip per video: "
+    "{clip}",
+    "fvd_disco": f"{_DISCO} metric_center.py @ 6190108 'FVD-3DInception': whole video as one clip (every "
+    "frame), PIL bicubic to 224, I3D BatchNorm eps 1e-3 / pool (1,7,7)",
     "fvd_videomae": "content-debiased FVD (Ge et al. 2024, github.com/songweige/content-debiased-fvd "
-    "@ a1e037a): VideoMAE-v2 fc_norm(mean tokens), [0,1] bilinear 224, first 16 frames",
+    "@ a1e037a): VideoMAE-v2 fc_norm(mean tokens), [0,1] bilinear 224, one {frames}-frame clip per video: "
+    "the first {frames} frames (tubelets of {tubelet})",
     "fid_vid": f"{_DISCO} metric_center.py @ 6190108 'FVD-3DRN50': 3D ResNet-50, PIL bicubic 112, "
-    "16-frame clips averaged",
-    "fvd_v": "FVD over view sequences (dimo)",
-    "fvd_f": "FVD over time per view (dimo)",
+    "{frames}-frame clips (last padded) averaged per video",
+    "fvd_v": "FVD over view sequences (dimo): at every frame the views in order form one sequence; I3D "
+    "logits of one {frames}-view clip per sequence: {clip}",
+    "fvd_f": "FVD over time per view (dimo): every view is one sequence; I3D logits of one {frames}-frame "
+    "clip per sequence: {clip}",
 }
+
+
+def _clip_text(frames: int, stride: int, unit: str = "frames") -> str:
+    need = (frames - 1) * stride + 1
+    if stride == 1:
+        return f"the first {frames} {unit}"
+    return f"{frames} {unit}, one every {stride}, from the first {need}"
+
+
+def convention(name: str, metric: Metric | None = None) -> str:
+    """The convention text of harness metric ``name`` with the settings ``metric`` actually uses (clip
+    length, stride, tubelet); the templates in :data:`CONVENTIONS` hold no frame counts of their own."""
+
+    text = CONVENTIONS.get(name, type(metric).__name__ if metric is not None else name)
+    if "{" not in text:
+        return text
+    if metric is None:
+        raise ValueError(f"the convention of {name!r} depends on its settings: pass the metric")
+    frames = int(getattr(metric, "num_frames", 0) or 0)
+    stride = int(getattr(metric, "frame_stride", 1))
+    ext = getattr(metric, "extractor", None)
+    if name == "fid_vid":
+        frames = int(getattr(metric, "sample_duration", 0) or 0)
+    if frames <= 0:
+        raise ValueError(f"{name}: cannot tell the clip length of {type(metric).__name__}")
+    tubelet = getattr(getattr(ext, "config", None), "tubelet_size", "?")
+    unit = "views" if name == "fvd_v" else "frames"
+    return text.format(frames=frames, clip=_clip_text(frames, stride, unit), tubelet=tubelet)
 
 
 @dataclass
@@ -99,9 +132,10 @@ class EvalConfig:
         videomae_weights: folder of the content-debiased FVD VideoMAE weights (default
             ``weights_dir/videomae-v2`` or ``$DIMO_WEIGHTS_DIR/videomae-v2``).
         cache_dir: feature cache (safetensors per video, metric and extractor weights); None: off.
-        bootstrap: bootstrap resamples (of videos) for the Fréchet metrics' confidence intervals; 0: off.
+        bootstrap: half-sample draws (of videos, without replacement) for the Fréchet metrics'
+            bias-corrected confidence intervals (:func:`half_sample_interval`); 0: off.
         confidence: the interval's coverage.
-        seed: bootstrap seed.
+        seed: seed of the half-sample draws.
     """
 
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -354,6 +388,12 @@ def count_frames(path: Path, grid: bool = False) -> int:
         return sum(1 for p in container.demux(stream) if p.size)
 
 
+def count_views(path: Path) -> int:
+    """Views of a grid item (its video files and frame folders)."""
+
+    return sum(1 for v in path.iterdir() if v.is_dir() or v.suffix.lower() in VIDEO_EXTS)
+
+
 def content_hash(path: Path) -> str:
     """SHA-256 of an item's bytes (a folder: its sorted entries' names and bytes)."""
 
@@ -370,6 +410,13 @@ def content_hash(path: Path) -> str:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    p = Path(path)
+    st = p.stat()
+    return _file_sha256(str(p.resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:  # keyed by mtime/size: re-hash on change
     import hashlib
 
     h = hashlib.sha256()
@@ -379,22 +426,53 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def extractor_hash(metric: Metric) -> tuple[str, str | None]:
-    """(SHA-256 identifying the extractor weights, weight file or None). A file's hash when the extractor
-    was loaded from one, else a hash of its state dict and class (injected extractors)."""
-
+def _state_sha256(net: torch.nn.Module) -> str:
     import hashlib
 
-    wp = getattr(metric, "weight_path", None)
-    if wp is not None and Path(wp).is_file():
-        return file_sha256(wp), str(wp)
-    h = hashlib.sha256(type(getattr(metric, "extractor", metric)).__qualname__.encode())
-    ext = getattr(metric, "extractor", None)
-    if isinstance(ext, torch.nn.Module):
-        for k, v in ext.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest(), None
+    h = hashlib.sha256(type(net).__qualname__.encode())
+    for k, v in net.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _networks(metric: Metric) -> list[torch.nn.Module]:
+    """The networks a metric holds outside its module tree (Fréchet extractors, LPIPS)."""
+
+    nets = [getattr(metric, a, None) for a in ("extractor", "lpips")]
+    return [n for n in nets if isinstance(n, torch.nn.Module)]
+
+
+def weight_hashes(metric: Metric) -> dict[str, str]:
+    """``{weight file: SHA-256}`` of every file the metric's networks were loaded from (a module's
+    ``weight_path`` and extra ``weight_files``, e.g. LPIPS' linear heads or VideoMAE's config). A network
+    with no ``weight_path`` (built in memory, injected) is hashed from its state dict as
+    ``{"<state_dict ClassName>": SHA-256}``. Empty for metrics without networks."""
+
+    out: dict[str, str] = {}
+    for net in _networks(metric):
+        mods = list(net.modules())
+        primary = [p for p in (getattr(m, "weight_path", None) for m in mods) if p is not None]
+        extra = [f for m in mods for f in (getattr(m, "weight_files", None) or ())]
+        for f in dict.fromkeys([*primary, *extra]):  # the network's own weights first
+            if Path(f).is_file():
+                out[str(f)] = file_sha256(f)
+        if not any(Path(p).is_file() for p in primary):
+            out[f"<state_dict {type(net).__qualname__}>"] = _state_sha256(net)
+    return out
+
+
+def extractor_hash(metric: Metric) -> tuple[str, str | None]:
+    """(SHA-256 identifying the extractor weights, weight file or None): the first weight file of
+    :func:`weight_hashes` (the network's own weights), else the state-dict hash (injected extractors)."""
+
+    hashes = weight_hashes(metric)
+    for k, v in hashes.items():
+        if not k.startswith("<"):
+            return v, k
+    if hashes:
+        return next(iter(hashes.values())), None
+    return _state_sha256(metric), None
 
 
 class FeatureCache:
@@ -444,19 +522,27 @@ class EvalReport:
 def _check_counts(
     names: Sequence[str],
     frames: dict[str, int],
+    views: dict[str, int],
     frechet: dict[str, Metric],
     labels: dict[str, str],
     preloaded: set[str],
     allow_rank_deficient: bool,
+    samples: Callable[[Metric, str], int],
 ) -> None:
-    """Every requested Fréchet metric has enough samples: raises one error listing every problem."""
+    """Every requested Fréchet metric has enough samples (``samples(metric, item)`` feature vectors per
+    item, from frame and view counts alone): raises one error listing every problem."""
 
     problems: list[str] = []
     for n, m in frechet.items():
-        per = {item: m.samples_per_video(frames[item]) for item in names}
-        short = [f"{item} ({frames[item]} frames)" for item, k in per.items() if k == 0]
+        per = {item: samples(m, item) for item in names}
+        kind = "grid(s)" if views else "video(s)"
+
+        def size(item: str) -> str:
+            return f"{views[item]} views x {frames[item]} frames" if views else f"{frames[item]} frames"
+
+        short = [f"{item} ({size(item)})" for item, k in per.items() if k == 0]
         if short:
-            problems.append(f"{labels[n]}: {len(short)} video(s) too short: {', '.join(short[:5])}")
+            problems.append(f"{labels[n]}: {len(short)} {kind} too short: {', '.join(short[:5])}")
             continue
         total = sum(per.values())
         sides = ["generated"] + ([] if n in preloaded else ["reference"])
@@ -486,33 +572,62 @@ def _frechet_value(m: Metric, gen: Tensor, ref: Tensor | None) -> float:
     return float(frechet_distance(mu_f, cov_f, mu_r, cov_r))
 
 
-def _bootstrap(
+def half_sample_interval(
     m: Metric, gen: list[Tensor], ref: list[Tensor] | None, n: int, confidence: float, seed: int
-) -> tuple[float, float] | None:
-    """Percentile interval of the Fréchet distance over ``n`` resamples of the videos (with replacement,
-    generated and reference sets independently)."""
+) -> dict | None:
+    """Interval for the population Fréchet distance by half-sampling videos without replacement.
 
-    if n <= 0:
+    Resampling *with* replacement duplicates videos, which shrinks the feature covariances' effective
+    sample size and biases a Fréchet distance upward, so a percentile bootstrap sits above the point
+    value. Here each of ``n`` draws takes ``m = n_videos // 2`` distinct videos of each set (the
+    generated and reference sets independently; only the generated set when the reference comes from a
+    statistics file) and computes ``T_b``. Two facts about half-samples without replacement:
+
+    * spread: for a statistic that is a smooth function of means, ``Var(T_b) = sigma^2 (1/m - 1/N)``
+      (finite-population correction), which equals ``Var(FD_N) = sigma^2 / N`` when ``m = N/2``; in
+      general the deviations ``T_b - mean(T)`` are scaled by ``sqrt(m / (N - m))``;
+    * bias: ``E[FD_N] = FD + k/N`` (the O(1/N) bias of plug-in Fréchet distances, Chong & Forsyth 2020),
+      so ``mean(T) - FD_N`` estimates ``k (1/m - 1/N)`` and the bias of the reported value is
+      ``b = (mean(T) - FD_N) m / (N - m)``.
+
+    The interval is ``FD_N - b + quantiles of sqrt(m/(N-m)) (T_b - mean(T))`` at ``(1 -/+ confidence)/2``.
+    Returns ``{"ci_low", "ci_high", "bias", "n_draws", "half_videos"}`` or None (``n <= 0``, fewer
+    than 4 videos, or no draw gave a valid distance, e.g. half a set has too few samples for the
+    feature dimension).
+    """
+
+    if n <= 0 or len(gen) < 4 or (ref is not None and len(ref) < 4):
         return None
+    point = _frechet_value(m, torch.cat(gen), None if ref is None else torch.cat(ref))
     g = np.random.default_rng(seed)
+    mg = len(gen) // 2
+    mr = len(ref) // 2 if ref is not None else 0
     vals = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(n):
-            gi = g.integers(0, len(gen), len(gen))
-            gf = torch.cat([gen[i] for i in gi])
-            rf = None
-            if ref is not None:
-                ri = g.integers(0, len(ref), len(ref))
-                rf = torch.cat([ref[i] for i in ri])
+            gf = torch.cat([gen[i] for i in g.choice(len(gen), mg, replace=False)])
+            rf = None if ref is None else torch.cat([ref[i] for i in g.choice(len(ref), mr, replace=False)])
             try:
                 vals.append(_frechet_value(m, gf, rf))
-            except ValueError:  # a resample with too few distinct samples
+            except ValueError:  # half a set with too few samples for the feature dimension
                 continue
-    if not vals:
+    if len(vals) < 2:
         return None
-    lo, hi = np.quantile(vals, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(lo), float(hi)
+    t = np.asarray(vals)
+    # m/(N-m) per set (1 for an even count); the generated set's when the reference is fixed
+    ratios = [mg / (len(gen) - mg)] + ([mr / (len(ref) - mr)] if ref is not None else [])
+    r = float(np.mean(ratios))
+    bias = (t.mean() - point) * r
+    dev = np.sqrt(r) * (t - t.mean())
+    q_lo, q_hi = np.quantile(dev, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {  # a distance is >= 0: the lower end is clamped there (degenerate case FD ~ 0)
+        "ci_low": max(float(point - bias + q_lo), 0.0),
+        "ci_high": float(point - bias + q_hi),
+        "bias": float(bias),
+        "n_draws": len(vals),
+        "half_videos": mg,
+    }
 
 
 def run_evaluation(
@@ -550,8 +665,6 @@ def run_evaluation(
     frechet = {
         n: m for n, m in mets.items() if isinstance(m, FrechetMetric) and hasattr(m, "samples_per_video")
     }
-    if cfg.grid:  # multi-view grids keep the metric objects' own reduction
-        frechet = {}
     generic = {n: m for n, m in mets.items() if n not in paired and n not in frechet}
 
     stats_dir = Path(cfg.reference_stats) if cfg.reference_stats else None
@@ -578,7 +691,14 @@ def run_evaluation(
         return min(t, cfg.max_frames) if cfg.max_frames else t
 
     frames = {item: frames_of(item) for item in names}
-    _check_counts(names, frames, frechet, labels, preloaded, cfg.allow_rank_deficient)
+    views = {item: min(count_views(gen[item]), count_views(ref[item])) for item in names} if cfg.grid else {}
+
+    def samples(m: Metric, item: str) -> int:
+        if cfg.grid:
+            return m.samples_per_grid(views[item], frames[item])
+        return m.samples_per_video(frames[item])
+
+    _check_counts(names, frames, views, frechet, labels, preloaded, cfg.allow_rank_deficient, samples)
     hashes = {n: extractor_hash(m) for n, m in frechet.items()}
     cache = FeatureCache(cfg.cache_dir)
 
@@ -635,7 +755,7 @@ def run_evaluation(
     details: dict[str, dict] = {}
     for n, m in mets.items():
         label = labels[n]
-        info: dict = {"convention": CONVENTIONS.get(n, type(m).__name__)}
+        info: dict = {"convention": convention(n, m)}
         if n in paired:
             scores = torch.cat([r["paired"][n] for r in ordered])
             value = float(scores.sum() / scores.numel())
@@ -650,22 +770,32 @@ def run_evaluation(
             if stats_dir is not None and n not in preloaded and rank == 0:  # before the resampling
                 stats_dir.mkdir(parents=True, exist_ok=True)
                 m.save_reference(stats_dir / f"{label}.npz", source=source)
-            interval = _bootstrap(m, gf, rf, cfg.bootstrap, cfg.confidence, cfg.seed)
-            unit = "frames" if m.samples_per_video(2) == 2 else "clips"
+            interval = half_sample_interval(m, gf, rf, cfg.bootstrap, cfg.confidence, cfg.seed)
+            unit = getattr(m, "sample_unit", "clips")
             info.update(
                 n_videos=len(names), n_samples=int(sum(x.shape[0] for x in gf)), sample_unit=unit,
+                item_unit="grids" if cfg.grid else "videos",
                 feature_dim=int(m.feature_dim), weights=hashes[n][1], weights_sha256=hashes[n][0],
                 reference="statistics file" if n in preloaded else "featurised",
             )  # fmt: skip
             if interval is not None:
-                info.update(ci_low=interval[0], ci_high=interval[1], confidence=cfg.confidence,
-                            n_bootstrap=cfg.bootstrap)  # fmt: skip
+                info.update(ci_low=interval["ci_low"], ci_high=interval["ci_high"], confidence=cfg.confidence,
+                            ci_method="half-sampling without replacement, O(1/n) bias-corrected",
+                            bias_estimate=interval["bias"], n_bootstrap=interval["n_draws"])  # fmt: skip
+            elif cfg.bootstrap > 0:
+                info.update(ci_note="no interval: needs >= 4 videos per set and half of each set "
+                            "giving more samples than the feature dimension")  # fmt: skip
         else:
             value = float(m.compute())
             info.update(n_videos=len(names))
             if stats_dir is not None and n not in preloaded and hasattr(m, "save_reference") and rank == 0:
                 stats_dir.mkdir(parents=True, exist_ok=True)
                 m.save_reference(stats_dir / f"{label}.npz", source=source)
+        files = weight_hashes(m)
+        if files:
+            info["weight_files"] = files
+            if "weights_sha256" not in info:
+                info["weights_sha256"] = next(iter(files.values()))
         values[label] = value
         details[label] = {"value": value, **info}
 
@@ -770,13 +900,16 @@ def to_markdown(results: dict[str, float], title: str = "", details: dict[str, d
     for k, v in results.items():
         d = details.get(k, {})
         if "ci_low" in d:
-            spread = f"{int(round(100 * d['confidence']))}% CI [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}] ({d['n_bootstrap']} boot.)"
+            spread = (
+                f"{int(round(100 * d['confidence']))}% CI [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}] "
+                f"({d['n_bootstrap']} half-samples; bias {fmt(d['bias_estimate'])})"
+            )
         elif "std" in d:
             spread = f"± {fmt(d['std'])} (std over frames)"
         else:
             spread = ""
         if "n_samples" in d:
-            samples = f"{d['n_videos']} videos, {d['n_samples']} {d['sample_unit']}"
+            samples = f"{d['n_videos']} {d.get('item_unit', 'videos')}, {d['n_samples']} {d['sample_unit']}"
         elif "n_frames" in d:
             samples = f"{d['n_videos']} videos, {d['n_frames']} frames"
         else:
@@ -785,6 +918,10 @@ def to_markdown(results: dict[str, float], title: str = "", details: dict[str, d
         lines.append(f"| {k} | {fmt(v)} | {spread} | {samples} | {sha[:12] if sha else ''} |")
     lines += ["", "Conventions:", ""]
     lines += [f"- `{k}`: {details[k]['convention']}" for k in results if k in details]
+    files = [(k, f, h) for k in results for f, h in details.get(k, {}).get("weight_files", {}).items()]
+    if files:
+        lines += ["", "Weight files (SHA-256):", ""]
+        lines += [f"- `{k}`: `{f}` {h}" for k, f, h in files]
     return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,7 @@ class VideoMAEFeatures(nn.Module):
             model, load_file(str(folder / "model.safetensors")), str(folder), ignore_prefixes=("classifier.",)
         )
         model.weight_path = folder / "model.safetensors"
+        model.weight_files = [folder / "config.json"]
         return model.eval().requires_grad_(False)
 
     def preprocess(self, videos: Tensor) -> Tensor:
