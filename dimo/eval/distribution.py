@@ -248,7 +248,8 @@ class FVDDisCo(_ExtractorMetric):
 
 class FVDVideoMAE(_ExtractorMetric):
     """Content-debiased FVD (Ge et al., CVPR 2024): Fréchet distance of VideoMAE-v2 features of the
-    first 16 frames (see :mod:`dimo.eval.videomae`). Named ``fvd_videomae_{frames}f``."""
+    first ``config.num_frames`` frames (16 for the released model; see :mod:`dimo.eval.videomae`).
+    Named ``fvd_videomae_{frames}f``."""
 
     def __init__(
         self,

@@ -3,7 +3,7 @@
 Reproduces the feature path of ``songweige/content-debiased-fvd`` (``cdfvd/fvd.py`` +
 ``third_party/VideoMAEv2/utils.py`` at commit a1e037a, 2024-09-28): uint8 frames divided by 255 (no
 mean/std normalisation), resized to 224x224 with ``F.interpolate(mode="bilinear", align_corners=False)``,
-16 frames, ``forward_features`` = ``fc_norm(tokens.mean(1))`` of a VideoMAE-v2 ViT (mean pooling), or the
+16 frames (here ``config.num_frames``), ``forward_features`` = ``fc_norm(tokens.mean(1))`` of a VideoMAE-v2 ViT (mean pooling), or the
 final-norm first token without mean pooling.
 
 The network is transformers' :class:`~transformers.VideoMAEModel`; the weights are a local folder holding
