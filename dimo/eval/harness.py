@@ -621,13 +621,19 @@ def half_sample_interval(
     bias = (t.mean() - point) * r
     dev = np.sqrt(r) * (t - t.mean())
     q_lo, q_hi = np.quantile(dev, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return {  # a distance is >= 0: the lower end is clamped there (degenerate case FD ~ 0)
+    out = {  # a distance is >= 0: the lower end is clamped there (degenerate case FD ~ 0)
         "ci_low": max(float(point - bias + q_lo), 0.0),
         "ci_high": float(point - bias + q_hi),
         "bias": float(bias),
         "n_draws": len(vals),
         "half_videos": mg,
     }
+    if point > out["ci_high"]:
+        out["note"] = (
+            f"the point value lies above the interval: its estimated O(1/n) bias ({bias:.4g}) exceeds the "
+            "sampling spread (too few samples for the feature dimension); use more videos"
+        )
+    return out
 
 
 def run_evaluation(
@@ -782,6 +788,8 @@ def run_evaluation(
                 info.update(ci_low=interval["ci_low"], ci_high=interval["ci_high"], confidence=cfg.confidence,
                             ci_method="half-sampling without replacement, O(1/n) bias-corrected",
                             bias_estimate=interval["bias"], n_bootstrap=interval["n_draws"])  # fmt: skip
+                if "note" in interval:
+                    info["ci_note"] = interval["note"]
             elif cfg.bootstrap > 0:
                 info.update(ci_note="no interval: needs >= 4 videos per set and half of each set "
                             "giving more samples than the feature dimension")  # fmt: skip
