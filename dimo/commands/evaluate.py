@@ -32,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", action="append", default=[], help="YAML file(s) of EvalConfig keys (later files override)"
     )
-    p.add_argument("--out", help="output folder for metrics.json / metrics.md (default: GENERATED/eval)")
+    p.add_argument(
+        "--out",
+        help="output folder for metrics.json / metrics.md / per_video.csv (default: GENERATED-eval, beside "
+        "GENERATED so that a re-run does not score its own output)",
+    )
     p.add_argument(
         "--weights-dir", dest="weights_dir", help="folder of weight files (default $DIMO_WEIGHTS_DIR)"
     )
@@ -52,19 +56,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device")
     p.add_argument("--max-frames", dest="max_frames", type=int)
+    p.add_argument("--videomae-weights", dest="videomae_weights", help="folder of the VideoMAE-v2 weights")
+    p.add_argument(
+        "--cache-dir", dest="cache_dir", help="per-video feature cache (default OUT/feature_cache)"
+    )
+    p.add_argument("--no-cache", dest="no_cache", action="store_true", help="do not cache features")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        help="half-sample draws (videos without replacement) for the FID/FVD intervals (0: none)",
+    )
+    p.add_argument("--seed", type=int, help="seed of the half-sample draws")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
 
 def main(argv: Sequence[str]) -> int:
+    import shlex
+
     from omegaconf import OmegaConf
 
     from dimo.commands import fail
-    from dimo.eval.harness import EvalConfig, evaluate, to_markdown, write_results
+    from dimo.eval.harness import (
+        EvalConfig,
+        _is_rank_zero,
+        init_distributed_from_env,
+        run_evaluation,
+        to_markdown,
+        write_results,
+    )
     from dimo.safe_io import check_new_output
 
     args = build_parser().parse_args(list(argv))
-    out = Path(args.out) if args.out else Path(args.generated) / "eval"
+    gen_dir = Path(args.generated)
+    out = Path(args.out) if args.out else gen_dir.parent / f"{gen_dir.resolve().name}-eval"
+    started = False
     try:
         merged = OmegaConf.structured(EvalConfig)
         for f in args.config:
@@ -79,13 +105,27 @@ def main(argv: Sequence[str]) -> int:
         for name in ("generated", "reference"):
             if not Path(getattr(args, name)).is_dir():
                 raise FileNotFoundError(f"--{name} {getattr(args, name)} is not a folder")
+        if args.no_cache:
+            cfg.cache_dir = None
+        elif cfg.cache_dir is None:
+            cfg.cache_dir = str(out / "feature_cache")
         check_new_output(out / "metrics.json", overwrite=True, what="metrics")  # before any featurising
-        results = evaluate(args.generated, args.reference, cfg, progress=args.progress)
+        started = init_distributed_from_env()  # torchrun / srun: shard the items over the ranks
+        report = run_evaluation(args.generated, args.reference, cfg, progress=args.progress)
+        extra = {
+            "generated": str(args.generated),
+            "reference": str(args.reference),
+            "command": shlex.join(["python", "-m", "dimo.cli", "evaluate", *argv]),
+        }
+        write_results(out, report.values, cfg, extra=extra, report=report)  # rank 0 only
     except Exception as err:  # noqa: BLE001 - corrupt items, missing weights, bad config: one line
         return fail(err)
-    write_results(
-        out, results, cfg, extra={"generated": str(args.generated), "reference": str(args.reference)}
-    )
-    sys.stdout.write(to_markdown(results))
-    sys.stdout.write(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}\n")
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if _is_rank_zero():
+        sys.stdout.write(to_markdown(report.values, details=report.details))
+        sys.stdout.write(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'} and {out / 'per_video.csv'}\n")
     return 0

@@ -11,6 +11,11 @@ Two accepted weight formats, both loaded only from local files:
   As in VideoGPT's copy, BatchNorm eps is 1e-5, convolutions and max pools use TF "SAME" padding
   (zeros) computed from the input size, and the logits are averaged over the remaining time steps.
 
+DisCo's copy (``tool/metrics/inception3d.py``, loaded by its ``FVD-3DInception`` mode, the same
+``i3d_pretrained_400.pt`` file) differs in two places, reproduced by ``InceptionI3d(variant="disco")``:
+BatchNorm eps 1e-3 (momentum 0.01) and a final average pool of ``(1, 7, 7)`` instead of ``(2, 7, 7)``
+before the time average of the logits (so any clip length >= 1 works).
+
 Input to both: videos ``(B, 3, T, 224, 224)`` in [-1, 1].
 """
 
@@ -52,11 +57,12 @@ class Unit3D(nn.Module):
         batch_norm: bool = True,
         bias: bool = False,
         relu: bool = True,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.kernel, self.stride, self.relu = kernel, stride, relu
         self.conv3d = nn.Conv3d(cin, cout, kernel, stride=stride, padding=0, bias=bias)
-        self.bn = nn.BatchNorm3d(cout, eps=1e-5, momentum=0.001) if batch_norm else None
+        self.bn = nn.BatchNorm3d(cout, eps=eps, momentum=0.001) if batch_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv3d(_same_pad(x, self.kernel, self.stride))
@@ -77,15 +83,15 @@ class MaxPool3dSame(nn.Module):
 class InceptionModule(nn.Module):
     """Four branches: 1x1 | 1x1 -> 3x3x3 | 1x1 -> 3x3x3 | maxpool -> 1x1 (names b0, b1a/b, b2a/b, b3b)."""
 
-    def __init__(self, cin: int, c: tuple[int, int, int, int, int, int]) -> None:
+    def __init__(self, cin: int, c: tuple[int, int, int, int, int, int], eps: float = 1e-5) -> None:
         super().__init__()
-        self.b0 = Unit3D(cin, c[0])
-        self.b1a = Unit3D(cin, c[1])
-        self.b1b = Unit3D(c[1], c[2], (3, 3, 3))
-        self.b2a = Unit3D(cin, c[3])
-        self.b2b = Unit3D(c[3], c[4], (3, 3, 3))
+        self.b0 = Unit3D(cin, c[0], eps=eps)
+        self.b1a = Unit3D(cin, c[1], eps=eps)
+        self.b1b = Unit3D(c[1], c[2], (3, 3, 3), eps=eps)
+        self.b2a = Unit3D(cin, c[3], eps=eps)
+        self.b2b = Unit3D(c[3], c[4], (3, 3, 3), eps=eps)
         self.b3a = MaxPool3dSame((3, 3, 3), (1, 1, 1))
-        self.b3b = Unit3D(cin, c[5])
+        self.b3b = Unit3D(cin, c[5], eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], 1)
@@ -108,28 +114,33 @@ _MIXED: tuple[tuple[str, int, tuple[int, int, int, int, int, int]], ...] = (
 class InceptionI3d(nn.Module):
     """I3D with pytorch-i3d parameter names; ``forward`` returns time-averaged logits ``(B, num_classes)``.
 
-    Needs at least 9 input frames (the final average pool spans 2 of the T/8 remaining steps) and
-    224x224 frames (the final 7x7 spatial pool), exactly like the reference code.
+    ``variant="videogpt"`` (default): BatchNorm eps 1e-5, final pool (2, 7, 7); needs at least 9 input
+    frames (the pool spans 2 of the T/8 remaining steps). ``variant="disco"``: eps 1e-3, pool (1, 7, 7),
+    any length. Both need 224x224 frames (the final 7x7 spatial pool), exactly like the reference code.
     """
 
-    min_frames = 9
+    VARIANTS = {"videogpt": (1e-5, 2), "disco": (1e-3, 1)}  # (BatchNorm eps, final pool time kernel)
 
-    def __init__(self, num_classes: int = 400) -> None:
+    def __init__(self, num_classes: int = 400, variant: Literal["videogpt", "disco"] = "videogpt") -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown I3D variant {variant!r}; expected one of {sorted(self.VARIANTS)}")
+        self.num_classes, self.variant = num_classes, variant
+        eps, self.pool_frames = self.VARIANTS[variant]
+        self.min_frames = 9 if variant == "videogpt" else 1
+        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2), eps=eps)
         self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(64, 64)
-        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3))
+        self.Conv3d_2b_1x1 = Unit3D(64, 64, eps=eps)
+        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3), eps=eps)
         self.MaxPool3d_3a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
         for name, cin, widths in _MIXED[:2]:
-            self.add_module(name, InceptionModule(cin, widths))
+            self.add_module(name, InceptionModule(cin, widths, eps))
         self.MaxPool3d_4a_3x3 = MaxPool3dSame((3, 3, 3), (2, 2, 2))
         for name, cin, widths in _MIXED[2:7]:
-            self.add_module(name, InceptionModule(cin, widths))
+            self.add_module(name, InceptionModule(cin, widths, eps))
         self.MaxPool3d_5a_2x2 = MaxPool3dSame((2, 2, 2), (2, 2, 2))
         for name, cin, widths in _MIXED[7:]:
-            self.add_module(name, InceptionModule(cin, widths))
+            self.add_module(name, InceptionModule(cin, widths, eps))
         self.logits = Unit3D(1024, num_classes, batch_norm=False, bias=True, relu=False)
 
     _ORDER = (
@@ -139,20 +150,32 @@ class InceptionI3d(nn.Module):
     )  # fmt: skip
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike | None = None, num_classes: int = 400) -> InceptionI3d:
+    def from_file(
+        cls,
+        path: str | os.PathLike | None = None,
+        num_classes: int = 400,
+        variant: Literal["videogpt", "disco"] = "videogpt",
+    ) -> InceptionI3d:
         file = resolve_weights(path, I3D_STATE_DICT_WEIGHTS, "FVD I3D (pytorch-i3d state dict)")
-        model = cls(num_classes)
+        model = cls(num_classes, variant)
         load_strict(model, load_state_dict_file(file), str(file))
+        model.weight_path = file
         return model.eval().requires_grad_(False)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        """Everything before the final pool: ``(B, 3, T, H, W)`` -> ``(B, 1024, T', H', W')`` (Mixed_5c)."""
+
+        for name in self._ORDER:
+            x = getattr(self, name)(x)
+        return x
 
     def forward(self, x: Tensor) -> Tensor:
         """``x (B, 3, T, H, W)`` in [-1, 1] -> ``(B, num_classes)`` logits averaged over time."""
 
         if x.shape[2] < self.min_frames:
             raise ValueError(f"I3D needs at least {self.min_frames} frames, got {x.shape[2]}")
-        for name in self._ORDER:
-            x = getattr(self, name)(x)
-        x = F.avg_pool3d(x, (2, 7, 7), stride=1)  # (B, 1024, T', 1, 1); dropout is identity in eval
+        x = self.trunk(x)
+        x = F.avg_pool3d(x, (self.pool_frames, 7, 7), stride=1)  # (B, 1024, T', 1, 1); no dropout in eval
         x = self.logits(x)  # (B, classes, T', 1, 1)
         return x.squeeze(4).squeeze(3).mean(dim=2)
 
@@ -190,8 +213,10 @@ class I3DFeatures(nn.Module):
         elif fmt == "torchscript":
             file = resolve_weights(path, I3D_TORCHSCRIPT_WEIGHTS, "FVD I3D (StyleGAN-V TorchScript)")
             self.net = torch.jit.load(str(file), map_location="cpu").eval()
+            self.weight_path = file
         elif fmt == "state_dict":
             self.net = InceptionI3d.from_file(path)
+            self.weight_path = self.net.weight_path
         else:
             raise ValueError(f"unknown I3D weight format {fmt!r}; expected 'torchscript' or 'state_dict'")
         for param in self.net.parameters():  # ScriptModules have no requires_grad_()

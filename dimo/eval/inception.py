@@ -191,6 +191,7 @@ class FIDInceptionV3(nn.Module):
         file = resolve_weights(path, FID_INCEPTION_WEIGHTS, "FID Inception-v3")
         model = cls()
         load_strict(model, load_state_dict_file(file), str(file))
+        model.weight_path = file
         return model.eval().requires_grad_(False)
 
     def forward(self, images_uint8: Tensor) -> Tensor:

@@ -72,6 +72,7 @@ class Backbone(nn.Module):
         file = resolve_weights(path, BACKBONE_WEIGHTS[net], f"LPIPS backbone ({net}, torchvision format)")
         model = cls(net)
         load_strict(model, load_state_dict_file(file), str(file), ignore_prefixes=("classifier.",))
+        model.weight_path = Path(file)
         return model.eval().requires_grad_(False)
 
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -122,6 +123,7 @@ class LPIPSNet(nn.Module):
         # The shipped file names the heads lin0..lin4 (torchmetrics/lpips attribute names).
         renamed = {k.replace("lin", "", 1): v for k, v in lin_sd.items()}
         load_strict(self.lins, renamed, str(lin_file))
+        self.weight_files = [lin_file]  # reported with the backbone's file (harness.weight_hashes)
         self.eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> LPIPSNet:  # always eval: dropout in the heads stays off

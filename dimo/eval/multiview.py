@@ -50,6 +50,17 @@ class MultiViewFVD(FVD):
             f"_s{self.frame_stride}" if self.frame_stride > 1 else ""
         )
 
+    @property
+    def sample_unit(self) -> str:
+        return "view sequences" if self.axis == "view" else "time sequences"
+
+    def samples_per_grid(self, views: int, frames: int) -> int:
+        """Feature vectors from one ``(V, T)`` grid: one per frame (FVD-V, needs V >= the clip length)
+        or one per view (FVD-F, needs T >= the clip length); 0 when the sequences are too short."""
+
+        length, count = (views, frames) if self.axis == "view" else (frames, views)
+        return count * self.samples_per_video(length)
+
     def features(self, samples: Tensor) -> Tensor:
         return super().features(grid_to_sequences(samples, self.axis))
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dimo.eval.resize import pil_bicubic_resize
 from dimo.eval.weights import load_state_dict_file, load_strict, resolve_weights
 
 RESNET3D_WEIGHTS = "resnet-50-kinetics.pth"
@@ -89,6 +90,7 @@ class ResNet3D50(nn.Module):
         model = cls(sample_size, sample_duration)
         # fc is unused by FID-VID: it may be present (full Kinetics checkpoint) or absent.
         load_strict(model, load_state_dict_file(file), str(file), ignore_prefixes=("fc.",))
+        model.weight_path = file
         return model.eval().requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -117,17 +119,17 @@ class ResNet3DFeatures(nn.Module):
         super().__init__()
         self.net = module if module is not None else ResNet3D50.from_file(path, sample_size, sample_duration)
         self.net.requires_grad_(False)
+        self.weight_path = getattr(self.net, "weight_path", None)
         self.sample_size, self.sample_duration = self.net.sample_size, self.net.sample_duration
         self.register_buffer("mean", torch.tensor(KINETICS_MEAN_255).view(1, 3, 1, 1, 1), persistent=False)
 
     def forward(self, videos: Tensor) -> Tensor:
         b, t, c, h, w = videos.shape
         d, s = self.sample_duration, self.sample_size
-        # DisCo resizes uint8 frames with PIL bicubic in float mode (clean-fid resizer, no re-quantising);
-        # torch's antialiased bicubic is the PIL filter (a=-0.5, support scaled when downsampling).
+        # DisCo resizes uint8 frames with PIL bicubic in float mode (its copy of the clean-fid resizer:
+        # no re-quantising, no clipping), every frame even at the target size.
         frames = ((videos.float() + 1) * 127.5).round().clamp(0, 255).reshape(b * t, c, h, w)
-        if (h, w) != (s, s):
-            frames = F.interpolate(frames, size=(s, s), mode="bicubic", align_corners=False, antialias=True)
+        frames = pil_bicubic_resize(frames, (s, s), clip=False)
         x = frames.reshape(b, t, c, s, s)
         n_clips = math.ceil(t / d)
         if n_clips * d != t:  # pad with the last frame, as DisCo
