@@ -106,3 +106,29 @@ def test_validation_logs_the_motion_gap(tmp_path: Path):
     direct = [module.conditioning_losses(b, i) for i, b in enumerate(loader)]
     sums = sum(direct)
     assert float(logged["val/loss_own_motion"]) == pytest.approx(float(sums[0] / sums[3]), rel=1e-5)
+
+
+@torch.no_grad()
+def test_latent_cache_returns_what_the_vae_computes_and_skips_known_windows():
+    seed_everything(0)
+    module = _module(latent_cache_size=3).eval()
+    batch = _batch(b=2)
+    batch["target_key"] = ["clip_a|v0|f0-8", "clip_b|v0|f0-8"]
+    direct_x0 = module.vae.encode(batch["target"].transpose(1, 2))
+    direct_ref = module.vae.encode(batch["reference"][:, :, None])
+    calls = []
+    original = module.vae.encode
+    module.vae.encode = lambda x: calls.append(x.shape) or original(x)
+    x0, ref, _ = module.encode_conditions(batch)
+    assert len(calls) == 2  # target and reference of the two misses
+    torch.testing.assert_close(x0, direct_x0)
+    torch.testing.assert_close(ref, direct_ref)
+    x0b, refb, _ = module.encode_conditions(batch)
+    assert len(calls) == 2  # all hits: no encode
+    assert torch.equal(x0b, x0) and torch.equal(refb, ref)
+    other = _batch(b=2, seed=5)
+    other["target_key"] = ["clip_c|v0|f0-8", "clip_a|v0|f0-8"]  # one miss, one hit
+    x0c, _, _ = module.encode_conditions(other)
+    assert calls[-1][0] == 1  # only the miss was encoded
+    torch.testing.assert_close(x0c[1], x0[0])  # the hit is clip_a's cached latent
+    assert len(module._latent_cache) == 3

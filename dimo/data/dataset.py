@@ -293,6 +293,9 @@ class ClipDataset(Dataset):
             "source": record.source,
             "task": task,
             "clip_id": record.id,
+            # identifies the target pixels exactly (frozen-VAE latent caches key on it)
+            "target_key": f"{record.id}|v{target_view}|f{','.join(str(int(f)) for f in frames)}"
+            f"|{self.spec.height}x{self.spec.width}|{self.spec.crop}",
         }
 
     def _build_hvg(self, record: ClipRecord, rng: np.random.Generator) -> dict[str, Any]:

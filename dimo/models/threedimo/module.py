@@ -33,8 +33,9 @@ clip's, and with no motion; ``val/motion_gap = (other - own) / own`` is the rela
 
 Video metrics (``val_metrics``, harness names from :mod:`dimo.eval.harness`, default PSNR/SSIM/L1):
 on the first ``val_metric_batches`` validation batches a few-step sample of the whole batch is scored
-against the target frames and logged as ``val/<label>`` (``val/psnr``, ``val/fvd_16f``), beside
-``val/psnr_static``, the PSNR of the static baseline (the reference frame repeated); ``test_step``
+against the target frames and logged as ``val/<label>`` (``val/psnr``, ``val/fvd_16f``); beside them
+``val/psnr_gen`` (generated frames 1..), ``val/psnr_static`` (the static baseline, the reference frame
+repeated, on the same frames) and ``val/psnr_frame0`` (generated frame 0 vs the reference); ``test_step``
 scores every test batch under ``test/``. Lightning computes, syncs (DDP) and resets them per epoch.
 """
 
@@ -177,6 +178,10 @@ class ThreeDiMoModule(LightningModule):
             width must equal the backbone's ``image_dim``); must be None for T2V backbones.
         gap_sigmas: the fixed noise levels of the conditioning-use protocol (``val/motion_gap``,
             :meth:`conditioning_losses`); empty to switch it off.
+        latent_cache_size: keep up to this many frozen-VAE latents of (target, reference) pairs in CPU
+            memory, keyed by the sample's ``target_key`` (which names the exact target pixels), so a
+            window seen again is not re-encoded (the VAE is frozen and encodes the posterior mode:
+            the cached latent is the one it would compute). 0: off. Toy runs revisit the same windows.
     """
 
     def __init__(
@@ -201,6 +206,7 @@ class ThreeDiMoModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         image_encoder: WanImageEncoder | None = None,
         gap_sigmas: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
+        latent_cache_size: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -228,6 +234,12 @@ class ThreeDiMoModule(LightningModule):
             raise ValueError(f"gap_sigmas must lie in (0, 1], got {list(gap_sigmas)}")
         self.gap_sigmas = tuple(float(x) for x in gap_sigmas)
         self._gap_sums: torch.Tensor | None = None
+        if latent_cache_size < 0:
+            raise ValueError(f"latent_cache_size must be >= 0, got {latent_cache_size}")
+        from collections import OrderedDict
+
+        self.latent_cache_size = int(latent_cache_size)
+        self._latent_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.train_parts = train_parts
         self.geo_weight = float(geo_weight)
         self.noise_seed = noise_seed
@@ -243,8 +255,12 @@ class ThreeDiMoModule(LightningModule):
         self.val_metric_batches = val_metric_batches
         self.metrics_val = build_metrics(val_metrics, metrics_weights_dir, allow_grid=False)
         self.metrics_test = build_metrics(val_metrics, metrics_weights_dir, allow_grid=False)
-        # the static baseline: the reference frame repeated, scored like the generated clips
+        # Beside the harness metrics (all frames), PSNR on the generated frames 1.. (``val/psnr_gen``),
+        # the static baseline on the same frames (the reference frame repeated, ``val/psnr_static``),
+        # and frame 0 against the reference it must reproduce (``val/psnr_frame0``)
+        self.metrics_val_gen = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_static = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
+        self.metrics_val_frame0 = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.vae.to(_DTYPES[frozen_dtype])
         self.text_encoder.to(_DTYPES[frozen_dtype])
         if train_parts == "motion":
@@ -300,11 +316,37 @@ class ThreeDiMoModule(LightningModule):
 
     @torch.no_grad()
     def encode_conditions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        target = batch["target"]  # (B, T, 3, H, W)
-        x0 = self.vae.encode(target.transpose(1, 2))  # (B, 16, F, h, w)
-        ref = self.vae.encode(batch["reference"][:, :, None])  # (B, 16, 1, h, w)
+        x0, ref = self._encode_target_and_reference(batch)
         text = self.text_encoder(list(batch["prompt"]), device=self.device)  # (B, L, D_t)
         return x0, ref, text
+
+    @torch.no_grad()
+    def _encode_target_and_reference(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE latents of the target (B, C, F, h, w) and the reference (B, C, 1, h, w), through the
+        latent cache when it is on and the batch names its targets (``target_key``)."""
+
+        target, reference = batch["target"], batch["reference"]  # (B, T, 3, H, W), (B, 3, H, W)
+        keys = batch.get("target_key")
+        if not self.latent_cache_size or keys is None:
+            return self.vae.encode(target.transpose(1, 2)), self.vae.encode(reference[:, :, None])
+        cache = self._latent_cache
+        miss = [i for i, k in enumerate(keys) if k not in cache]
+        if miss:
+            idx = torch.tensor(miss, device=target.device)
+            x0_m = self.vae.encode(target[idx].transpose(1, 2)).cpu()
+            ref_m = self.vae.encode(reference[idx][:, :, None]).cpu()
+            for j, i in enumerate(miss):
+                cache[keys[i]] = (x0_m[j], ref_m[j])
+                if len(cache) > self.latent_cache_size:
+                    cache.popitem(last=False)
+        pairs = [cache[k] if k in cache else None for k in keys]
+        if any(p is None for p in pairs):  # evicted within this batch (cache smaller than a batch)
+            return self.vae.encode(target.transpose(1, 2)), self.vae.encode(reference[:, :, None])
+        for k in keys:
+            cache.move_to_end(k)
+        x0 = torch.stack([p[0] for p in pairs]).to(self.device)
+        ref = torch.stack([p[1] for p in pairs]).to(self.device)
+        return x0, ref
 
     @torch.no_grad()
     def encode_i2v(self, batch: dict[str, Any], num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -457,8 +499,13 @@ class ThreeDiMoModule(LightningModule):
         if batch_idx < self.val_metric_batches and len(self.metrics_val):
             generated = self.generate(batch)
             self._update_metrics(self.metrics_val, "val", generated, batch["target"])
-            static = batch["reference"][:, None].expand_as(batch["target"])
-            self._update_metrics(self.metrics_val_static, "val", static, batch["target"], suffix="_static")
+            target, reference = batch["target"], batch["reference"]
+            static = reference[:, None].expand_as(target[:, 1:])
+            self._update_metrics(self.metrics_val_gen, "val", generated[:, 1:], target[:, 1:], suffix="_gen")
+            self._update_metrics(self.metrics_val_static, "val", static, target[:, 1:], suffix="_static")
+            self._update_metrics(
+                self.metrics_val_frame0, "val", generated[:, :1], reference[:, None], suffix="_frame0"
+            )
         if batch_idx == 0 and self._should_sample():
             self._log_samples(batch, generated)
 
