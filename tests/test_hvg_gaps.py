@@ -1,4 +1,5 @@
-"""HVG conditioning-use gaps (val/pose_gap, val/reference_gap) follow the documented protocol."""
+"""HVG validation: conditioning-use gaps (val/pose_gap, val/reference_gap) follow the documented
+protocol; static-reference PSNR baseline and labelled sample grids/videos are logged."""
 
 from __future__ import annotations
 
@@ -111,3 +112,39 @@ def test_a_model_blind_to_the_bone_maps_has_zero_pose_gap():
 def test_gap_sigmas_are_validated():
     with pytest.raises(ValueError, match="gap_sigmas"):
         HVGModule(net=HVGConfig(), gap_sigmas=(1.0, -2.0))
+
+
+def test_validation_logs_gaps_static_baseline_and_labelled_samples(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dimo.eval.harness import build_metrics
+
+    module = _module()
+    module.val_metric_batches = 1
+    logger = TensorBoardLogger(tmp_path, name="hvg", default_hp_metric=False)
+    trainer = Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False)
+    loader = DataLoader(SyntheticHVGDataset(2, V, T, H, H), batch_size=2)
+    trainer.validate(module, loader, verbose=False)
+
+    batch = next(iter(loader))
+    static = build_metrics(["psnr"], None)["psnr"]
+    static.update(
+        batch["reference"][:, None].expand(-1, V * T, -1, -1, -1).reshape(2 * V, T, 3, H, H),
+        batch["target"].flatten(0, 1),
+    )
+    assert float(trainer.callback_metrics["val/psnr_static"]) == pytest.approx(
+        float(static.compute()), rel=1e-5
+    )
+
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert {"val/pose_gap", "val/reference_gap", "val/psnr", "val/psnr_static", "val/loss"} <= scalars
+    assert "hp_metric" not in scalars
+    images = acc.Tags()["images"]
+    assert {"val/samples", "val/samples_video"} <= set(images)
+    grid = acc.Images("val/samples")[0]
+    # rows: reference | normal | depth | generated | target, columns: V x T, plus label margins
+    assert grid.height > 5 * H and grid.width > V * T * H
+    assert acc.Images("val/samples_video")[0].encoded_image_string[:6] in (b"GIF89a", b"GIF87a")

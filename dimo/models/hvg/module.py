@@ -366,6 +366,8 @@ class HVGModule(LightningModule):
             self.generate(batch, gen=gen).float().clamp(-1, 1),
             batch["target"].float(),
         )  # (B, V, T, 3, H, W)
+        if split == "val" and batch_idx == 0 and self.trainer.is_global_zero:
+            self.log_samples(batch, g, "val")
         if split == "val":
             static = batch["reference"].float()[:, None, None].expand_as(r)  # reference repeated
             for metric in self.metrics_val_static.values():
@@ -424,6 +426,45 @@ class HVGModule(LightningModule):
             return frames.reshape(b, v, t, 3, h, w)
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def log_samples(self, batch: dict[str, Any], video: torch.Tensor, tag: str) -> None:
+        """Log the first sample as a labelled grid image (rows: reference | normal | depth | generated |
+        target, columns: views x frames) and a labelled video (rows the same, columns: views)."""
+
+        from dimo.viz import colorize_depth, labelled_grid, labelled_video, log_image, log_video, to_unit
+
+        if self.logger is None:
+            return
+        target = batch["target"][:1]
+        _, v, t, _, h, w = target.shape
+        maps = render_pose_maps(
+            batch["joints3d"][:1],
+            batch["K"][:1],
+            batch["R"][:1],
+            batch["t"][:1],
+            h,
+            w,
+            self.net_config.pose_condition,
+        )
+        rows = {"reference": to_unit(batch["reference"][0]).expand(v, t, 3, h, w)}
+        for name, m in maps.items():  # (1, V, T, C, H, W)
+            m = m[0].float().cpu()
+            rows[name] = colorize_depth(1 - m, m > -1) if m.shape[2] == 1 else to_unit(m[:, :, :3])
+        rows["generated"] = to_unit(video[0])
+        rows["target"] = to_unit(target[0])  # every row (V, T, 3, H, W) in [0, 1]
+        cols = [f"v{i} t{j}" for i in range(v) for j in range(t)]
+        step = self.global_step
+        log_image(
+            self.logger,
+            f"{tag}/samples",
+            labelled_grid([(k, r.flatten(0, 1)) for k, r in rows.items()], cols),
+            step,
+        )
+        frames = labelled_video(
+            [(k, r.transpose(0, 1)) for k, r in rows.items()], [f"view {i}" for i in range(v)]
+        )
+        log_video(self.logger, f"{tag}/samples_video", frames, step, fps=4)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self.generate(batch)
