@@ -137,8 +137,10 @@ class HVGModule(LightningModule):
         self.val_metric_batches = val_metric_batches
         self.metrics_val = build_metrics(val_metrics, metrics_weights_dir)
         self.metrics_test = build_metrics(val_metrics, metrics_weights_dir)
-        # static baseline: the reference frame repeated over the grid, scored like the samples
-        self.metrics_val_static = build_metrics(["psnr"], metrics_weights_dir)
+        # PSNR of the samples and of a static baseline (the reference repeated) on the same cells
+        self.metrics_val_pair = torch.nn.ModuleDict(
+            {k: build_metrics(["psnr"], metrics_weights_dir)["psnr"] for k in ("psnr_novel", "psnr_static")}
+        )
         if any(not (s > 0 and math.isfinite(s)) for s in gap_sigmas):
             raise ValueError(f"gap_sigmas must be finite and > 0, got {list(gap_sigmas)}")
         self.gap_sigmas = tuple(float(s) for s in gap_sigmas)
@@ -369,12 +371,14 @@ class HVGModule(LightningModule):
         if split == "val" and batch_idx == 0 and self.trainer.is_global_zero:
             self.log_samples(batch, g, "val")
         if split == "val":
-            static = batch["reference"].float()[:, None, None].expand_as(r)  # reference repeated
-            for metric in self.metrics_val_static.values():
-                metric.update(static.flatten(0, 1), r.flatten(0, 1))
-            self.log_dict(
-                {f"val/{k}_static": m for k, m in self.metrics_val_static.items()}, batch_size=g.shape[0]
-            )
+            # generated vs static baseline (the reference frame repeated) on the same cells: every
+            # view x frame except the reference's own cell (view 0, frame 0), each cell one frame
+            cells = r.flatten(1, 2)[:, 1:].flatten(0, 1)[:, None]  # (B*(V*T-1), 1, 3, H, W)
+            gen_cells = g.flatten(1, 2)[:, 1:].flatten(0, 1)[:, None]
+            static = batch["reference"].float()[:, None].expand(-1, r.shape[1] * r.shape[2] - 1, -1, -1, -1)
+            self.metrics_val_pair["psnr_novel"].update(gen_cells, cells)
+            self.metrics_val_pair["psnr_static"].update(static.flatten(0, 1)[:, None], cells)
+            self.log_dict({f"val/{k}": m for k, m in self.metrics_val_pair.items()}, batch_size=g.shape[0])
         for metric in metrics.values():
             if isinstance(metric, MultiViewFVD):
                 metric.update(g, r)
