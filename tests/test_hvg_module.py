@@ -109,6 +109,16 @@ def test_frozen_parts_are_excluded_and_stay_in_eval():
     assert not module.vae.training and not module.image_encoder.training and module.unet.training
 
 
+def test_pose_modulator_has_its_own_learning_rate():
+    module = _module(pose_lr_mult=10.0)
+    opt = module.configure_optimizers()
+    rest, pose = opt.param_groups
+    assert rest["lr"] == pytest.approx(1e-3) and pose["lr"] == pytest.approx(1e-2)
+    assert {id(p) for p in pose["params"]} == {id(p) for p in module.unet.pose_modulator.parameters()}
+    with pytest.raises(ValueError, match="pose_lr_mult"):
+        _module(pose_lr_mult=0.0)
+
+
 def test_generate_long_grid_with_progressive_sampler():
     seed_everything(0)
     module = _module(

@@ -76,6 +76,7 @@ class HVGModule(LightningModule):
         val_metric_batches: validation batches per epoch that are sampled and scored (0: none).
         gap_sigmas: the fixed noise levels of the conditioning-use gaps (``val/pose_gap``,
             ``val/reference_gap``, see :meth:`conditioning_losses`); empty: no gaps.
+        pose_lr_mult: learning-rate multiplier of the pose modulator (its own parameter group).
     """
 
     def __init__(
@@ -100,6 +101,7 @@ class HVGModule(LightningModule):
         metrics_weights_dir: str | None = None,
         val_metric_batches: int = 1,
         gap_sigmas: Sequence[float] = (0.4, 2.0, 10.0),
+        pose_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
@@ -144,6 +146,9 @@ class HVGModule(LightningModule):
         if any(not (s > 0 and math.isfinite(s)) for s in gap_sigmas):
             raise ValueError(f"gap_sigmas must be finite and > 0, got {list(gap_sigmas)}")
         self.gap_sigmas = tuple(float(s) for s in gap_sigmas)
+        if not (pose_lr_mult > 0 and math.isfinite(pose_lr_mult)):
+            raise ValueError(f"pose_lr_mult must be finite and > 0, got {pose_lr_mult}")
+        self.pose_lr_mult = pose_lr_mult
         # summed per-(sample, sigma) losses of the gap protocol over a validation epoch (DDP-synced)
         self.gap_sums = torch.nn.ModuleDict(
             {k: SumMetric() for k in ("own", "pose_swapped", "reference_swapped")}
@@ -179,8 +184,11 @@ class HVGModule(LightningModule):
             sd.update({k: v for k, v in self.state_dict().items() if k.startswith(_FROZEN)})
 
     def configure_optimizers(self):
-        params = [p for p in self.unet.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params)
+        pose = [p for p in self.unet.pose_modulator.parameters() if p.requires_grad]
+        ids = {id(p) for p in pose}
+        rest = [p for p in self.unet.parameters() if p.requires_grad and id(p) not in ids]
+        opt = self.optimizer_factory([{"params": rest}, {"params": pose}])
+        opt.param_groups[1]["lr"] *= self.pose_lr_mult  # before any scheduler reads initial_lr
         if self.lr_scheduler_factory is None:
             return opt
         return {
