@@ -88,6 +88,14 @@ train: train-stage1
 	$(MAKE) train-stage2
 	$(MAKE) train-stage3
 
+# Toy SVD-xt folder (docs/hvg.md, DESIGN.md 3.5): `make toy-pretrained-svd` trains a tiny VAE (until >= 28 dB
+# on held-out toy clips), a random tiny CLIP and an I2V-pretrained tiny SVD UNet on toy clips and writes them
+# in the real SVD-xt layout to pretrained/toy-svd-xt (committed; deterministic from --seed; ~1 core, minutes).
+TOY_SVD ?= pretrained/toy-svd-xt
+.PHONY: toy-pretrained-svd
+toy-pretrained-svd: setup
+	$(PY) -m dimo.toy.svd --out $(TOY_SVD)
+
 # HVG (docs/hvg.md). `make train-hvg`: tiny preset on the toy multi-view data, CPU, minutes (TensorBoard
 # run and checkpoints under runs/hvg). Paper scale: HVG_CONFIG="experiments/hvg.yaml experiments/hvg_paper_phase1.yaml".
 HVG_CONFIG ?= experiments/hvg.yaml

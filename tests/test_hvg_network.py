@@ -13,6 +13,7 @@ from dimo.models.hvg.network import HVGUNet, count_parameters, is_hvg_key, load_
 from dimo.models.hvg.synthetic import synthetic_hvg_sample
 
 B, V, T, H = 1, 3, 2, 32
+C = HVGConfig().unet_kwargs()["out_channels"]  # latent channels of the tiny preset
 
 
 def _inputs(seed: int = 0, pose_condition: str = "dual") -> dict:
@@ -20,12 +21,12 @@ def _inputs(seed: int = 0, pose_condition: str = "dual") -> dict:
     s = synthetic_hvg_sample(V, T, H, H, seed=seed)
     h = H // 8
     return {
-        "sample": torch.randn(B, V, T, 4, h, h, generator=g),
+        "sample": torch.randn(B, V, T, C, h, h, generator=g),
         "timestep": torch.tensor([0.3]),
         "encoder_hidden_states": torch.randn(B, 1, 32, generator=g),
         "added_time_ids": torch.tensor([[6.0, 127.0, 0.02]]),
-        "cond_latent": torch.randn(B, 4, h, h, generator=g),
-        "reference_latent": torch.randn(B, 4, h, h, generator=g),
+        "cond_latent": torch.randn(B, C, h, h, generator=g),
+        "reference_latent": torch.randn(B, C, h, h, generator=g),
         "pose_maps": render_pose_maps(
             s["joints3d"][None], s["K"][None], s["R"][None], s["t"][None], H, H, pose_condition
         ),
@@ -48,8 +49,8 @@ def test_zero_init_leaves_base_unet_output_unchanged():
     load_svd_unet_weights(net, base.state_dict())
     x = _inputs()
     out = net(**x)
-    cond = x["cond_latent"][:, None, None].expand(B, V, T, 4, H // 8, H // 8)
-    plain = torch.cat([x["sample"], cond], dim=3).reshape(B * V, T, 8, H // 8, H // 8)
+    cond = x["cond_latent"][:, None, None].expand(B, V, T, C, H // 8, H // 8)
+    plain = torch.cat([x["sample"], cond], dim=3).reshape(B * V, T, 2 * C, H // 8, H // 8)
     ref = base(
         plain,
         x["timestep"].expand(B * V),
@@ -131,7 +132,7 @@ def test_pose_ablations_run_and_condition(pose_condition: str):
     assert set(x["pose_maps"]) == {pose_condition}
     out = net(**x)
     moved = net(**dict(x, pose_maps={k: torch.flip(m, dims=[-1]) for k, m in x["pose_maps"].items()}))
-    assert out.shape == (B, V, T, 4, H // 8, H // 8) and (moved - out).abs().max() > 1e-4
+    assert out.shape == (B, V, T, C, H // 8, H // 8) and (moved - out).abs().max() > 1e-4
 
 
 def test_svd_weights_load_strictly_with_hvg_allow_list():

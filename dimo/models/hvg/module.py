@@ -28,6 +28,7 @@ target, every view a video (the multi-view ``fvd_v``/``fvd_f`` get the (V, T) gr
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torchmetrics.aggregation import SumMetric
 
 from dimo.diffusion.edm import EDM
 from dimo.models.hvg.conditioning import render_pose_maps
@@ -44,6 +46,8 @@ from dimo.models.hvg.config import HVGConfig
 from dimo.models.hvg.network import build_image_encoder, build_unet, build_vae
 from dimo.models.hvg.sampling import ProgressiveSampler
 
+#: Seed of the gap protocol's generator for validation batch k: ``noise_seed * 31 + GAP_SEED_OFFSET + k``.
+GAP_SEED_OFFSET = 15_485_863
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _FROZEN = ("vae.", "image_encoder.")
@@ -70,6 +74,9 @@ class HVGModule(LightningModule):
             ``fvd``, ``fvd_v``, ...) logged as ``val/<label>`` and ``test/<label>``.
         metrics_weights_dir: weight files of LPIPS/FID/FVD/FID-VID (default ``$DIMO_WEIGHTS_DIR``).
         val_metric_batches: validation batches per epoch that are sampled and scored (0: none).
+        gap_sigmas: the fixed noise levels of the conditioning-use gaps (``val/pose_gap``,
+            ``val/reference_gap``, see :meth:`conditioning_losses`); empty: no gaps.
+        pose_lr_mult: learning-rate multiplier of the pose modulator (its own parameter group).
     """
 
     def __init__(
@@ -93,6 +100,8 @@ class HVGModule(LightningModule):
         val_metrics: Sequence[str] = ("psnr", "ssim", "l1"),
         metrics_weights_dir: str | None = None,
         val_metric_batches: int = 1,
+        gap_sigmas: Sequence[float] = (0.4, 2.0, 10.0),
+        pose_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
@@ -130,6 +139,20 @@ class HVGModule(LightningModule):
         self.val_metric_batches = val_metric_batches
         self.metrics_val = build_metrics(val_metrics, metrics_weights_dir)
         self.metrics_test = build_metrics(val_metrics, metrics_weights_dir)
+        # PSNR of the samples and of a static baseline (the reference repeated) on the same cells
+        self.metrics_val_pair = torch.nn.ModuleDict(
+            {k: build_metrics(["psnr"], metrics_weights_dir)["psnr"] for k in ("psnr_novel", "psnr_static")}
+        )
+        if any(not (s > 0 and math.isfinite(s)) for s in gap_sigmas):
+            raise ValueError(f"gap_sigmas must be finite and > 0, got {list(gap_sigmas)}")
+        self.gap_sigmas = tuple(float(s) for s in gap_sigmas)
+        if not (pose_lr_mult > 0 and math.isfinite(pose_lr_mult)):
+            raise ValueError(f"pose_lr_mult must be finite and > 0, got {pose_lr_mult}")
+        self.pose_lr_mult = pose_lr_mult
+        # summed per-(sample, sigma) losses of the gap protocol over a validation epoch (DDP-synced)
+        self.gap_sums = torch.nn.ModuleDict(
+            {k: SumMetric() for k in ("own", "pose_swapped", "reference_swapped")}
+        )
         if init_from is not None:
             self._init_from(Path(init_from))
 
@@ -163,8 +186,11 @@ class HVGModule(LightningModule):
             sd.update({k: v for k, v in self.state_dict().items() if k.startswith(_FROZEN)})
 
     def configure_optimizers(self):
-        params = [p for p in self.unet.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params)
+        pose = [p for p in self.unet.pose_modulator.parameters() if p.requires_grad]
+        ids = {id(p) for p in pose}
+        rest = [p for p in self.unet.parameters() if p.requires_grad and id(p) not in ids]
+        opt = self.optimizer_factory([{"params": rest}, {"params": pose}])
+        opt.param_groups[1]["lr"] *= self.pose_lr_mult  # before any scheduler reads initial_lr
         if self.lr_scheduler_factory is None:
             return opt
         return {
@@ -265,9 +291,72 @@ class HVGModule(LightningModule):
         gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + batch_idx)
         loss = self._loss(batch, gen)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0], sync_dist=True)
+        if self.gap_sigmas:
+            losses = self.conditioning_losses(batch, batch_idx)
+            if losses is not None:
+                for k, m in self.gap_sums.items():
+                    m.update(losses[k].sum())
         if batch_idx < self.val_metric_batches and len(self.metrics_val):
             self._update_metrics(self.metrics_val, "val", batch, batch_idx)
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.gap_sigmas:
+            return
+        sums = {k: m.compute() for k, m in self.gap_sums.items()}  # summed over ranks
+        for m in self.gap_sums.values():
+            m.reset()
+        if not float(sums["own"]) > 0:
+            return  # no validation sample had a donor from another clip
+        for name in ("pose", "reference"):
+            gap = relative_gap(sums[f"{name}_swapped"], sums["own"])
+            self.log(f"val/{name}_gap", gap, sync_dist=False, rank_zero_only=False)
+
+    @torch.no_grad()
+    def conditioning_losses(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """Per-(sample, sigma) denoising losses of the conditioning-use protocol (``docs/hvg.md``).
+
+        Fixed per validation batch ``batch_idx``: one generator seeded ``(noise_seed, batch_idx)`` draws
+        the reference noise augmentation and one unit noise tensor, shared by every sigma of
+        :attr:`gap_sigmas` and by the three conditions; no CFG dropout. Sample ``i``'s donor is the next
+        sample in the batch (cyclically) from another clip (``clip_id``); samples without one are left
+        out. Conditions: ``own`` (the batch as it is), ``pose_swapped`` (the donor's bone maps),
+        ``reference_swapped`` (the donor's reference: CLIP embedding, conditioning latent, ReferenceNet
+        latent). Returns name -> (N_kept, S) EDM-weighted MSEs, or None when no sample has a donor.
+        """
+
+        donor, kept = donor_indices(batch.get("clip_id"), batch["target"].shape[0])
+        if not kept.any():
+            return None
+        was_training = self.training
+        self.eval()
+        try:
+            gen = torch.Generator(device=self.device).manual_seed(
+                self.noise_seed * 31 + GAP_SEED_OFFSET + batch_idx
+            )
+            target = batch["target"]
+            b, v, t = target.shape[:3]
+            cond = self.conditioning(batch, gen)
+            x0 = self.encode_images(target.flatten(0, 2)).reshape(
+                b, v, t, *cond["reference_latent"].shape[1:]
+            )
+            noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+            pose = dict(cond, pose_maps={k: m[donor] for k, m in cond["pose_maps"].items()})
+            ref = dict(cond)
+            for k in ("encoder_hidden_states", "cond_latent", "reference_latent"):
+                ref[k] = cond[k][donor]
+            out: dict[str, list[torch.Tensor]] = {"own": [], "pose_swapped": [], "reference_swapped": []}
+            for s in self.gap_sigmas:
+                sigma = torch.full((b,), s, device=x0.device, dtype=x0.dtype)
+                noisy = x0 + s * noise
+                _, _, c_in, c_noise = self.edm.precondition(sigma)
+                v_target = self.edm.v_target(x0, noisy, sigma).float()
+                for name, c in (("own", cond), ("pose_swapped", pose), ("reference_swapped", ref)):
+                    pred = self.unet(noisy * c_in[0], c_noise, **c).float()
+                    out[name].append((pred - v_target).pow(2).flatten(1).mean(1))  # (B,)
+            return {k: torch.stack(x, dim=1)[kept] for k, x in out.items()}  # (N_kept, S)
+        finally:
+            self.train(was_training)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + batch_idx)
@@ -289,6 +378,17 @@ class HVGModule(LightningModule):
             self.generate(batch, gen=gen).float().clamp(-1, 1),
             batch["target"].float(),
         )  # (B, V, T, 3, H, W)
+        if split == "val" and batch_idx == 0 and self.trainer.is_global_zero:
+            self.log_samples(batch, g, "val")
+        if split == "val":
+            # generated vs static baseline (the reference frame repeated) on the same cells: every
+            # view x frame except the reference's own cell (view 0, frame 0), each cell one frame
+            cells = r.flatten(1, 2)[:, 1:].flatten(0, 1)[:, None]  # (B*(V*T-1), 1, 3, H, W)
+            gen_cells = g.flatten(1, 2)[:, 1:].flatten(0, 1)[:, None]
+            static = batch["reference"].float()[:, None].expand(-1, r.shape[1] * r.shape[2] - 1, -1, -1, -1)
+            self.metrics_val_pair["psnr_novel"].update(gen_cells, cells)
+            self.metrics_val_pair["psnr_static"].update(static.flatten(0, 1)[:, None], cells)
+            self.log_dict({f"val/{k}": m for k, m in self.metrics_val_pair.items()}, batch_size=g.shape[0])
         for metric in metrics.values():
             if isinstance(metric, MultiViewFVD):
                 metric.update(g, r)
@@ -341,6 +441,45 @@ class HVGModule(LightningModule):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def log_samples(self, batch: dict[str, Any], video: torch.Tensor, tag: str) -> None:
+        """Log the first sample as a labelled grid image (rows: reference | normal | depth | generated |
+        target, columns: views x frames) and a labelled video (rows the same, columns: views)."""
+
+        from dimo.viz import colorize_depth, labelled_grid, labelled_video, log_image, log_video, to_unit
+
+        if self.logger is None:
+            return
+        target = batch["target"][:1]
+        _, v, t, _, h, w = target.shape
+        maps = render_pose_maps(
+            batch["joints3d"][:1],
+            batch["K"][:1],
+            batch["R"][:1],
+            batch["t"][:1],
+            h,
+            w,
+            self.net_config.pose_condition,
+        )
+        rows = {"reference": to_unit(batch["reference"][0]).expand(v, t, 3, h, w)}
+        for name, m in maps.items():  # (1, V, T, C, H, W)
+            m = m[0].float().cpu()
+            rows[name] = colorize_depth(1 - m, m > -1) if m.shape[2] == 1 else to_unit(m[:, :, :3])
+        rows["generated"] = to_unit(video[0])
+        rows["target"] = to_unit(target[0])  # every row (V, T, 3, H, W) in [0, 1]
+        cols = [f"v{i} t{j}" for i in range(v) for j in range(t)]
+        step = self.global_step
+        log_image(
+            self.logger,
+            f"{tag}/samples",
+            labelled_grid([(k, r.flatten(0, 1)) for k, r in rows.items()], cols),
+            step,
+        )
+        frames = labelled_video(
+            [(k, r.transpose(0, 1)) for k, r in rows.items()], [f"view {i}" for i in range(v)]
+        )
+        log_video(self.logger, f"{tag}/samples_video", frames, step, fps=4)
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self.generate(batch)
 
@@ -384,3 +523,27 @@ def log_grid_gif(writer, tag: str, frames: torch.Tensor, step: int, fps: int = 4
     h, w = arr.shape[1:3]
     img = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=buf.getvalue())
     writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=img)]), step)
+
+
+def donor_indices(clip_ids: Sequence[str] | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Donor of every sample for the conditioning-use gaps: the next sample (cyclically) of another clip.
+
+    Returns ``(donor (B,), kept (B,) bool)``; a sample with no other clip in the batch keeps itself as
+    donor and ``kept=False``. Without clip ids every sample counts as its own clip (roll by one).
+    """
+
+    ids = list(clip_ids) if clip_ids is not None else [str(i) for i in range(batch_size)]
+    donor, kept = list(range(batch_size)), [False] * batch_size
+    for i in range(batch_size):
+        for k in range(1, batch_size):
+            j = (i + k) % batch_size
+            if ids[j] != ids[i]:
+                donor[i], kept[i] = j, True
+                break
+    return torch.tensor(donor), torch.tensor(kept)
+
+
+def relative_gap(swapped: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Relative loss increase ``(sum swapped - sum own) / sum own`` (sums over samples and sigmas)."""
+
+    return (swapped - own) / own

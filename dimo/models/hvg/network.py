@@ -338,11 +338,24 @@ def check_unet_config(folder: str | Path, hvg: HVGConfig) -> None:
         raise ValueError(f"{folder}/unet/config.json does not match preset {hvg.preset!r}: {diff}")
 
 
+def _check_loading_info(path: Path, info: dict) -> None:
+    """Fail on any missing, unexpected or shape-mismatched key of a ``from_pretrained`` load."""
+
+    bad = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    bad = {k: v for k, v in bad.items() if v}
+    if bad or info.get("error_msgs"):
+        raise RuntimeError(f"weights in {path} do not match the model: {bad} {info.get('error_msgs') or ''}")
+
+
 def build_vae(hvg: HVGConfig, pretrained: str | Path | None = None) -> AutoencoderKLTemporalDecoder:
     if pretrained is None:
         return AutoencoderKLTemporalDecoder(**hvg.vae_kwargs())
     path = _require(Path(pretrained) / "vae", "SVD VAE folder")
-    return AutoencoderKLTemporalDecoder.from_pretrained(str(path), local_files_only=True)
+    vae, info = AutoencoderKLTemporalDecoder.from_pretrained(
+        str(path), local_files_only=True, output_loading_info=True
+    )
+    _check_loading_info(path, info)
+    return vae
 
 
 def build_image_encoder(
@@ -351,7 +364,11 @@ def build_image_encoder(
     if pretrained is None:
         return CLIPVisionModelWithProjection(CLIPVisionConfig(**hvg.clip_kwargs()))
     path = _require(Path(pretrained) / "image_encoder", "CLIP image encoder folder")
-    return CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
+    enc, info = CLIPVisionModelWithProjection.from_pretrained(
+        str(path), local_files_only=True, output_loading_info=True
+    )
+    _check_loading_info(path, info)
+    return enc
 
 
 def build_unet(hvg: HVGConfig, pretrained: str | Path | None = None) -> HVGUNet:

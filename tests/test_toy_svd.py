@@ -1,0 +1,91 @@
+"""The committed toy SVD-xt folder (``make toy-pretrained-svd``): real layout, strict loading, a VAE that
+reconstructs unseen toy clips at >= 28 dB (a strict xfail while it does not), its latent scale in its config,
+and the HVG toy config loading it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dimo.models.hvg import HVGConfig
+from dimo.models.hvg.network import build_image_encoder, build_unet, build_vae, read_unet_state_dict
+from dimo.toy.svd import load_clips, reconstruction_psnr
+
+FOLDER = Path(__file__).resolve().parents[1] / "pretrained" / "toy-svd-xt"
+UNSEEN_SEED = 303  # neither the training clips (101) nor the clips the build stopped on (202)
+
+
+def test_folder_has_the_svd_xt_layout_and_stays_small():
+    for sub in ("unet", "vae", "image_encoder", "feature_extractor", "scheduler"):
+        assert (FOLDER / sub).is_dir(), sub
+    index = json.loads((FOLDER / "model_index.json").read_text())
+    assert index["_class_name"] == "StableVideoDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNetSpatioTemporalConditionModel"]
+    assert list(FOLDER.rglob("*.bin")) == [] and list(FOLDER.rglob("*.safetensors"))
+    size = sum(f.stat().st_size for f in FOLDER.rglob("*") if f.is_file())
+    assert size <= 8e6, f"{size / 1e6:.1f} MB"
+
+
+def test_every_component_loads_strictly():
+    cfg = HVGConfig()
+    vae = build_vae(cfg, FOLDER)
+    enc = build_image_encoder(cfg, FOLDER)
+    net = build_unet(cfg, FOLDER)
+    sd = read_unet_state_dict(FOLDER)
+    own = net.state_dict()
+    for k, v in sd.items():  # the SVD weights really arrived (not left at their random init)
+        assert torch.equal(own[k], v), k
+    assert vae.config.latent_channels * 2 == net.config.in_channels
+    assert enc.config.projection_dim == net.config.cross_attention_dim
+
+
+def test_a_missing_or_unexpected_key_fails(tmp_path: Path):
+    bad = tmp_path / "svd"
+    shutil.copytree(FOLDER, bad)
+    f = bad / "vae" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(f)
+    sd.pop(sorted(sd)[0])
+    save_file(sd, f)
+    with pytest.raises(RuntimeError, match="missing_keys"):
+        build_vae(HVGConfig(), bad)
+    f = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    sd = load_file(f)
+    sd["down_blocks.9.extra.weight"] = torch.zeros(1)
+    save_file(sd, f)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        build_unet(HVGConfig(), bad)
+
+
+@pytest.fixture(scope="module")
+def unseen_clips() -> list[torch.Tensor]:
+    return load_clips(UNSEEN_SEED, per_source=1, num_frames=8, size=64)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #11 open: the committed toy VAE reconstructs toy clips at ~16-18 dB, not 28 (docs/hvg.md)",
+)
+def test_vae_reconstructs_unseen_toy_clips_at_28_db(unseen_clips):
+    psnr = reconstruction_psnr(build_vae(HVGConfig(), FOLDER), unseen_clips, clip_frames=4)
+    assert psnr >= 28.0, f"{psnr:.2f} dB"
+
+
+def test_vae_knows_its_latent_scale(unseen_clips):
+    clips = unseen_clips
+    vae = build_vae(HVGConfig(), FOLDER)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(c).latent_dist.mode() for c in clips])
+    scaled_std = float(z.std()) * vae.config.scaling_factor
+    assert 0.7 < scaled_std < 1.3  # scaled latents have about unit variance (EDM sigma_data = 1)
+
+
+def test_toy_config_loads_the_folder_through_pretrained():
+    import yaml
+
+    cfg = yaml.safe_load((FOLDER.parents[1] / "experiments" / "hvg.yaml").read_text())
+    assert cfg["model"]["init_args"]["pretrained"] == "pretrained/toy-svd-xt"
