@@ -182,6 +182,8 @@ class ThreeDiMoModule(LightningModule):
             memory, keyed by the sample's ``target_key`` (which names the exact target pixels), so a
             window seen again is not re-encoded (the VAE is frozen and encodes the posterior mode:
             the cached latent is the one it would compute). 0: off. Toy runs revisit the same windows.
+        motion_lr_mult: learning-rate multiplier of the new 3DiMo layers (motion encoders, geometric
+            decoder, injection), their own parameter group; the pretrained Wan weights keep the base rate.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class ThreeDiMoModule(LightningModule):
         image_encoder: WanImageEncoder | None = None,
         gap_sigmas: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
         latent_cache_size: int = 0,
+        motion_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -239,6 +242,9 @@ class ThreeDiMoModule(LightningModule):
         from collections import OrderedDict
 
         self.latent_cache_size = int(latent_cache_size)
+        if not (motion_lr_mult > 0 and motion_lr_mult < float("inf")):
+            raise ValueError(f"motion_lr_mult must be finite and > 0, got {motion_lr_mult}")
+        self.motion_lr_mult = float(motion_lr_mult)
         self._latent_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.train_parts = train_parts
         self.geo_weight = float(geo_weight)
@@ -280,7 +286,15 @@ class ThreeDiMoModule(LightningModule):
         return [p for p in self.net.parameters() if p.requires_grad]
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.trainable_parameters())
+        params = self.trainable_parameters()
+        new = {id(p) for p in self.net.motion_parameters()}
+        groups = [
+            {"params": [p for p in params if id(p) not in new]},
+            {"params": [p for p in params if id(p) in new]},
+        ]
+        optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        if self.motion_lr_mult != 1.0 and groups[1]["params"]:
+            optimizer.param_groups[-1]["lr"] *= self.motion_lr_mult  # before a scheduler reads initial_lr
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
