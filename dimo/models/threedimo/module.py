@@ -629,7 +629,7 @@ class ThreeDiMoModule(LightningModule):
         log_image(self.logger, "val/samples", grid, self.global_step)
         # video: one column per clip, rows driving | generated | target, one frame per time step
         video_rows = [
-            (name, torch.stack([x[:, j] for j in range(n)], dim=1))  # (T, n, 3, H, W)
+            (name, x.transpose(0, 1))  # (n, T, 3, H, W) -> (T, n, 3, H, W): one panel per clip
             for name, x in (("driving", drv), ("generated", gen), ("target", tgt))
         ]
         video = labelled_video(video_rows, [f"clip {j}" for j in range(n)])
