@@ -91,6 +91,7 @@ def main(argv: Sequence[str]) -> int:
     gen_dir = Path(args.generated)
     out = Path(args.out) if args.out else gen_dir.parent / f"{gen_dir.resolve().name}-eval"
     started = False
+    rank0 = True
     try:
         merged = OmegaConf.structured(EvalConfig)
         for f in args.config:
@@ -118,6 +119,7 @@ def main(argv: Sequence[str]) -> int:
             "command": shlex.join(["python", "-m", "dimo.cli", "evaluate", *argv]),
         }
         write_results(out, report.values, cfg, extra=extra, report=report)  # rank 0 only
+        rank0 = _is_rank_zero()  # before the process group is destroyed
     except Exception as err:  # noqa: BLE001 - corrupt items, missing weights, bad config: one line
         return fail(err)
     finally:
@@ -125,7 +127,7 @@ def main(argv: Sequence[str]) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    if _is_rank_zero():
+    if rank0:
         sys.stdout.write(to_markdown(report.values, details=report.details))
         sys.stdout.write(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'} and {out / 'per_video.csv'}\n")
     return 0
