@@ -61,7 +61,15 @@ def test_two_ranks_draw_disjoint_samples(toy_root, tmp_path):
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=0,
     )  # fmt: skip
-    trainer.fit(_Recorder(str(tmp_path)), datamodule=dm)
+    try:
+        trainer.fit(_Recorder(str(tmp_path)), datamodule=dm)
+    except torch.multiprocessing.ProcessExitedException as err:
+        # A spawned gloo rank sometimes aborts while the interpreter exits ("terminate called without an
+        # active exception", after fit has returned and on_train_end has written its record). Only that
+        # teardown abort is tolerated: both records must exist, and they are checked below in full.
+        complete = all((tmp_path / f"rank{r}.json").is_file() for r in range(2))
+        if err.signal_name != "SIGABRT" or not complete:
+            raise
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     seen = [[c for batch in r["seen"] for c in batch] for r in ranks]
     assert len(seen[0]) == len(seen[1]) == 4
