@@ -221,6 +221,8 @@ def test_fit_lowers_the_loss_and_resume_is_exact(toy_root, tmp_path):
 
 
 def test_two_process_ddp_fit(toy_root, tmp_path):
+    from test_reliability import _toy_wan_args
+
     args = [
         sys.executable, "-m", "dimo.cli", "fit",
         "--config", str(REPO / "experiments/3dimo.yaml"),
@@ -231,10 +233,7 @@ def test_two_process_ddp_fit(toy_root, tmp_path):
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
         "--model.init_args.sample_every_n_steps=0",
-        # the config's relative pretrained paths, made absolute (the run starts in a temporary folder)
-        f"--model.init_args.net.init_args.backbone_path={REPO / 'pretrained/toy-wan2.1/transformer'}",
-        f"--model.init_args.vae.init_args.path={REPO / 'pretrained/toy-wan2.1/vae'}",
-        f"--model.init_args.text_encoder.init_args.path={REPO / 'pretrained/toy-wan2.1'}",
+        *_toy_wan_args(),  # the run starts in a temporary folder: absolute pretrained paths
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -78,26 +78,12 @@ class ToySVDConfig:
 def load_clips(seed: int, per_source: int, num_frames: int, size: int) -> list[torch.Tensor]:
     """Synthesize toy clips (every view of every source) and decode them: list of (T, 3, H, W) in [-1, 1]."""
 
-    from dimo.data.dataset import frames_to_tensor
-    from dimo.data.synth import SynthConfig, synthesize
-    from dimo.data.video import read_frames
+    from dimo.data.synth import synthesize
+    from dimo.toy.data import load_toy_clips, synth_config
 
-    cfg = SynthConfig(
-        seed=seed,
-        num_internet=per_source,
-        num_ue5=per_source,
-        num_multiview=per_source,
-        num_frames=num_frames,
-        height=size,
-        width=size,
-    )
     with tempfile.TemporaryDirectory(prefix="dimo-toy-svd-") as tmp:
-        records = synthesize(tmp, cfg)
-        return [
-            frames_to_tensor(read_frames(rec.path(view.video), list(range(rec.num_frames))))
-            for rec in records
-            for view in rec.views
-        ]
+        synthesize(tmp, synth_config(seed, per_source, num_frames, size))
+        return load_toy_clips(tmp)[0]
 
 
 def _windows(videos: list[torch.Tensor], n: int, frames: int, gen: torch.Generator) -> torch.Tensor:

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dimo.toy.data import load_toy_clips, synth_config
+
 __all__ = ["ToyWanConfig", "build_toy_wan", "load_toy_clips", "psnr", "reconstruction_psnr"]
 
 
@@ -90,36 +92,10 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def load_toy_clips(root: Path, size: int) -> tuple[list[torch.Tensor], list[str]]:
-    """Every view of every clip of a toy dataset: (T, 3, H, W) float in [-1, 1], and its camera prompt."""
-
-    from dimo.data.manifest import load_manifest
-    from dimo.data.video import read_frames
-
-    records, problems = load_manifest(root)
-    if problems:
-        raise RuntimeError(f"toy dataset {root} has problems: {problems[:3]}")
-    clips, prompts = [], []
-    for rec in records:
-        for view in rec.views:
-            frames = read_frames(rec.path(view.video), range(rec.num_frames), size=(size, size))
-            clips.append(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
-            prompts.append(view.camera_prompt)
-    return clips, prompts
-
-
 def _synth(root: Path, seed: int, per_source: int, frames: int, size: int) -> tuple[list, list]:
-    from dimo.data.synth import SynthConfig, synthesize
+    from dimo.data.synth import synthesize
 
-    cfg = SynthConfig(
-        seed=seed,
-        num_internet=per_source,
-        num_ue5=per_source,
-        num_multiview=per_source,
-        num_frames=frames,
-        height=size,
-        width=size,
-    )
+    cfg = synth_config(seed, per_source, frames, size)
     done = root / "synth_config.json"
     same = done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k != "seconds"} == (
         json.loads(json.dumps(asdict(cfg)))
