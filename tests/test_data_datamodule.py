@@ -252,9 +252,26 @@ def test_resume_from_checkpoint_continues_the_stream(toy_root, tmp_path):
     assert first.seen + second.seen == full.seen
 
 
-def test_missing_root_is_synthesized_or_a_clear_error(tmp_path):
+def test_missing_root_is_synthesized_or_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="dimo.cli data synth"):
         ViewRichDataModule(root=tmp_path / "none", synthesize_if_missing=False).setup("fit")
+    # no silent toy data: the default synthesises only at the built-in toy root data/toy
+    monkeypatch.chdir(tmp_path)
+    typo = tmp_path / "data" / "toyy"
+    with pytest.raises(FileNotFoundError, match=f"data root {typo} does not exist"):
+        ViewRichDataModule(root=typo).setup("fit")
+    assert not typo.exists()  # nothing was written there
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no manifest.jsonl"):
+        ViewRichDataModule(root=tmp_path / "empty").prepare_data()
+    assert not any((tmp_path / "empty").iterdir())
+    with pytest.raises(FileNotFoundError, match="extra_roots"):
+        ViewRichDataModule(
+            root=tmp_path / "e", extra_roots=[typo], synthesize_if_missing=False
+        ).prepare_data()
+    from dimo.data.datamodule import is_toy_root
+
+    assert is_toy_root("data/toy") and is_toy_root(tmp_path / "data" / "toy") and not is_toy_root(typo)
 
 
 def test_bad_config_is_a_clear_error(toy_root):

@@ -64,7 +64,11 @@ def align_views(
     t = torch.from_numpy(np.stack(ts)).float()  # (V, 3)
     video = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3).float() / 255.0  # (V, T, 3, Hs, Ws)
     crop = _crop_size(src_h, src_w, H, W)
-    al = pelvis_alignment(joints3d[0, 0], K, R, t, (src_h, src_w), crop_size=crop, out_size=(H, W))
+    try:
+        al = pelvis_alignment(joints3d[0, 0], K, R, t, (src_h, src_w), crop_size=crop, out_size=(H, W))
+    except ValueError as err:  # a subject behind a camera: camera-to-world extrinsics, a wrong sign...
+        names = [record.views[v].name or f"views[{v}]" for v in views]
+        raise RecordError(f"{record.id} (views {names}, frame {frames[0]}): {err}") from None
     target = apply_alignment(video, al.affine, (H, W)).clamp(0, 1) * 2 - 1  # (V, T, 3, H, W)
     pelvis = joints3d[:, 0][None].expand(len(views), -1, -1)  # (V, T, 3)
     pelvis2d, _ = project(pelvis, al.K, R, t)  # (V, T, 2)

@@ -1,7 +1,9 @@
 """``ViewRichDataModule``: internet + UE5 + multi-view clips mixed by run-time weights.
 
-* Reads one or more dataset roots in the clip format (:mod:`dimo.data.manifest`); with
-  ``synthesize_if_missing`` a missing ``root`` gets the embedded toy-human dataset first.
+* Reads one or more dataset roots in the clip format (:mod:`dimo.data.manifest`). No silent toy
+  data: the embedded toy-human dataset is built only at the built-in toy root (``data/toy``) or
+  when ``synthesize_if_missing: true`` asks for it; any other root without a manifest is a one-line
+  error that names it (a typo never trains on synthesised humans).
 * Records are checked cheaply at ``setup`` (schema, files present, long enough, views enough for
   the task); the rest are checked while loading. Every bad clip is skipped and counted, never fatal:
   ``invalid_clips`` (found at setup, with reasons in ``problems``) and ``skipped_draws`` (samples
@@ -38,6 +40,13 @@ __all__ = ["ViewRichDataModule"]
 log = logging.getLogger(__name__)
 
 _PRIVATE_KEYS = ("_draw", "_skipped", "_bad")
+TOY_ROOT = Path("data/toy")  # the built-in toy root (relative to the working directory)
+
+
+def is_toy_root(root: str | os.PathLike) -> bool:
+    """Whether ``root`` is the built-in toy root ``data/toy`` (the one place toy data is built unasked)."""
+
+    return Path(root).resolve() == TOY_ROOT.resolve()
 
 
 class _FixedKeys(Dataset):
@@ -71,7 +80,8 @@ class ViewRichDataModule(LightningDataModule):
         batches_per_epoch: training batches per epoch (the stream itself is endless).
         val_batches: fixed validation batches (no augmentation), 0 for none.
         seed: stream seed; ``None`` uses ``seed_everything``'s seed (``PL_GLOBAL_SEED``) or 0.
-        synthesize_if_missing: build the toy dataset at ``root`` when it has no manifest.
+        synthesize_if_missing: build the toy dataset at ``root`` when it has no manifest; ``None``
+            (default): only when ``root`` is the built-in toy root ``data/toy``.
         synth: the toy dataset's settings when it is built here.
         log_preview: write a grid of the first training batch to TensorBoard.
         max_retries: bad clips tolerated per sample before giving up on that sample.
@@ -99,7 +109,7 @@ class ViewRichDataModule(LightningDataModule):
         batches_per_epoch: int = 100,
         val_batches: int = 2,
         seed: int | None = None,
-        synthesize_if_missing: bool = True,
+        synthesize_if_missing: bool | None = None,
         synth: SynthConfig | None = None,
         log_preview: bool = True,
         max_retries: int = 8,
@@ -192,12 +202,20 @@ class ViewRichDataModule(LightningDataModule):
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def prepare_data(self) -> None:
+        for root in self.roots[1:]:
+            if not (root / MANIFEST_NAME).is_file():
+                raise FileNotFoundError(f"data root {root} (extra_roots) has no {MANIFEST_NAME}")
         if (self.root / MANIFEST_NAME).is_file():
             return
-        if not self.synthesize_if_missing:
+        synth = self.synthesize_if_missing
+        if synth is None:
+            synth = is_toy_root(self.root)
+        if not synth:
+            what = "does not exist" if not self.root.exists() else f"has no {MANIFEST_NAME}"
             raise FileNotFoundError(
-                f"no {MANIFEST_NAME} in {self.root}; build one with `python -m dimo.cli data synth --out {self.root}` "
-                "or set synthesize_if_missing: true"
+                f"data root {self.root} {what} (import data with `python -m dimo.cli data import`, "
+                f"build toy data with `python -m dimo.cli data synth --out {self.root}`, or set "
+                "synthesize_if_missing: true)"
             )
         from dimo.data.synth import synthesize
 
@@ -207,8 +225,7 @@ class ViewRichDataModule(LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.pools:
             return
-        if not (self.root / MANIFEST_NAME).is_file():
-            self.prepare_data()  # plain use without a Trainer
+        self.prepare_data()  # a no-op when every root has its manifest; plain use without a Trainer
         pools: dict[str, list[ClipRecord]] = {s: [] for s in SOURCES}
         problems: list[Problem] = []
         ineligible = 0

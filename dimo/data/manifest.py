@@ -15,7 +15,8 @@ A record (one line of ``manifest.jsonl``, shown indented; full example in ``docs
                 "camera_prompt": "Front view. The camera orbits to the left.",
                 "K": [[3x3]] or [T x [3x3]] or null,           # pixels of the stored video
                 "R": [[3x3]] or [T x [3x3]] or null,           # world-to-camera (OpenCV)
-                "t": [3] or [T x [3]] or null}, ...],
+                "t": [3] or [T x [3]] or null,
+                "keypoints2d": "clips/ue5_0003/keypoints2d_00.npz"}, ...],   # optional
      "motion": {"file": "clips/ue5_0003/motion.npz",
                 "body": "gt", "hands": "gt", "joints3d": "gt"}}  # each "gt" | "pseudo" | "missing"
 
@@ -102,6 +103,7 @@ class ViewRecord:
     K: list | None = None  # (3, 3) static or (T, 3, 3)
     R: list | None = None  # (3, 3) static or (T, 3, 3), world-to-camera
     t: list | None = None  # (3,) static or (T, 3)
+    keypoints2d: str | None = None  # optional 2D keypoint file (dimo.data.keypoints format)
 
     @property
     def calibrated(self) -> bool:
@@ -240,7 +242,16 @@ def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
             _check_intrinsics(cams["K"], f"views[{i}].K")
         if "R" in cams:
             _check_rotation(cams["R"], f"views[{i}].R")
-        views.append(ViewRecord(video=v["video"], camera_prompt=prompt, name=str(v.get("name", "")), **cams))
+        kp = v.get("keypoints2d")
+        if kp is not None:
+            if not isinstance(kp, str):
+                raise RecordError(f"views[{i}].keypoints2d must be a path")
+            _check_rel_path(kp, f"views[{i}].keypoints2d")
+        views.append(
+            ViewRecord(
+                video=v["video"], camera_prompt=prompt, name=str(v.get("name", "")), keypoints2d=kp, **cams
+            )
+        )
     motion = None
     if raw.get("motion") is not None:
         m = raw["motion"]
@@ -343,6 +354,8 @@ def load_motion(record: ClipRecord) -> dict[str, np.ndarray]:
     for key, arr in data.items():
         if key in MOTION_SHAPES:
             want = (T, *MOTION_SHAPES[key])
+            if arr.ndim == len(want) and arr.shape[1:] == want[1:] and arr.shape[0] != T:
+                raise MotionError(f"{path}: {key} has {arr.shape[0]} frames, the clip has {T} (num_frames)")
             if arr.shape != want:
                 raise MotionError(f"{path}: {key} has shape {arr.shape}, expected {want}")
         elif key == "rest_joints" and arr.shape != (55, 3):

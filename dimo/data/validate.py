@@ -6,9 +6,22 @@ Checks beyond the manifest schema (:func:`dimo.data.manifest.parse_record`):
 
 * each view's video opens, decodes completely, has at least ``num_frames`` frames (a truncated file
   decodes fewer) and the record's ``height`` x ``width``;
-* the motion file loads, has the documented shapes for ``num_frames`` frames, finite values, and
-  the parts its flags call present; when it has parameters, a rest skeleton and joints, the joints
-  must equal forward kinematics of the parameters (:func:`dimo.geometry.skeleton.forward_kinematics`).
+* every frame's timestamp maps to its own frame index at the stream's average rate (a variable
+  frame rate that would make training miss frames is refused), and no display rotation is set (dimo
+  reads stored pixels; ``data import videos`` re-encodes such files upright);
+* the motion file loads, has the documented shapes for ``num_frames`` frames (a frame-count mismatch
+  says so), finite values, and the parts its flags call present; when it has parameters, a rest
+  skeleton and joints, the joints must equal forward kinematics of the parameters
+  (:func:`dimo.geometry.skeleton.forward_kinematics`);
+* calibrated views need the record's ``height``/``width``; with 3D joints, the subject (pelvis) must
+  be in front of every camera in every valid frame (a subject behind a camera usually means
+  camera-to-world extrinsics were given where world-to-camera is expected; the finding says whether
+  inverting them would fix it) and inside the image in at least one frame (wrong units, wrong K);
+* a view's ``keypoints2d`` file loads and has ``num_frames`` frames (:mod:`dimo.data.keypoints`).
+
+Schema-level findings (non-finite numbers, zero/negative focal lengths, a non-rotation ``R``, a
+relative path leaving the root) come from :func:`dimo.data.manifest.parse_record`; every finding
+names the clip.
 """
 
 from __future__ import annotations
@@ -77,6 +90,59 @@ def _check_fk(motion: dict[str, np.ndarray]) -> float | None:
     return float((joints - t["joints"]).abs().max())
 
 
+def _check_subject_in_view(rec: ClipRecord, motion: dict[str, np.ndarray]) -> list[Problem]:
+    """The pelvis in front of every calibrated camera (valid frames) and in the image at least once."""
+
+    if "joints" not in motion or rec.height is None or rec.width is None:
+        return []
+    valid = motion.get("body_valid", np.ones(rec.num_frames, bool))
+    if not valid.any():
+        return []
+    pelvis = motion["joints"][:, 0].astype(np.float64)  # (T, 3)
+    out = []
+    for i, view in enumerate(rec.views):
+        if not view.calibrated:
+            continue
+        K, R, t = view.cameras(rec.num_frames)
+        cam = np.einsum("tij,tj->ti", R, pelvis) + t  # (T, 3) camera coordinates
+        z = cam[:, 2]
+        behind = np.nonzero(valid & (z <= 0))[0]
+        if behind.size:
+            f = int(behind[0])
+            # would the inverse (camera-to-world read as world-to-camera) put the subject in front?
+            Ri = np.swapaxes(R, -1, -2)
+            zi = (np.einsum("tij,tj->ti", Ri, pelvis) - np.einsum("tij,tj->ti", Ri, t))[:, 2]
+            hint = (
+                "the extrinsics look camera-to-world: dimo expects world-to-camera R, t (inverted, the "
+                "subject is in front of the camera in every frame)"
+                if (zi[valid] > 0).all()
+                else "check the extrinsics' convention and sign"
+            )
+            out.append(
+                Problem(
+                    rec.id,
+                    f"views[{i}]",
+                    f"view {view.name or i}: the subject (pelvis) is behind the camera (z = {z[f]:.3g}) "
+                    f"in {behind.size} frame(s), first frame {f}; {hint}",
+                )
+            )
+            continue
+        uv = np.einsum("tij,tj->ti", K, cam)[:, :2] / z[:, None]
+        inside = valid & (uv[:, 0] >= 0) & (uv[:, 0] < rec.width) & (uv[:, 1] >= 0) & (uv[:, 1] < rec.height)
+        if not inside.any():
+            f = int(np.nonzero(valid)[0][0])
+            out.append(
+                Problem(
+                    rec.id,
+                    f"views[{i}]",
+                    f"view {view.name or i}: the subject (pelvis) never projects inside the "
+                    f"{rec.width}x{rec.height} image (frame {f} at ({uv[f, 0]:.0f}, {uv[f, 1]:.0f}) px); "
+                    "wrong units (mm vs m), intrinsics or extrinsics?",
+                )
+            )
+    return out
+
+
 def validate_record(rec: ClipRecord, decode: bool = True) -> list[Problem]:
     problems: list[Problem] = []
     for i, view in enumerate(rec.views):
@@ -110,12 +176,22 @@ def validate_record(rec: ClipRecord, decode: bool = True) -> list[Problem]:
                     f"{path}: video is {info.height}x{info.width}, record says {rec.height}x{rec.width}",
                 )
             )
+        if view.keypoints2d is not None:
+            from dimo.data.keypoints import KeypointError, load_keypoints2d
+
+            try:
+                load_keypoints2d(rec.path(view.keypoints2d), rec.num_frames)
+            except KeypointError as err:
+                problems.append(Problem(rec.id, f"{part}.keypoints2d", str(err)))
+        if view.calibrated and (rec.height is None or rec.width is None):
+            problems.append(Problem(rec.id, part, "calibrated view but the record has no height/width"))
     if rec.motion is not None:
         try:
             motion = load_motion(rec)
         except MotionError as err:
             problems.append(Problem(rec.id, "motion", str(err)))
         else:
+            problems += _check_subject_in_view(rec, motion)
             try:
                 err_m = _check_fk(motion)
             except (ValueError, RuntimeError) as err:

@@ -13,7 +13,7 @@ Resizing goes through libswscale (``VideoFrame.reformat``) while decoding; cropp
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -29,10 +29,13 @@ __all__ = [
     "ResizeCropPlan",
     "VideoError",
     "VideoInfo",
+    "VideoFacts",
     "adjust_intrinsics",
+    "inspect_video",
     "probe",
     "read_frames",
     "resize_crop_plan",
+    "transcode_upright",
     "write_video",
 ]
 
@@ -122,30 +125,139 @@ def _check_rotation(path, frame) -> None:
     if rotation:
         raise VideoError(
             f"{path}: video has a display rotation of {rotation:g} degrees; dimo reads the stored pixels "
-            "(and calibrations refer to them): re-encode it upright"
+            "(and calibrations refer to them): re-encode it upright (`python -m dimo.cli data import videos` does)"
         )
 
 
 def probe(path: str | os.PathLike, count: bool = False) -> VideoInfo:
-    """Header facts of a video; ``count=True`` decodes every frame to count them (catches truncation)."""
+    """Header facts of a video; ``count=True`` decodes every frame to count them (catches truncation)
+    and checks that every frame's timestamp maps to its own frame index (:func:`inspect_video`).
 
+    Display-rotated videos raise :class:`VideoError` either way (the first frame is decoded)."""
+
+    if count:
+        facts = inspect_video(path)
+        if facts.rotation:
+            _check_rotation(path, facts)
+        if facts.index_problem:
+            raise VideoError(f"{path}: {facts.index_problem}")
+        return VideoInfo(facts.num_frames, facts.fps, facts.height, facts.width, facts.codec)
     container = _open(path)
     try:
         stream = container.streams.video[0]
         fps = _stream_fps(stream)
         num = stream.frames
-        if count or not num:
-            num = 0
-            try:
-                for frame in container.decode(stream):
-                    if num == 0:
-                        _check_rotation(path, frame)
-                    num += 1
-            except av.error.FFmpegError as err:
-                raise VideoError(f"{path}: decoding failed after {num} frames ({err})") from err
+        try:
+            first = next(iter(container.decode(stream)), None)
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: decoding the first frame failed ({err})") from err
+        if first is not None:
+            _check_rotation(path, first)
+        if not num:
+            return probe(path, count=True)
         return VideoInfo(int(num), fps, stream.height, stream.width, stream.codec_context.name)
     finally:
         container.close()
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    """What decoding a whole video shows (:func:`inspect_video`)."""
+
+    num_frames: int  # frames decoded
+    fps: float  # the stream's average rate (what :func:`read_frames` indexes by)
+    height: int  # stored size
+    width: int
+    codec: str
+    rotation: float  # display rotation, degrees counter-clockwise (0: upright)
+    index_problem: str | None  # why frame timestamps do not map to 0..N-1 at ``fps`` (variable frame rate)
+    interval_spread: float  # max / min gap between consecutive timestamps (1.0: constant frame rate)
+
+
+def inspect_video(path: str | os.PathLike) -> VideoFacts:
+    """Decode every frame and check what :func:`read_frames` relies on: frame ``i`` at ``i / fps``.
+
+    A variable-frame-rate file (a phone clip) whose timestamps round to duplicate or skipped frame
+    indices at the average rate is reported in ``index_problem`` (training would miss frames).
+    Raises :class:`VideoError` when the file cannot be opened or decoded.
+    """
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        tb = float(stream.time_base or Fraction(1, 1))
+        start = stream.start_time or 0
+        pts: list[int] = []
+        rotation = 0.0
+        try:
+            for frame in container.decode(stream):
+                if not pts:
+                    rotation = float(getattr(frame, "rotation", 0) or 0)
+                if frame.pts is None:
+                    raise VideoError(f"{path}: frame {len(pts)} has no timestamp")
+                pts.append(int(frame.pts))
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: decoding failed after {len(pts)} frames ({err})") from err
+        problem = None
+        spread = 1.0
+        if pts:
+            t = np.asarray(pts, dtype=np.float64)
+            idx = np.round((t - start) * tb * fps).astype(np.int64)
+            bad = np.nonzero(idx != np.arange(len(idx)))[0]
+            if bad.size:
+                i = int(bad[0])
+                problem = (
+                    f"variable frame rate: decoded frame {i} has timestamp {(t[i] - start) * tb:.4f} s, "
+                    f"which is frame {int(idx[i])} at the average {fps:.3f} fps (frames would be "
+                    "missing or repeated in training); re-import it with `dimo data import videos`, "
+                    "which re-times every decoded frame"
+                )
+            gaps = np.diff(np.sort(t))
+            if gaps.size and gaps.min() > 0:
+                spread = float(gaps.max() / gaps.min())
+        return VideoFacts(
+            len(pts), fps, stream.height, stream.width, stream.codec_context.name, rotation, problem, spread
+        )
+    finally:
+        container.close()
+
+
+def transcode_upright(
+    src: str | os.PathLike, dst: str | os.PathLike, fps: float | None = None, crf: int = 18
+) -> VideoFacts:
+    """Re-encode every decoded frame of ``src`` as a constant-frame-rate, upright H.264 MP4 at ``dst``.
+
+    Frame ``i`` of the output is the ``i``-th decoded frame of the input (so per-frame estimator
+    outputs stay aligned), at time ``i / fps`` (default: the input's average rate). A display
+    rotation is applied to the pixels (counter-clockwise, as :attr:`av.VideoFrame.rotation` says) and
+    dropped from the metadata; odd sizes lose their last row/column (yuv420p). Written atomically.
+    Returns the facts of the written file.
+    """
+
+    facts = inspect_video(src)
+    rotation = round(facts.rotation / 90.0) * 90 % 360
+    if abs(facts.rotation - round(facts.rotation / 90.0) * 90) > 1e-3:
+        raise VideoError(f"{src}: display rotation {facts.rotation:g} is not a multiple of 90 degrees")
+    fps = fps or facts.fps
+
+    def upright():
+        container = _open(src)
+        n = 0
+        try:
+            for frame in container.decode(container.streams.video[0]):
+                img = frame.to_ndarray(format="rgb24")
+                if rotation:
+                    img = np.rot90(img, k=rotation // 90)
+                n += 1
+                yield np.ascontiguousarray(img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2])
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{src}: decoding failed after {n} frames ({err})") from err
+        finally:
+            container.close()
+
+    write_video(dst, upright(), fps, crf=crf)  # streamed: a long 4K clip never sits in memory
+    return inspect_video(dst)
 
 
 def read_frames(
@@ -221,37 +333,47 @@ def read_frames(
 
 def write_video(
     path: str | os.PathLike,
-    frames: np.ndarray,
+    frames: np.ndarray | Iterable[np.ndarray],
     fps: float,
     crf: int = 18,
     preset: str = "veryfast",
     gop: int | None = None,
 ) -> Path:
-    """Write uint8 (T, H, W, 3) RGB frames as H.264 (yuv420p) MP4, atomically (temp file in the same folder, fsync,
-    rename; umask permissions): an interrupted write never replaces an existing file.
+    """Write uint8 (T, H, W, 3) RGB frames (an array, or an iterable of (H, W, 3) frames that is
+    encoded as it is consumed) as H.264 (yuv420p) MP4, atomically (temp file in the same folder,
+    fsync, rename; umask permissions): an interrupted write never replaces an existing file.
 
     Frame ``i`` gets pts ``i`` in time base ``1/fps`` so readers find it at ``i / fps``.
     """
 
     path = Path(path)
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
-    if t == 0:
-        raise ValueError("cannot write a video with no frames")
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w}")
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+        if frames.shape[0] == 0:
+            raise ValueError("cannot write a video with no frames")
     rate = Fraction(fps).limit_denominator(1001)
     with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.time_base = 1 / rate
-        stream.codec_context.gop_size = gop or max(1, round(fps))
-        stream.options = {"crf": str(crf), "preset": preset, "bf": "0"}
-        for i in range(t):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+        stream = None
+        i = -1
+        for i, img in enumerate(frames):
+            if stream is None:
+                if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+                    raise ValueError(f"frames must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
+                h, w = img.shape[:2]
+                if h % 2 or w % 2:
+                    raise ValueError(f"H.264 yuv420p needs even height and width, got {h}x{w}")
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                stream.time_base = 1 / rate
+                stream.codec_context.gop_size = gop or max(1, round(fps))
+                stream.options = {"crf": str(crf), "preset": preset, "bf": "0"}
+            elif img.shape != (h, w, 3):
+                raise ValueError(f"frame {i} is {img.shape}, the first was {(h, w, 3)}")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
             frame.pts = i
             container.mux(stream.encode(frame))
+        if stream is None:
+            raise ValueError("cannot write a video with no frames")
         container.mux(stream.encode())
     return path
