@@ -1,10 +1,13 @@
-"""``python -m dimo.cli data {synth,validate,preview} ...``: build, check and look at datasets.
+"""``python -m dimo.cli data {synth,import,validate,preview,optimize} ...``: build, import, check and look at datasets.
 
 * ``synth --out DIR [--seed N --clips-per-source N --frames N --size H W --force]`` builds the
   toy-human dataset (skips when ``DIR`` already has a manifest, unless ``--force``);
 * ``validate ROOT [--no-decode]`` checks every record and file, prints a summary table and the
   problems; exit status 1 when there are problems;
-* ``preview ROOT --out grid.png [--task 3dimo|hvg]`` writes the grid the DataModule logs to TensorBoard.
+* ``import videos|multiview|mvhumannet SRC --out ROOT`` converts your own data (layouts in
+  ``docs/data.md``), validates every clip it writes and reports what it could not use;
+* ``preview ROOT --out grid.png [--task 3dimo|hvg]`` writes the grid the DataModule logs to TensorBoard;
+  ``--clips N`` / ``--clip ID`` instead draw 2D keypoints and bone maps over the frames of clips.
 """
 
 from __future__ import annotations
@@ -31,6 +34,37 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check every record and file of a dataset")
     v.add_argument("root", type=Path)
     v.add_argument("--no-decode", action="store_true", help="open videos without decoding every frame")
+    im = sub.add_parser("import", help="import your own videos or calibrated captures (docs/data.md)")
+    isub = im.add_subparsers(dest="kind", required=True)
+    iv = isub.add_parser("videos", help="a folder of single-view videos (+ sidecars) -> internet clips")
+    iv.add_argument("src", type=Path)
+    iv.add_argument("--prompt", default=None, help="camera prompt for videos without a .prompt.txt sidecar")
+    iv.add_argument(
+        "--captioner", type=Path, default=None, help="local VLM folder (Qwen2.5-VL style) for prompts"
+    )
+    iv.add_argument("--model-dir", type=Path, default=None, help="SMPL-X model folder: also write 3D joints")
+    imv = isub.add_parser("multiview", help="calibrated captures in the generic layout -> multiview clips")
+    imv.add_argument("src", type=Path)
+    imv.add_argument("--convention", choices=("world_to_camera", "camera_to_world"), default=None,
+                     help="extrinsics convention (overrides cameras.json)")  # fmt: skip
+    imv.add_argument("--source", choices=("multiview", "ue5"), default="multiview")
+    imv.add_argument("--fps", type=float, default=None, help="frame rate of image folders")
+    imv.add_argument("--model-dir", type=Path, default=None, help="SMPL-X model folder: also write 3D joints")
+    imh = isub.add_parser("mvhumannet", help="MVHumanNet outfit folders (native layout) -> multiview clips")
+    imh.add_argument("src", type=Path)
+    imh.add_argument("--image-dir", default="images_lr")
+    imh.add_argument("--image-scale", type=float, default=0.5, help="image size / calibration size")
+    imh.add_argument("--fps", type=float, default=5.0)
+    imh.add_argument("--camera-scale", type=float, default=None, help="instead of camera_scale.pkl")
+    imh.add_argument("--max-frames", type=int, default=None)
+    for q in (iv, imv, imh):
+        q.add_argument("--out", type=Path, required=True, help="dataset root to write")
+        q.add_argument("--overwrite", action="store_true", help="replace an existing manifest in --out")
+    for q in (iv, imv):
+        q.add_argument("--labels", choices=("pseudo", "gt"), default="pseudo" if q is iv else "gt",
+                       help="label flag of imported motion")  # fmt: skip
+        q.add_argument("--fix", choices=("auto", "never"), default="auto",
+                       help="re-encode VFR/rotated/odd-size videos (auto) or report them (never)")  # fmt: skip
     pr = sub.add_parser("preview", help="write a PNG grid of one batch")
     pr.add_argument("root", type=Path)
     pr.add_argument("--out", type=Path, default=Path("runs/data_preview.png"))
@@ -95,6 +129,39 @@ def _validate(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _import(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data import importers as imp
+    from dimo.geometry.body_models import BodyModelFileError
+    from dimo.safe_io import OutputError
+
+    start = time.perf_counter()
+    try:
+        if args.kind == "videos":
+            captioner = imp.VLMCaptioner(args.captioner) if args.captioner is not None else None
+            report = imp.import_videos(
+                args.src, args.out, prompt_default=args.prompt, captioner=captioner, labels=args.labels,
+                model_dir=args.model_dir, fix=args.fix, overwrite=args.overwrite, log=print,
+            )  # fmt: skip
+        elif args.kind == "multiview":
+            report = imp.import_multiview(
+                args.src, args.out, convention=args.convention, source=args.source, fps=args.fps,
+                labels=args.labels, model_dir=args.model_dir, fix=args.fix, overwrite=args.overwrite, log=print,
+            )  # fmt: skip
+        else:
+            report = imp.import_mvhumannet(
+                args.src, args.out, image_dir=args.image_dir, image_scale=args.image_scale, fps=args.fps,
+                camera_scale=args.camera_scale, max_frames=args.max_frames, overwrite=args.overwrite, log=print,
+            )  # fmt: skip
+    except (imp.ImportError_, OutputError, BodyModelFileError, OSError) as err:
+        return fail(err)
+    print(
+        f"{len(report.records)} clip(s) written to {report.out / 'manifest.jsonl'}, {len(report.skipped)} "
+        f"input(s) not used (reasons in {report.out / 'import_report.json'}) in {time.perf_counter() - start:.1f} s"
+    )
+    return 0 if report.records else 1
+
+
 def _preview(args: argparse.Namespace) -> int:
     from dimo.data.augment import AugmentConfig
     from dimo.data.datamodule import ViewRichDataModule
@@ -119,4 +186,5 @@ def _preview(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    return {"synth": _synth, "validate": _validate, "preview": _preview}[args.cmd](args)
+    commands = {"synth": _synth, "import": _import, "validate": _validate, "preview": _preview}
+    return commands[args.cmd](args)

@@ -1,0 +1,660 @@
+"""Bring your own data: folders of real videos, estimator outputs and calibrated captures -> clip format.
+
+``python -m dimo.cli data import {videos,multiview,mvhumannet} SRC --out ROOT``. Every importer writes
+``ROOT/clips/<id>/...`` and ``ROOT/manifest.jsonl`` (atomically), validates each clip it wrote with
+:func:`dimo.data.validate.validate_record` (a clip with a finding is left out of the manifest), and
+writes ``ROOT/import_report.json`` listing what it could not use and why, and notes per clip. Input
+layouts: ``docs/data.md`` ("Importing your own data").
+
+Videos are copied when they decode as dimo reads them; a variable-frame-rate, display-rotated or
+odd-sized video is re-encoded (every decoded frame kept, in decode order, at the average rate,
+pixels turned upright), so per-frame estimator outputs stay aligned frame for frame
+(``fix="never"`` reports such files instead).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dimo.data.estimators import EstimatorError, convert_estimator_motion, read_array_file, save_motion
+from dimo.data.keypoints import KeypointError, read_keypoints, save_keypoints2d
+from dimo.data.manifest import MANIFEST_NAME, ClipRecord, Problem, parse_record, write_manifest
+from dimo.data.video import VideoError, inspect_video, transcode_upright, write_video
+from dimo.safe_io import atomic_path, atomic_write_text
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "ImportError_",
+    "ImportReport",
+    "VLMCaptioner",
+    "import_multiview",
+    "import_mvhumannet",
+    "import_videos",
+]
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FixMode = Literal["auto", "never"]
+
+
+class ImportError_(ValueError):  # noqa: N801 - ``ImportError`` is a builtin
+    """The input as a whole cannot be imported (missing folder, unreadable calibration, ...)."""
+
+
+@dataclass
+class ImportReport:
+    out: Path
+    records: list[ClipRecord] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (clip id, note)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "clips": [r.id for r in self.records],
+            "skipped": [{"input": i, "reason": r} for i, r in self.skipped],
+            "notes": [{"clip": c, "note": n} for c, n in self.notes],
+        }
+
+    def write(self) -> Path:
+        write_manifest(self.out, self.records)
+        return atomic_write_text(self.out / "import_report.json", json.dumps(self.to_json(), indent=1) + "\n")
+
+
+def _clip_id(rel: Path) -> str:
+    text = "__".join(rel.with_suffix("").parts)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "clip"
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    from dimo.safe_io import check_new_output
+
+    if (out / MANIFEST_NAME).exists() and not overwrite:
+        raise ImportError_(f"{out} already has {MANIFEST_NAME}; pass --overwrite to replace it")
+    check_new_output(out, overwrite=True, what="dataset folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _place_video(src: Path, dst_stem: Path, fix: FixMode) -> tuple[Path, Any, list[str]]:
+    """Copy (or re-encode) ``src`` next to ``dst_stem`` -> (path written, facts, notes)."""
+
+    facts = inspect_video(src)
+    if facts.num_frames == 0:
+        raise VideoError(f"{src}: no frames decoded")
+    reasons = []
+    if facts.rotation:
+        reasons.append(f"display rotation {facts.rotation:g} degrees")
+    if facts.index_problem:
+        reasons.append(f"variable frame rate (timestamp gaps vary {facts.interval_spread:.2f}x)")
+    if facts.height % 2 or facts.width % 2:
+        reasons.append(f"odd size {facts.width}x{facts.height}")
+    if reasons and fix == "never":
+        raise VideoError(f"{src}: {', '.join(reasons)}; not imported (--fix never)")
+    if reasons:
+        dst = dst_stem.with_suffix(".mp4")
+        facts = transcode_upright(src, dst)
+        return dst, facts, [f"re-encoded ({'; '.join(reasons)}): every decoded frame at {facts.fps:.3f} fps"]
+    dst = dst_stem.with_suffix(src.suffix.lower())
+    with atomic_path(dst, suffix=dst.suffix) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst, facts, []
+
+
+def _read_text(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    text = " ".join(path.read_text(encoding="utf-8", errors="replace").split())
+    return text or None
+
+
+# ---- camera prompts from a local VLM --------------------------------------------------------------
+CAPTION_INSTRUCTION = (
+    "Describe only the camera in this video of a person, in exactly this form: "
+    '"<view>. The camera <motion>." where <view> is the side of the person the camera sees at the '
+    "start (Front view, Back view, Left side view, Front-left view, ...) and <motion> is how the "
+    "camera moves (remains static, pans 20 degrees to the left, orbits around the subject, dollies in "
+    "toward the subject, zooms in, is handheld with slight shaking, ...)."
+)
+
+
+class VLMCaptioner:
+    """Camera prompts from a local vision-language model folder (Qwen2.5-VL style) via ``transformers``.
+
+    Loaded with ``local_files_only=True`` (nothing is downloaded); ``num_frames`` frames spread over
+    the clip are given as a video. The first sentence pair of the answer is kept.
+    """
+
+    def __init__(self, folder: str | os.PathLike, num_frames: int = 8, max_new_tokens: int = 48) -> None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ImportError_(
+                f"captioner folder {folder} not found (a local vision-language model folder such as "
+                "Qwen2.5-VL-7B-Instruct with config.json and weights; nothing is downloaded)"
+            )
+        if not (folder / "config.json").is_file():
+            raise ImportError_(f"captioner folder {folder} has no config.json: not a transformers model folder")
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        try:
+            self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            self.model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True).eval()
+        except (OSError, ValueError, KeyError) as err:
+            raise ImportError_(f"captioner folder {folder} could not be loaded by transformers: {err}") from None
+        self.num_frames, self.max_new_tokens = num_frames, max_new_tokens
+
+    def __call__(self, video: Path, num_frames: int) -> str:
+        import torch
+
+        from dimo.data.video import read_frames
+
+        idx = np.unique(np.linspace(0, num_frames - 1, min(self.num_frames, num_frames)).round().astype(int))
+        frames = read_frames(video, idx.tolist())  # (N, H, W, 3) uint8
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = self.processor(text=[text], videos=[list(frames)], return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        answer = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+        return clean_prompt(answer)
+
+
+def clean_prompt(answer: str) -> str:
+    """A VLM answer -> ``"<view>. The camera <motion>."`` (quotes, extra sentences dropped)."""
+
+    text = " ".join(answer.replace('"', " ").split())
+    m = re.search(r"([A-Z][^.!?]*view)\.\s*(The camera [^.]*\.)", text)
+    return f"{m.group(1)}. {m.group(2)}" if m else text
+
+
+# ---- videos ---------------------------------------------------------------------------------------
+def _sidecar(video: Path, names: tuple[str, ...]) -> Path | None:
+    for name in names:
+        p = video.with_name(video.stem + name)
+        if p.exists():
+            return p
+    return None
+
+
+def import_videos(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    prompt_default: str | None = None,
+    captioner: Callable[[Path, int], str] | None = None,
+    labels: str = "pseudo",
+    model_dir: str | os.PathLike | None = None,
+    fix: FixMode = "auto",
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> ImportReport:
+    """A folder of single-view videos (+ optional sidecars) -> ``internet`` clips (``docs/data.md``)."""
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise ImportError_(f"video folder {src} does not exist")
+    videos = sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    if not videos:
+        raise ImportError_(f"no videos ({', '.join(VIDEO_SUFFIXES)}) under {src}")
+    _prepare_out(out, overwrite)
+    report = ImportReport(out)
+    seen: set[str] = set()
+    for video in videos:
+        rel = video.relative_to(src)
+        clip_id = _clip_id(rel)
+        if clip_id in seen:
+            report.skipped.append((str(rel), f"clip id {clip_id!r} already used by another video"))
+            continue
+        seen.add(clip_id)
+        try:
+            rec, notes = _import_one_video(video, out, clip_id, prompt_default, captioner, labels, model_dir, fix)
+        except (VideoError, EstimatorError, KeypointError, ImportError_, OSError) as err:
+            report.skipped.append((str(rel), str(err)))
+            log(f"skipped {rel}: {err}")
+            continue
+        _accept(report, rec, notes, str(rel), log)
+    report.write()
+    return report
+
+
+def _accept(report: ImportReport, rec: ClipRecord, notes: list[str], label: str, log) -> None:
+    from dimo.data.validate import validate_record
+
+    problems: list[Problem] = validate_record(rec, decode=True)
+    for n in notes:
+        report.notes.append((rec.id, n))
+    if problems:
+        reason = "; ".join(f"{p.part}: {p.reason}" for p in problems)
+        report.skipped.append((label, f"imported as {rec.id} but failed validation: {reason}"))
+        log(f"skipped {label}: {reason}")
+        return
+    report.records.append(rec)
+    log(f"imported {label} -> {rec.id}" + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def _import_one_video(video, out, clip_id, prompt_default, captioner, labels, model_dir, fix):
+    clip_dir = out / "clips" / clip_id
+    placed, facts, notes = _place_video(video, clip_dir / "view_00", fix)
+    T, H, W = facts.num_frames, facts.height, facts.width
+    view: dict[str, Any] = {"video": placed.relative_to(out).as_posix(), "name": "camera"}
+    prompt_file = _sidecar(video, (".prompt.txt",))
+    prompt = _read_text(prompt_file) if prompt_file else None
+    if prompt is None and prompt_default:
+        prompt = prompt_default
+    if prompt is None and captioner is not None:
+        prompt = captioner(placed, T)
+        notes.append("camera prompt from the captioner")
+    if prompt is None:
+        notes.append("no camera prompt (no .prompt.txt sidecar, --prompt or --captioner)")
+    view["camera_prompt"] = prompt or ""
+    record: dict[str, Any] = {"id": clip_id, "source": "internet", "fps": facts.fps, "num_frames": T,
+                              "height": H, "width": W, "views": [view]}  # fmt: skip
+    caption = _read_text(_sidecar(video, (".caption.txt",)) or Path("/nonexistent"))
+    if caption:
+        record["caption"] = caption
+    motion_file = _sidecar(video, (".smplx.npz", ".smplx.json", ".motion.npz", ".motion.json", ".smplx.pkl"))
+    if motion_file is not None:
+        conv = convert_estimator_motion(read_array_file(motion_file), T, (H, W), labels, model_dir)
+        save_motion(clip_dir / "motion.npz", conv.arrays)
+        record["motion"] = {"file": f"clips/{clip_id}/motion.npz", "body": conv.body, "hands": conv.hands,
+                            "joints3d": conv.joints3d}  # fmt: skip
+        notes += [f"motion: {n}" for n in conv.notes]
+        if conv.K is not None:
+            view["K"] = conv.K.tolist()
+            view["R"] = np.eye(3).tolist()
+            view["t"] = [0.0, 0.0, 0.0]
+    kp_src = _sidecar(video, (".keypoints.json", ".openpose", ".coco_wholebody.json", ".dwpose.json"))
+    if kp_src is not None:
+        kp, sc = read_keypoints(kp_src, T)
+        save_keypoints2d(clip_dir / "keypoints2d_00.npz", kp, sc)
+        view["keypoints2d"] = f"clips/{clip_id}/keypoints2d_00.npz"
+        detected = float((sc[:, :17].max(axis=1) > 0).mean())
+        notes.append(f"2D keypoints from {kp_src.name}: body found in {detected:.0%} of frames")
+    return parse_record(record, out), notes
+
+
+# ---- multi-view captures --------------------------------------------------------------------------
+UNITS = {"m": 1.0, "cm": 0.01, "mm": 0.001}
+
+
+def _camera_from_json(name: str, cam: dict, convention: str, scale: float) -> dict[str, Any]:
+    """One camera entry -> world-to-camera K (3,3), R (3,3)|(T,3,3), t (3,)|(T,3) in metres."""
+
+    if not isinstance(cam, dict) or "K" not in cam:
+        raise ImportError_(f"camera {name!r}: needs 'K' and 'R' + 't' (or 'RT' / 'matrix')")
+    K = np.asarray(cam["K"], dtype=np.float64)
+    if "RT" in cam or "matrix" in cam:
+        M = np.asarray(cam.get("RT", cam.get("matrix")), dtype=np.float64)
+        if M.shape[-2:] not in ((3, 4), (4, 4)):
+            raise ImportError_(f"camera {name!r}: RT must be 3x4 or 4x4, got {M.shape}")
+        R, t = M[..., :3, :3], M[..., :3, 3]
+    else:
+        R, t = np.asarray(cam["R"], dtype=np.float64), np.asarray(cam["t"], dtype=np.float64)
+    t = t.reshape(*R.shape[:-2], 3) * scale
+    if not (np.isfinite(K).all() and np.isfinite(R).all() and np.isfinite(t).all()):
+        raise ImportError_(f"camera {name!r} has non-finite values")
+    if convention == "camera_to_world":  # R, t place the camera in the world: invert
+        Rw = np.swapaxes(R, -1, -2)
+        R, t = Rw, -np.einsum("...ij,...j->...i", Rw, t)
+    dist = np.asarray(cam.get("dist", []), dtype=np.float64).reshape(-1)
+    return {"K": K, "R": R, "t": t, "dist": dist}
+
+
+def _rig_up(Rs: list[np.ndarray]) -> np.ndarray:
+    """World 'up' as the cameras see it: minus the mean camera y axis (OpenCV y points down)."""
+
+    ys = np.stack([np.asarray(R).reshape(-1, 3, 3)[0, 1] for R in Rs])
+    up = -ys.mean(0)
+    return up / max(np.linalg.norm(up), 1e-9)
+
+
+def _rig_center(Rs, ts) -> np.ndarray:
+    """The point nearest to every camera's optical axis (least squares): where the subject stands."""
+
+    A, b = np.zeros((3, 3)), np.zeros(3)
+    for R, t in zip(Rs, ts):
+        R0, t0 = np.asarray(R).reshape(-1, 3, 3)[0], np.asarray(t).reshape(-1, 3)[0]
+        c, d = -R0.T @ t0, R0[2]
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ c
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def _static_prompts(cams: dict[str, dict], joints: np.ndarray | None) -> dict[str, str]:
+    """"<view>. The camera remains static." per camera, the view named around the subject."""
+
+    import torch
+
+    from dimo.geometry.cameras import view_name
+
+    names = list(cams)
+    Rs, ts = [cams[n]["R"] for n in names], [cams[n]["t"] for n in names]
+    up = _rig_up(Rs)
+    if joints is not None:
+        subject = joints[0, 0]
+        left = joints[0, 1] - joints[0, 2]  # left hip - right hip
+        facing = np.cross(left, up)  # left x up = forward (y up, x = subject left, z forward)
+    else:
+        subject = _rig_center(Rs, ts)
+        R0, t0 = np.asarray(Rs[0]).reshape(-1, 3, 3)[0], np.asarray(ts[0]).reshape(-1, 3)[0]
+        facing = -R0.T @ t0 - subject  # facing the first camera
+    facing = facing - up * (facing @ up)
+    # a world frame with y = up for view_name (it assumes y up)
+    y = up
+    z = facing / max(np.linalg.norm(facing), 1e-9)
+    x = np.cross(y, z)
+    B = np.stack([x, y, z])  # rows: new axes in old coordinates
+    out = {}
+    for n in names:
+        R0, t0 = np.asarray(cams[n]["R"]).reshape(-1, 3, 3)[0], np.asarray(cams[n]["t"]).reshape(-1, 3)[0]
+        eye = B @ (-R0.T @ t0 - subject)
+        view = view_name(torch.tensor(eye, dtype=torch.float32), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0))
+        out[n] = f"{view}. The camera remains static."
+    return out
+
+
+def _frames_from_images(folder: Path, dst: Path, fps: float) -> Path:
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ImportError_(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+
+    def frames():
+        size = None
+        for f in files:
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert("RGB"))
+            if size is None:
+                size = arr.shape
+            elif arr.shape != size:
+                raise ImportError_(f"{f}: image size {arr.shape[:2]} differs from the first {size[:2]}")
+            yield arr[: arr.shape[0] // 2 * 2, : arr.shape[1] // 2 * 2]
+
+    return write_video(dst, frames(), fps)
+
+
+def _sequence_dirs(src: Path, marker: str) -> list[Path]:
+    if (src / marker).is_file():
+        return [src]
+    return sorted(p.parent for p in src.glob(f"*/{marker}"))
+
+
+def import_multiview(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    convention: Literal["world_to_camera", "camera_to_world"] | None = None,
+    source: Literal["multiview", "ue5"] = "multiview",
+    fps: float | None = None,
+    labels: str = "gt",
+    model_dir: str | os.PathLike | None = None,
+    fix: FixMode = "auto",
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> ImportReport:
+    """Calibrated captures in the generic layout (``docs/data.md``) -> ``multiview`` clips.
+
+    ``convention`` overrides the one declared in ``cameras.json`` (one of them is required).
+    """
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise ImportError_(f"capture folder {src} does not exist")
+    seqs = _sequence_dirs(src, "cameras.json")
+    if not seqs:
+        raise ImportError_(f"no cameras.json in {src} or its subfolders (layout: docs/data.md)")
+    _prepare_out(out, overwrite)
+    report = ImportReport(out)
+    for seq in seqs:
+        clip_id = _clip_id(seq.relative_to(src)) if seq != src else _clip_id(Path(src.name))
+        try:
+            rec, notes = _import_capture(seq, out, clip_id, convention, source, fps, labels, model_dir, fix)
+        except (VideoError, EstimatorError, ImportError_, OSError, ValueError) as err:
+            report.skipped.append((str(seq), str(err)))
+            log(f"skipped {seq}: {err}")
+            continue
+        _accept(report, rec, notes, str(seq), log)
+    report.write()
+    return report
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ImportError_(f"{path}: unreadable JSON ({err})") from None
+
+
+def _import_capture(seq, out, clip_id, convention, source, fps, labels, model_dir, fix):
+    spec = _load_json(seq / "cameras.json")
+    if not isinstance(spec, dict) or not isinstance(spec.get("cameras"), dict) or not spec["cameras"]:
+        raise ImportError_(f"{seq / 'cameras.json'}: needs a non-empty 'cameras' object")
+    conv = convention or spec.get("convention")
+    if conv not in ("world_to_camera", "camera_to_world"):
+        raise ImportError_(
+            f"{seq / 'cameras.json'}: declare \"convention\": \"world_to_camera\" or \"camera_to_world\" "
+            "(or pass --convention)"
+        )
+    units = spec.get("units", "m")
+    if units not in UNITS:
+        raise ImportError_(f"{seq / 'cameras.json'}: units must be one of {sorted(UNITS)}, got {units!r}")
+    cams = {n: _camera_from_json(n, c, conv, UNITS[units]) for n, c in spec["cameras"].items()}
+    return _write_capture(seq, out, clip_id, cams, source, fps or spec.get("fps"), labels, model_dir, fix,
+                          motion_file=_first(seq, ("motion.npz", "motion.json", "smplx.npz", "smplx.json")),
+                          prompts=_load_json(seq / "prompts.json") if (seq / "prompts.json").is_file() else {},
+                          media=lambda n: _first(seq / "videos", tuple(n + s for s in VIDEO_SUFFIXES))
+                          or _dir_or_none(seq / "images" / n))  # fmt: skip
+
+
+def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def _dir_or_none(p: Path) -> Path | None:
+    return p if p.is_dir() else None
+
+
+def _write_capture(seq, out, clip_id, cams, source, fps, labels, model_dir, fix, motion_file, prompts, media,
+                   frame_map=None, motion_arrays=None):  # fmt: skip
+    notes: list[str] = []
+    clip_dir = out / "clips" / clip_id
+    views, sizes, counts, rates = [], [], [], []
+    for i, (name, cam) in enumerate(cams.items()):
+        m = media(name)
+        if m is None:
+            notes.append(f"camera {name}: no video or image folder, left out")
+            continue
+        if m.is_dir():
+            if not fps:
+                raise ImportError_(f"{m}: image folders need a frame rate (\"fps\" in cameras.json or --fps)")
+            placed = _frames_from_images(m, clip_dir / f"view_{i:02d}.mp4", float(fps))
+            facts = inspect_video(placed)
+        else:
+            placed, facts, vnotes = _place_video(m, clip_dir / f"view_{i:02d}", fix)
+            notes += [f"camera {name}: {n}" for n in vnotes]
+        if cam["dist"].size and np.abs(cam["dist"]).max() > 1e-6:
+            notes.append(f"camera {name}: lens distortion {cam['dist'].round(4).tolist()} ignored (pinhole model)")
+        K = cam["K"]
+        if "image_scale" in cam:
+            K = K.copy()
+            K[..., :2, :] *= cam["image_scale"]
+        views.append({"video": placed.relative_to(out).as_posix(), "name": name, "K": K.tolist(),
+                      "R": cam["R"].tolist(), "t": cam["t"].tolist()})  # fmt: skip
+        sizes.append((facts.height, facts.width))
+        counts.append(facts.num_frames)
+        rates.append(facts.fps)
+    if len(views) < 2:
+        raise ImportError_(f"{seq}: fewer than 2 cameras with media")
+    if len(set(sizes)) != 1:
+        raise ImportError_(f"{seq}: views differ in size {sorted(set(sizes))}; dimo needs one size per clip")
+    T = min(counts)
+    if max(counts) != T:
+        notes.append(f"views have {min(counts)}..{max(counts)} frames: the first {T} are used")
+    joints = None
+    record: dict[str, Any] = {"id": clip_id, "source": source, "fps": float(fps or rates[0]), "num_frames": T,
+                              "height": sizes[0][0], "width": sizes[0][1], "views": views}  # fmt: skip
+    if motion_arrays is None and motion_file is not None:
+        motion_arrays = read_array_file(motion_file)
+    if motion_arrays is not None:
+        if "joints" in motion_arrays and "body_pose" not in motion_arrays and "poses" not in motion_arrays:
+            j = np.asarray(motion_arrays["joints"], dtype=np.float32)
+            if j.shape != (T, 55, 3):
+                raise EstimatorError(f"joints has shape {j.shape}, expected ({T}, 55, 3)")
+            arrays, flags = {"joints": j}, {"body": "missing", "hands": "missing", "joints3d": labels}
+        else:
+            conv = convert_estimator_motion(motion_arrays, T, sizes[0], labels, model_dir)
+            if conv.K is not None:
+                raise EstimatorError("a multi-view motion must be in world coordinates (no focal length)")
+            arrays, flags = conv.arrays, {"body": conv.body, "hands": conv.hands, "joints3d": conv.joints3d}
+            notes += [f"motion: {n}" for n in conv.notes]
+        save_motion(clip_dir / "motion.npz", arrays)
+        record["motion"] = {"file": f"clips/{clip_id}/motion.npz", **flags}
+        joints = arrays.get("joints")
+    names = [v["name"] for v in views]
+    auto = _static_prompts({n: cams[n] for n in names}, joints)
+    for v in views:
+        p = prompts.get(v["name"]) if isinstance(prompts, dict) else None
+        v["camera_prompt"] = p if isinstance(p, str) and p.strip() else auto[v["name"]]
+    if any(np.asarray(cams[n]["R"]).ndim == 3 for n in names):
+        notes.append("per-frame cameras: prompts say 'remains static' unless prompts.json gives them")
+    return parse_record(record, out), notes
+
+
+# ---- MVHumanNet (native layout) -------------------------------------------------------------------
+def _camera_scale(path: Path) -> float:
+    from dimo.safe_io import restricted_pickle_load
+
+    try:
+        value = restricted_pickle_load(path)
+        value = float(np.asarray(value).reshape(-1)[0])
+    except Exception as err:  # noqa: BLE001 - refused globals, corrupt pickles
+        raise ImportError_(f"{path}: cannot read the camera scale safely ({err}); pass --camera-scale") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ImportError_(f"{path}: camera scale must be a positive number, got {value}")
+    return value
+
+
+def import_mvhumannet(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    image_dir: str = "images_lr",
+    image_scale: float = 0.5,
+    fps: float = 5.0,
+    camera_scale: float | None = None,
+    max_frames: int | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> ImportReport:
+    """MVHumanNet outfit folders (their documented layout) -> ``multiview`` clips.
+
+    Per outfit ``SRC/<id>/``: ``camera_extrinsics.json`` (``{"<n>_<camera>.<ext>": {"rotation": 3x3,
+    "translation": [3]}}``, world-to-camera, translation in millimetres times ``camera_scale``),
+    ``camera_intrinsics.json`` (``{"intrinsics": 3x3}``, full-resolution pixels, shared by the
+    cameras), ``camera_scale.pkl`` (a float; read with a restricted unpickler that only admits
+    numbers), ``<image_dir>/<camera>/<frame>_img.jpg`` (half resolution: ``image_scale`` 0.5 is applied to
+    K), and optional EasyMocap-style SMPL-X fits ``smplx/smpl/<k:06d>.json`` (``Rh``, ``Th``,
+    ``poses``, ``shapes``) for image frame ``(k + 1) * 5``. Hand poses there are PCA coefficients:
+    hands are marked missing. Every image frame present in all cameras becomes a video frame at ``fps``.
+    """
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise ImportError_(f"MVHumanNet folder {src} does not exist")
+    seqs = _sequence_dirs(src, "camera_extrinsics.json")
+    if not seqs:
+        raise ImportError_(f"no camera_extrinsics.json in {src} or its subfolders (not an MVHumanNet layout)")
+    _prepare_out(out, overwrite)
+    report = ImportReport(out)
+    for seq in seqs:
+        clip_id = f"mvhumannet_{seq.name}"
+        try:
+            rec, notes = _import_mvh(seq, out, clip_id, image_dir, image_scale, fps, camera_scale, max_frames)
+        except (VideoError, EstimatorError, ImportError_, OSError, ValueError, KeyError) as err:
+            report.skipped.append((str(seq), f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err)))
+            log(f"skipped {seq}: {err}")
+            continue
+        _accept(report, rec, notes, str(seq), log)
+    report.write()
+    return report
+
+
+def _import_mvh(seq, out, clip_id, image_dir, image_scale, fps, camera_scale, max_frames):
+    extr = _load_json(seq / "camera_extrinsics.json")
+    intr = _load_json(seq / "camera_intrinsics.json")
+    scale = camera_scale if camera_scale is not None else _camera_scale(seq / "camera_scale.pkl")
+    K = np.asarray(intr["intrinsics"], dtype=np.float64)
+    images = seq / image_dir
+    if not images.is_dir():
+        raise ImportError_(f"{images}: image folder not found (--image-dir)")
+    cams: dict[str, dict] = {}
+    for key, value in sorted(extr.items()):
+        name = key.rsplit(".", 1)[0].split("_")[-1]
+        if not (images / name).is_dir():
+            continue
+        R = np.asarray(value["rotation"], dtype=np.float64)
+        t = np.asarray(value["translation"], dtype=np.float64).reshape(3) / 1000.0 * scale
+        cams[name] = {"K": K, "R": R, "t": t, "dist": np.zeros(0), "image_scale": image_scale}
+    if len(cams) < 2:
+        raise ImportError_(f"{seq}: fewer than 2 cameras with images in {images}")
+
+    def frame_no(p: Path) -> int | None:
+        m = re.match(r"(\d+)", p.name)
+        return int(m.group(1)) if m else None
+
+    per_cam = {n: {frame_no(p): p for p in (images / n).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} for n in cams}
+    common = sorted(set.intersection(*(set(k for k in d if k is not None) for d in per_cam.values())))
+    smpl_dir = seq / "smplx" / "smpl"
+    if smpl_dir.is_dir():  # keep the frames that have a fit: fit k <-> image frame (k + 1) * 5
+        fits = {(int(p.stem) + 1) * 5: p for p in smpl_dir.glob("*.json") if p.stem.isdigit()}
+        with_fit = [f for f in common if f in fits]
+        common = with_fit or common
+    if max_frames:
+        common = common[:max_frames]
+    if not common:
+        raise ImportError_(f"{seq}: no frame number present in every camera folder")
+    tmp_media = out / "clips" / clip_id / "_frames"
+    media: dict[str, Path] = {}
+    for n in cams:
+        d = tmp_media / n
+        d.mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(common):
+            target = d / f"{i:06d}{per_cam[n][f].suffix.lower()}"
+            if not target.exists():
+                os.link(per_cam[n][f], target) if _same_fs(per_cam[n][f], d) else shutil.copyfile(per_cam[n][f], target)
+        media[n] = d
+    motion = None
+    if smpl_dir.is_dir() and all(f in fits for f in common):
+        frames = [_load_json(fits[f]) for f in common]
+        people = [fr[0] if isinstance(fr, list) else fr for fr in frames]
+        motion = {k: np.stack([np.asarray(p[k], dtype=np.float64).reshape(-1) for p in people])
+                  for k in ("Rh", "Th", "poses", "shapes") if all(k in p for p in people)}  # fmt: skip
+        if "poses" in motion and motion["poses"].shape[1] >= 66:
+            body = motion.pop("poses")[:, 3:66]
+            motion["body_pose"] = body  # the rest (PCA hands, head) is not converted
+    try:
+        rec, notes = _write_capture(seq, out, clip_id, cams, "multiview", fps, "pseudo", None, "auto", None, {},
+                                    media.get, motion_arrays=motion)  # fmt: skip
+    finally:
+        shutil.rmtree(tmp_media, ignore_errors=True)
+    notes.append(f"{len(common)} frames at {fps:g} fps, camera scale {scale:g}")
+    if motion is not None:
+        notes.append("SMPL-X body from smplx/smpl (hands are PCA there: marked missing)")
+    return rec, notes
+
+
+def _same_fs(a: Path, folder: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(folder).st_dev
+    except OSError:
+        return False
