@@ -422,3 +422,51 @@ def test_validate_catches_variable_frame_rate_and_rotation_separately(tmp_path):
         probe(rot)  # without decoding the whole file too
     cfr = _write(tmp_path / "cfr.mp4", _frames(9, 32, 32))
     assert inspect_video(cfr).index_problem is None and probe(cfr, count=True).num_frames == 9
+
+
+def test_preview_draws_keypoints_and_bone_maps_over_the_frames(videos_src, toy_root, tmp_path):
+    from PIL import Image
+
+    from dimo.cli import main
+    from dimo.data.importers import import_multiview, import_videos
+    from dimo.data.keypoints import load_keypoints2d
+    from dimo.data.preview import KEYPOINT_COLOUR, clip_overlay, overlay_frame
+    from dimo.data.video import read_frames
+
+    out = import_videos(videos_src["src"], tmp_path / "v").out
+    rec = next(r for r in load_manifest(out)[0] if r.id == "a")
+    frame = read_frames(rec.path(rec.views[0].video), [0])[0]
+    kp, sc = load_keypoints2d(rec.path(rec.views[0].keypoints2d), T)
+    drawn = overlay_frame(frame, keypoints=kp[0], scores=sc[0])
+    x, y = np.floor(kp[0, 40]).astype(int)  # a face keypoint: drawn as a point exactly there
+    assert tuple(drawn[y, x]) == KEYPOINT_COLOUR
+    assert (drawn != frame).any(axis=-1).sum() > 50  # the skeleton lines
+
+    made = _capture(toy_root, tmp_path / "cap", "world_to_camera")
+    mv = import_multiview(tmp_path / "cap", tmp_path / "mv").records[0]
+    img = clip_overlay(mv, max_frames=2, max_views=2)  # (3, 2 * 32 + 2, 2 * 32 + 2)
+    assert img.shape == (3, 66, 66)
+    raw = read_frames(mv.path(mv.views[0].video), [0])[0].astype(np.float32) / 255
+    tile = img[:, :32, :32].permute(1, 2, 0).numpy()
+    changed = np.abs(tile - raw).max(-1) > 0.05
+    # bone maps and joints are drawn where the person is: the changed pixels cover the rendered body
+    from dimo.data.preview import bone_maps_raw
+
+    K, R, t = (
+        torch.from_numpy(np.ascontiguousarray(a[[0]])).float() for a in mv.views[0].cameras(mv.num_frames)
+    )
+    _, mask = bone_maps_raw(torch.from_numpy(made["motion"]["joints"][[0]]), K, R, t, 32, 32)
+    assert mask[0].sum() > 10 and changed[mask[0]].mean() > 0.9 and changed[~mask[0]].mean() < 0.2
+    assert (
+        main_code(
+            main, ["data", "preview", str(tmp_path / "mv"), "--clips", "1", "--out", str(tmp_path / "p.png")]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "p.png").size == (4 * 34 - 2, 4 * 34 - 2)  # 4 views x 4 frames of 32 px
+
+
+def main_code(main, argv) -> int:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    return e.value.code

@@ -71,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--task", choices=("3dimo", "hvg"), default="3dimo")
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--cross-view", type=float, default=0.5)
+    pr.add_argument(
+        "--clip", action="append", default=None, help="draw labels over this clip's frames (repeatable)"
+    )
+    pr.add_argument(
+        "--clips", type=int, default=None, help="draw labels over the frames of the first N clips"
+    )
+    pr.add_argument("--frames", type=int, default=4, help="frames per view in clip overlays")
     return p
 
 
@@ -162,7 +169,43 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if report.records else 1
 
 
+def _preview_clips(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data.manifest import load_manifest
+    from dimo.data.preview import _stack, clip_overlay, save_png
+
+    try:
+        records, _ = load_manifest(args.root)
+    except OSError as err:
+        return fail(err)
+    by_id = {r.id: r for r in records}
+    if args.clip:
+        unknown = [c for c in args.clip if c not in by_id]
+        if unknown:
+            return fail(ValueError(f"no clip {unknown[0]!r} in {args.root / 'manifest.jsonl'}"))
+        chosen = [by_id[c] for c in args.clip]
+    else:
+        chosen = records[: args.clips]
+    images, failed = [], []
+    for rec in chosen:
+        try:
+            images.append(clip_overlay(rec, max_frames=args.frames))
+        except Exception as err:  # noqa: BLE001 - a broken clip is reported, the others drawn
+            failed.append(f"{rec.id}: {err}")
+    for line in failed:
+        print(f"could not draw {line}")
+    if not images:
+        return fail(ValueError(f"no clip could be drawn ({failed[0] if failed else 'none chosen'})"))
+    path = save_png(_stack(images), args.out, scale=1)
+    print(
+        f"wrote {path}: {len(images)} clip(s); green = 2D keypoints, red = projected 3D joints, tint = bone normals"
+    )
+    return 0 if not failed else 1
+
+
 def _preview(args: argparse.Namespace) -> int:
+    if args.clip or args.clips:
+        return _preview_clips(args)
     from dimo.data.augment import AugmentConfig
     from dimo.data.datamodule import ViewRichDataModule
     from dimo.data.preview import batch_grid, save_png
