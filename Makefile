@@ -6,6 +6,7 @@ VENV ?= .venv
 # CUDA users: `make setup TORCH="torch==2.13.0 --index-url ..."` or another pin. Torch is installed
 # in the same pip command as everything else so pip never swaps in a different torch build.
 TORCH ?= torch==2.13.0
+LITDATA ?= litdata==0.2.76
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dimo-setup-stamp
 PYTEST_ARGS ?=
@@ -17,7 +18,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" -e ".[dev]"
+	$(PY) -m pip install -q "$(TORCH)" -e ".[dev,streaming]"
+	# litdata (streaming shards) without its torchvision requirement: its other dependencies are the
+	# [streaming] extra above; torchvision has no CPU build here and would break transformers' imports
+	$(PY) -m pip install -q --no-deps "$(LITDATA)"
 	touch $(STAMP)
 
 test: setup

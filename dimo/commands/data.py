@@ -6,6 +6,8 @@
   problems; exit status 1 when there are problems;
 * ``import videos|multiview|mvhumannet SRC --out ROOT`` converts your own data (layouts in
   ``docs/data.md``), validates every clip it writes and reports what it could not use;
+* ``optimize ROOT --out DIR_OR_URL [--task --num-frames --size ...]`` writes litdata streaming shards
+  of decoded sample windows (``dimo.data.shards``) that the DataModule reads with ``shards:``;
 * ``preview ROOT --out grid.png [--task 3dimo|hvg]`` writes the grid the DataModule logs to TensorBoard;
   ``--clips N`` / ``--clip ID`` instead draw 2D keypoints and bone maps over the frames of clips.
 """
@@ -65,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="label flag of imported motion")  # fmt: skip
         q.add_argument("--fix", choices=("auto", "never"), default="auto",
                        help="re-encode VFR/rotated/odd-size videos (auto) or report them (never)")  # fmt: skip
+    op = sub.add_parser("optimize", help="write litdata streaming shards of decoded sample windows")
+    op.add_argument("root", type=Path, nargs="+", help="dataset root(s) with manifest.jsonl")
+    op.add_argument("--out", required=True, help="output folder or object-store URL (s3://...)")
+    op.add_argument("--task", choices=("3dimo", "hvg"), default="3dimo")
+    op.add_argument("--num-frames", type=int, default=16)
+    op.add_argument("--frame-stride", type=int, default=1)
+    op.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(256, 256))
+    op.add_argument("--crop", choices=("center", "resize"), default="center")
+    op.add_argument("--num-views", type=int, default=4, help="HVG views per sample")
+    op.add_argument(
+        "--window-step", type=int, default=None, help="frames between window starts (default: span)"
+    )
+    op.add_argument("--workers", type=int, default=1)
+    op.add_argument("--chunk-bytes", default="64MB")
+    op.add_argument("--overwrite", action="store_true")
     pr = sub.add_parser("preview", help="write a PNG grid of one batch")
     pr.add_argument("root", type=Path)
     pr.add_argument("--out", type=Path, default=Path("runs/data_preview.png"))
@@ -169,6 +186,33 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if report.records else 1
 
 
+def _optimize(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data.dataset import SampleSpec
+    from dimo.data.shards import ShardError, optimize_root
+
+    if min(args.num_frames, args.frame_stride, *args.size, args.num_views, args.workers) < 1:
+        return fail(
+            ValueError("--num-frames, --frame-stride, --size, --num-views and --workers must be >= 1")
+        )
+    spec = SampleSpec(args.task, args.num_frames, args.frame_stride, args.size[0], args.size[1],
+                      args.num_views, args.crop)  # fmt: skip
+    start = time.perf_counter()
+    try:
+        summary = optimize_root(args.root, args.out, spec, args.window_step, args.workers, args.chunk_bytes,
+                                args.overwrite)  # fmt: skip
+    except (ShardError, OSError, ValueError) as err:
+        return fail(err)
+    for clip, reason in summary["skipped"]:
+        print(f"not used: {clip}: {reason}")
+    for source, row in summary["sources"].items():
+        print(f"{source}: {row['clips']} clips, {row['items']} windows")
+    print(
+        f"wrote shards to {args.out} in {time.perf_counter() - start:.1f} s; train with --data.init_args.shards={args.out}"
+    )
+    return 0
+
+
 def _preview_clips(args: argparse.Namespace) -> int:
     from dimo.commands import fail
     from dimo.data.manifest import load_manifest
@@ -229,5 +273,11 @@ def _preview(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    commands = {"synth": _synth, "import": _import, "validate": _validate, "preview": _preview}
+    commands = {
+        "synth": _synth,
+        "import": _import,
+        "validate": _validate,
+        "preview": _preview,
+        "optimize": _optimize,
+    }
     return commands[args.cmd](args)

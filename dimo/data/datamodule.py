@@ -85,6 +85,10 @@ class ViewRichDataModule(LightningDataModule):
         synth: the toy dataset's settings when it is built here.
         log_preview: write a grid of the first training batch to TensorBoard.
         max_retries: bad clips tolerated per sample before giving up on that sample.
+        shards: read decoded windows from ``litdata`` streaming shards (a local folder or an
+            object-store URL written by ``python -m dimo.cli data optimize``) instead of ``root``'s
+            videos; their spec must match this DataModule's (``dimo.data.shards``).
+        shard_cache: where litdata caches remote chunks (default: its own cache folder).
     """
 
     def __init__(
@@ -113,6 +117,8 @@ class ViewRichDataModule(LightningDataModule):
         synth: SynthConfig | None = None,
         log_preview: bool = True,
         max_retries: int = 8,
+        shards: str | None = None,
+        shard_cache: str | None = None,
     ) -> None:
         super().__init__()
         if num_frames < 1 or frame_stride < 1 or height < 1 or width < 1:
@@ -141,6 +147,7 @@ class ViewRichDataModule(LightningDataModule):
         self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
         self.synthesize_if_missing, self.synth = synthesize_if_missing, synth or SynthConfig()
         self.log_preview, self.max_retries = log_preview, max_retries
+        self.shards, self.shard_cache = shards, shard_cache
         if weights is None:
             weights = {"multiview": 1.0} if task == "hvg" else {s: 1.0 for s in SOURCES}
         self._seed = seed
@@ -202,6 +209,8 @@ class ViewRichDataModule(LightningDataModule):
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     def prepare_data(self) -> None:
+        if self.shards is not None:
+            return  # the shards are the data; the roots are not read
         for root in self.roots[1:]:
             if not (root / MANIFEST_NAME).is_file():
                 raise FileNotFoundError(f"data root {root} (extra_roots) has no {MANIFEST_NAME}")
@@ -229,7 +238,11 @@ class ViewRichDataModule(LightningDataModule):
         pools: dict[str, list[ClipRecord]] = {s: [] for s in SOURCES}
         problems: list[Problem] = []
         ineligible = 0
-        for root in self.roots:
+        if self.shards is not None:
+            from dimo.data.shards import shard_pools
+
+            pools, problems = shard_pools(self.shards, self.spec, self.shard_cache)
+        for root in self.roots if self.shards is None else []:
             records, bad = load_manifest(root)
             problems += bad
             for rec in records:
@@ -244,7 +257,8 @@ class ViewRichDataModule(LightningDataModule):
         for p in problems:
             log.warning("skipping %s (%s): %s", p.clip_id, p.part, p.reason)
         if not any(pools.values()):
-            raise RuntimeError(f"no usable clips in {[str(r) for r in self.roots]} ({len(problems)} skipped)")
+            where = self.shards if self.shards is not None else [str(r) for r in self.roots]
+            raise RuntimeError(f"no usable clips in {where} ({len(problems)} skipped)")
         counts = {s: len(v) for s, v in pools.items()}
         log.info(
             "clips per source: %s; broken (skipped): %d; not usable for task %r: %d",
@@ -281,7 +295,7 @@ class ViewRichDataModule(LightningDataModule):
         if self._train_set is None:
             self.setup("fit")
             augment = self.augment if self.task == "3dimo" else None
-            self._train_set = ClipDataset(self.pools, self.spec, augment, self.max_retries)
+            self._train_set = self._dataset(augment)
             if self.bad_clips:
                 self._seed_bad(self._train_set)
         return self._train_set
@@ -304,8 +318,14 @@ class ViewRichDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         self.setup("validate")  # no-op once set up; lets plain (Trainer-less) use work too
-        dataset = ClipDataset(self.pools, self.spec, None, self.max_retries)
-        return self._loader(_FixedKeys(dataset, self.val_keys()))
+        return self._loader(_FixedKeys(self._dataset(None), self.val_keys()))
+
+    def _dataset(self, augment: AugmentConfig | None) -> ClipDataset:
+        if self.shards is not None:
+            from dimo.data.shards import ShardDataset
+
+            return ShardDataset(self.shards, self.pools, self.spec, augment, self.max_retries, self.shard_cache)
+        return ClipDataset(self.pools, self.spec, augment, self.max_retries)
 
     # ---- per-batch bookkeeping -------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
