@@ -1,12 +1,16 @@
-"""Data pipeline throughput: ViewRichDataModule vs raw PyAV decoding of the very same frames.
+"""Data pipeline throughput at 256x256 x 16 frames: the DataModule (plain files and litdata shards)
+vs a plain PyAV decode loop over the very same frames.
 
 The DataModule's stream is deterministic, so the frames it decodes are known: one pass records every
-``read_frames`` call it makes (path, frame indices, size); the baseline replays exactly those calls
-in one process with nothing else (no sample assembly, motion loading, collation or workers). The
-DataModule is then timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent workers,
-warm: the first epoch is not timed). ``ratio`` = DataModule seconds / raw seconds for the same
-frames; the goal is <= 1.15 (under 15% overhead) at ``num_workers=2``. Augmentation is off in the
-timed rows (it is model-side work the raw decode does not do); one extra row shows its cost.
+``read_frames`` call it makes (path, frame indices, size); the baseline replays exactly those reads
+with a plain PyAV loop (open, seek to the keyframe, decode, convert to RGB at the sample size; not
+dimo's reader), in one process, with nothing else (no sample assembly, motion loading, collation or
+workers). The DataModule is timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent
+workers, warm: the first epoch is not timed), reading the videos and reading ``data optimize``
+shards of the same clips (decoded windows: no decoding at train time; same number of samples and
+frames). ``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``.
+Augmentation is off in the timed rows (model-side work the raw decode does not do); one extra row
+shows its cost. The data are toy humans rendered at 256x256, 24 frames, 2 clips per source.
 
 ``python benchmarks/bench_data.py [--profile cpu|gpu]`` prints the rows as JSON.
 """
@@ -14,32 +18,33 @@ timed rows (it is model-side work the raw decode does not do); one extra row sho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT_DEFAULT = Path("data/toy")
-
 
 def _dataset_root(tmp: Path) -> Path:
-    if (ROOT_DEFAULT / "manifest.jsonl").is_file():
-        return ROOT_DEFAULT
     from dimo.data.synth import SynthConfig, synthesize
 
-    root = tmp / "toy"
-    synthesize(root, SynthConfig())
+    root = tmp / "toy256"
+    cfg = SynthConfig(num_internet=2, num_ue5=2, num_multiview=2, num_frames=24, height=256, width=256,
+                      multiview_cameras=(3, 3), ue5_trajectories=(2, 2))  # fmt: skip
+    synthesize(root, cfg)
     return root
 
 
-def _make_dm(root: Path, workers: int, batches: int, augment: bool, cfg: dict):
+def _make_dm(root: Path, workers: int, batches: int, augment: bool, cfg: dict, shards: str | None = None):
     from dimo.data.augment import AugmentConfig
     from dimo.data.datamodule import ViewRichDataModule
 
     dm = ViewRichDataModule(
         root=root,
+        shards=shards,
         num_workers=workers,
         persistent_workers=True,
         batches_per_epoch=batches,
@@ -75,17 +80,53 @@ def _record_reads(root: Path, batches: int, cfg: dict) -> list[tuple]:
     return calls
 
 
-def _time_raw(calls: list[tuple]) -> float:
-    from dimo.data.video import read_frames
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
+
+def _plain_pyav(path, indices: list[int], size: tuple[int, int]) -> list:
+    """The baseline: a plain PyAV loop (seek to the keyframe, decode, RGB at the sample size)."""
+
+    import av
+
+    want, last = set(indices), indices[-1]
+    out = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps, tb, start = float(stream.average_rate), float(stream.time_base), stream.start_time or 0
+        if indices[0]:
+            container.seek(start + int(indices[0] / fps / tb), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            i = round((frame.pts - start) * tb * fps)
+            if i in want:
+                out.append(frame.reformat(width=size[1], height=size[0], format="rgb24").to_ndarray())
+            if i >= last:
+                break
+    return out
+
+
+def _time_raw(calls: list[tuple]) -> float:
     start = time.perf_counter()
-    for path, indices, size, mode in calls:
-        read_frames(path, indices, size, mode)
+    for path, indices, size, _mode in calls:
+        got = _plain_pyav(path, indices, size)
+        assert len(got) == len(indices), (path, indices)
     return time.perf_counter() - start
 
 
 def _time_dm(dm, warm_epochs: int = 1) -> float:
-    loader = dm.train_dataloader()
+    # one DataLoader per DataModule, reused: its persistent workers stay up between epochs as in training
+    loader = getattr(dm, "_bench_loader", None) or dm.train_dataloader()
+    dm._bench_loader = loader
     for _ in range(warm_epochs):  # start the (persistent) workers, fill caches
         for _ in loader:
             pass
@@ -100,29 +141,31 @@ def run(profile: str = "cpu") -> list[dict]:
 
     import torch
 
+    from dimo.data.dataset import SampleSpec
+    from dimo.data.shards import optimize_root
+
     if profile not in ("cpu", "gpu"):
         raise ValueError(f"profile must be 'cpu' or 'gpu', got {profile!r}")
     repeats = 3
-    batches = 12 if profile == "cpu" else 48
-    cfg = {
-        "task": "3dimo",
-        "num_frames": 8,
-        "frame_stride": 2,
-        "height": 64,
-        "width": 64,
-        "batch_size": 4,
-        "cross_view": 0.5,
-    }
+    batches = 6 if profile == "cpu" else 48
+    cfg = {"task": "3dimo", "num_frames": 16, "frame_stride": 1, "height": 256, "width": 256, "batch_size": 2,
+           "cross_view": 0.5}  # fmt: skip
     rows: list[dict] = []
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = _dataset_root(Path(tmp))
+        shards = str(Path(tmp) / "shards")
+        t0 = time.perf_counter()
+        with _stdout_to_stderr():  # litdata's progress lines would mix with the JSON rows
+            optimize_root([root], shards, SampleSpec("3dimo", 16, 1, 256, 256), num_workers=1)
+        optimize_s = time.perf_counter() - t0
         calls = _record_reads(root, batches, cfg)
         frames = sum(len(c[1]) for c in calls)
         samples = batches * cfg["batch_size"]
         setting = f"3dimo T={cfg['num_frames']} {cfg['height']}x{cfg['width']} B={cfg['batch_size']} x {batches} batches"
-        configs = ((0, False), (1, False), (2, False), (2, True))
-        dms = [_make_dm(root, w, batches, aug, cfg) for w, aug in configs]
+        configs = [(0, False, None), (1, False, None), (2, False, None), (2, True, None), (0, False, shards),
+                   (2, False, shards)]  # fmt: skip
+        dms = [_make_dm(root, w, batches, aug, cfg, sh) for w, aug, sh in configs]
         for dm in dms:  # start persistent workers, fill caches
             _time_dm(dm, warm_epochs=1)
         # interleave the measurements so load changes on a shared machine hit every row alike
@@ -133,12 +176,18 @@ def run(profile: str = "cpu") -> list[dict]:
                 times.append(_time_dm(dm, warm_epochs=0))
         raw = statistics.median(raw_s)
         rows.append(
-            dict(name="data/raw_pyav_decode", setting=f"{setting}, 1 process", value=frames / raw, unit="frames/s",
-                 median_s=raw, repeats=repeats, ratio=None, baseline=None, goal=None)
+            dict(name="data/raw_pyav_decode", setting=f"{setting}, plain PyAV loop, 1 process", value=frames / raw,
+                 unit="frames/s", median_s=raw, repeats=repeats, ratio=None, baseline=None, goal=None)
         )  # fmt: skip
-        for (workers, augment), times in zip(configs, dm_s):
+        rows.append(
+            dict(name="data/optimize_shards", setting=f"{setting}, data optimize of 6 clips (48 windows of 16 frames)",
+                 value=optimize_s, unit="s", median_s=optimize_s, repeats=1, ratio=None, baseline=None, goal=None)
+        )  # fmt: skip
+        for (workers, augment, sh), times in zip(configs, dm_s):
             secs = statistics.median(times)
-            tag = f"num_workers={workers}" + (", augment on" if augment else "")
+            tag = f"{'shards' if sh else 'files'}, num_workers={workers}" + (
+                ", augment on" if augment else ""
+            )
             goal = "<= 1.15" if workers == 2 and not augment else None
             common = dict(
                 median_s=secs, repeats=repeats, ratio=secs / raw, baseline="data/raw_pyav_decode", goal=goal
@@ -150,12 +199,14 @@ def run(profile: str = "cpu") -> list[dict]:
                 rows.append(
                     dict(name=name, setting=f"{setting}, {tag}", value=count / secs, unit=unit, **common)
                 )
-        # num_workers scaling (augmentation off): frames/s per worker count, drawn in the scaling plot
-        scaling = [(w, frames / statistics.median(t)) for (w, aug), t in zip(configs, dm_s) if not aug]
+        # num_workers scaling (files, augmentation off): frames/s per worker count, drawn in the scaling plot
+        scaling = [
+            (w, frames / statistics.median(t)) for (w, aug, sh), t in zip(configs, dm_s) if not aug and not sh
+        ]
         rows.append(
             dict(
                 name="data/datamodule_frames vs num_workers",
-                setting=f"{setting}, num_workers {[w for w, _ in scaling]}, {os.cpu_count()} cpus",
+                setting=f"{setting}, files, num_workers {[w for w, _ in scaling]}, {os.cpu_count()} cpus",
                 value=scaling[-1][1] / scaling[0][1],
                 unit="x speed-up at max workers",
                 curve={"x": [w for w, _ in scaling], "y": [f for _, f in scaling], "xlabel": "num_workers",

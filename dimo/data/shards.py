@@ -165,6 +165,21 @@ def optimize_root(
         if existing and not overwrite:
             raise ShardError(f"{out} already holds shards ({', '.join(existing)}); pass --overwrite to replace them")
     summary: dict[str, Any] = {"out": str(out), "spec": json.loads(spec_json(spec)), "sources": {}, "skipped": skipped}
+    import multiprocessing
+
+    # litdata.optimize sets the process-wide start method (to "spawn"); restore it afterwards so that
+    # DataLoader workers started later in this process keep forking (spawned workers re-import all)
+    previous = multiprocessing.get_start_method(allow_none=True)
+    try:
+        _optimize_sources(litdata, records, out, spec, step, num_workers, chunk_bytes, summary, skipped)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+    if not summary["sources"]:
+        raise ShardError(f"no usable clips for {spec_json(spec)} in {[str(r) for r in roots]}")
+    return summary
+
+
+def _optimize_sources(litdata, records, out, spec, step, num_workers, chunk_bytes, summary, skipped) -> None:
     for source in SOURCES:
         mine = [r for r in records if r.source == source]
         jobs = [(i, s) for i, r in enumerate(mine) for s in _windows(r, spec, step)]
@@ -182,9 +197,6 @@ def optimize_root(
         summary["sources"][source] = {"clips": len(mine), "windows": len(jobs), "items": n}
         if n < len(jobs):
             skipped.append((source, f"{len(jobs) - n} window(s) failed to load while optimizing (see the log)"))
-    if not summary["sources"]:
-        raise ShardError(f"no usable clips for {spec_json(spec)} in {[str(r) for r in roots]}")
-    return summary
 
 
 # ---- reading --------------------------------------------------------------------------------------
