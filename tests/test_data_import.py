@@ -470,3 +470,37 @@ def main_code(main, argv) -> int:
     with pytest.raises(SystemExit) as e:
         main(argv)
     return e.value.code
+
+
+def test_moving_cameras_need_their_prompts(toy_root, tmp_path):
+    """Rendered trajectories (ue5): per-frame cameras import as ue5 clips; a moving camera's prompt
+    must be given (dimo names static cameras only), never made up."""
+
+    from dimo.data.importers import import_multiview
+
+    rec = next(r for r in load_manifest(toy_root)[0] if r.source == "ue5")
+    take = tmp_path / "renders" / "shot1"
+    (take / "videos").mkdir(parents=True)
+    cams, prompts = {}, {}
+    for v in rec.views:
+        cams[v.name] = {
+            "K": np.asarray(v.K).tolist(),
+            "R": np.asarray(v.R).tolist(),
+            "t": np.asarray(v.t).tolist(),
+        }
+        prompts[v.name] = v.camera_prompt
+        shutil.copy(rec.path(v.video), take / "videos" / f"{v.name}.mp4")
+    (take / "cameras.json").write_text(json.dumps({"convention": "world_to_camera", "cameras": cams}))
+    np.savez(take / "motion.npz", joints=load_motion(rec)["joints"])
+    report = import_multiview(tmp_path / "renders", tmp_path / "out", source="ue5")
+    moving = [v.name for v in rec.views if v.name != "static"]
+    assert report.records == [] and f"camera {moving[0]} moves" in report.skipped[0][1]
+    (take / "prompts.json").write_text(json.dumps(prompts))
+    report = import_multiview(tmp_path / "renders", tmp_path / "out2", source="ue5")
+    (got,) = report.records
+    assert got.source == "ue5" and [v.camera_prompt for v in got.views] == [
+        v.camera_prompt for v in rec.views
+    ]
+    for mine, theirs in zip(got.views, rec.views):
+        np.testing.assert_allclose(mine.R, theirs.R, atol=1e-6)
+    assert validate_root(tmp_path / "out2").ok

@@ -524,10 +524,26 @@ def _write_capture(seq, out, clip_id, cams, source, fps, labels, model_dir, fix,
     auto = _static_prompts({n: cams[n] for n in names}, joints)
     for v in views:
         p = prompts.get(v["name"]) if isinstance(prompts, dict) else None
-        v["camera_prompt"] = p if isinstance(p, str) and p.strip() else auto[v["name"]]
-    if any(np.asarray(cams[n]["R"]).ndim == 3 for n in names):
-        notes.append("per-frame cameras: prompts say 'remains static' unless prompts.json gives them")
+        if isinstance(p, str) and p.strip():
+            v["camera_prompt"] = " ".join(p.split())
+        elif _moves(cams[v["name"]], T):
+            raise ImportError_(
+                f"{seq}: camera {v['name']} moves; give its prompt (\"<view>. The camera <motion>.\") in "
+                "prompts.json (dimo names static cameras only)"
+            )
+        else:
+            v["camera_prompt"] = auto[v["name"]]
     return parse_record(record, out), notes
+
+
+def _moves(cam: dict, T: int, tol_m: float = 1e-3, tol_deg: float = 0.1) -> bool:
+    """Whether a camera's per-frame extrinsics change over the clip's first ``T`` frames."""
+
+    R = np.asarray(cam["R"]).reshape(-1, 3, 3)[:T]
+    t = np.asarray(cam["t"]).reshape(-1, 3)[:T]
+    centres = -np.einsum("tji,tj->ti", R, t)  # -R^T t
+    cos = np.clip((np.einsum("tij,ij->t", R, R[0]) - 1) / 2, -1, 1)  # trace(R_t R_0^T)
+    return bool(np.abs(centres - centres[0]).max() > tol_m or np.degrees(np.arccos(cos)).max() > tol_deg)
 
 
 # ---- MVHumanNet (native layout) -------------------------------------------------------------------
