@@ -77,6 +77,8 @@ class HVGModule(LightningModule):
         gap_sigmas: the fixed noise levels of the conditioning-use gaps (``val/pose_gap``,
             ``val/reference_gap``, see :meth:`conditioning_losses`); empty: no gaps.
         pose_lr_mult: learning-rate multiplier of the pose modulator (its own parameter group).
+        gradient_checkpointing: recompute the UNet's resnets and spatial transformer blocks in backward
+            (:meth:`~dimo.models.hvg.network.HVGUNet.enable_gradient_checkpointing`; same gradients).
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class HVGModule(LightningModule):
         val_metric_batches: int = 1,
         gap_sigmas: Sequence[float] = (0.4, 2.0, 10.0),
         pose_lr_mult: float = 1.0,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
@@ -123,8 +126,12 @@ class HVGModule(LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.pretrained = pretrained
         self.unet = build_unet(self.net_config, pretrained)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
         self.vae = build_vae(self.net_config, pretrained).requires_grad_(False).eval()
         self.image_encoder = build_image_encoder(self.net_config, pretrained).requires_grad_(False).eval()
+        if not 0.0 <= cfg_drop_prob <= 1.0:
+            raise ValueError(f"cfg_drop_prob must be in [0, 1], got {cfg_drop_prob}")
         self.cfg_drop_prob, self.noise_aug_strength = cfg_drop_prob, noise_aug_strength
         self.fps, self.motion_bucket_id = fps, motion_bucket_id
         self.sample_steps, self.guidance_scale = sample_steps, guidance_scale

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -175,6 +176,30 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
             for name, block in _spatial_blocks(self, ("down_blocks", "mid_block")).items():
                 block.attn1.set_processor(ReferenceAttnProcessor(self._state, name))
 
+    # ---- gradient checkpointing -----------------------------------------------------------------
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
+        """diffusers' checkpointing of the UNet's resnets and spatial transformer blocks, with the
+        per-call state (views, frames, reference features, ...) restored while a block is recomputed.
+
+        The ReferenceNet (one frame per sample) is not checkpointed: its activations are ~1/(V*T) of
+        the UNet's, and its forward ends by an exception at the last captured feature.
+        """
+
+        super().enable_gradient_checkpointing(gradient_checkpointing_func or self._checkpoint)
+        if self.reference_net is not None:
+            for mod in self.reference_net.modules():
+                if hasattr(mod, "gradient_checkpointing"):
+                    mod.gradient_checkpointing = False
+
+    def _checkpoint(self, module: nn.Module, *args):
+        snap = self._state.snapshot()
+
+        def run(*inputs):
+            with self._state.restored(snap):
+                return module(*inputs)
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
     # ---- hooks: read the per-call state -------------------------------------------------------
     def _add_pose(self, _module, _args, out):
         res = self._state.pose_residual
@@ -255,7 +280,11 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
             if pose_maps is not None:
                 flat = {k: m.reshape(b * v * t, *m.shape[3:]).to(dtype) for k, m in pose_maps.items()}
                 state.pose_residual = self.pose_modulator(flat)  # (B*V*T, C0, h, w)
-            if self.reference_net is not None and reference_latent is not None and bool(keep_f.any()):
+            # While training, the ReferenceNet runs even when every sample of the call dropped its
+            # reference (CFG): the dropped samples mask its tokens out (exactly plain self-attention,
+            # zero gradient), but its parameters stay in the graph, so DDP never sees them unused.
+            run_ref = self.reference_net is not None and reference_latent is not None
+            if run_ref and (torch.is_grad_enabled() or bool(keep_f.any())):
                 ref_in = torch.cat([reference_latent.to(dtype), cond], dim=1)  # (B, 8, h, w)
                 state.reference_features = self.reference_net(ref_in, ctx, added_time_ids.to(dtype))
                 state.reference_keep = keep
