@@ -328,20 +328,42 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def weights_variant(folder: Path, stem: str, what: str) -> str | None:
+    """The variant to load from ``folder``: ``None`` for full-precision weights (``<stem>.safetensors``
+    or its sharded index), ``"fp16"`` when only ``<stem>.fp16.safetensors`` (or its sharded index) is
+    there; otherwise a one-line :class:`FileNotFoundError` naming the file that is missing."""
+
+    folder = _require(folder, what)
+    full = (f"{stem}.safetensors", f"{stem}.safetensors.index.json")
+    half = (f"{stem}.fp16.safetensors", f"{stem}.safetensors.index.fp16.json")
+    if any((folder / n).exists() for n in full):
+        return None
+    if any((folder / n).exists() for n in half):
+        return "fp16"
+    raise FileNotFoundError(
+        f"{what}: no {full[0]} (or {half[0]}, or a sharded index) in {folder} "
+        "(dimo never downloads weights; point to a complete local folder)"
+    )
+
+
 def read_unet_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """State dict of ``folder/unet`` (single or sharded safetensors, optionally the fp16 variant)."""
+    """State dict of ``folder/unet`` (single or sharded safetensors; full precision preferred, else the
+    fp16 variant), as float32."""
 
     from safetensors.torch import load_file
 
+    stem = "diffusion_pytorch_model"
     unet_dir = _require(Path(folder) / "unet", "SVD UNet folder")
-    index = sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors.index.json"))
-    if index:
-        shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+    variant = weights_variant(unet_dir, stem, "SVD UNet weights")
+    single = unet_dir / (f"{stem}.safetensors" if variant is None else f"{stem}.{variant}.safetensors")
+    index = unet_dir / (
+        f"{stem}.safetensors.index.json" if variant is None else f"{stem}.safetensors.index.{variant}.json"
+    )
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         files = [_require(unet_dir / s, "SVD UNet shard") for s in shards]
     else:
-        files = sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors"))[:1]
-        if not files:
-            raise FileNotFoundError(f"no diffusion_pytorch_model*.safetensors in {unet_dir}")
+        files = [single]
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update({k: v.float() for k, v in load_file(str(f)).items()})
@@ -381,7 +403,11 @@ def build_vae(hvg: HVGConfig, pretrained: str | Path | None = None) -> Autoencod
         return AutoencoderKLTemporalDecoder(**hvg.vae_kwargs())
     path = _require(Path(pretrained) / "vae", "SVD VAE folder")
     vae, info = AutoencoderKLTemporalDecoder.from_pretrained(
-        str(path), local_files_only=True, output_loading_info=True
+        str(path),
+        local_files_only=True,
+        output_loading_info=True,
+        variant=weights_variant(path, "diffusion_pytorch_model", "SVD VAE weights"),
+        torch_dtype=torch.float32,
     )
     _check_loading_info(path, info)
     return vae
@@ -394,7 +420,11 @@ def build_image_encoder(
         return CLIPVisionModelWithProjection(CLIPVisionConfig(**hvg.clip_kwargs()))
     path = _require(Path(pretrained) / "image_encoder", "CLIP image encoder folder")
     enc, info = CLIPVisionModelWithProjection.from_pretrained(
-        str(path), local_files_only=True, output_loading_info=True
+        str(path),
+        local_files_only=True,
+        output_loading_info=True,
+        variant=weights_variant(path, "model", "CLIP image encoder weights"),
+        dtype=torch.float32,
     )
     _check_loading_info(path, info)
     return enc
