@@ -162,3 +162,83 @@ def test_svd_xt_preset_counts_on_meta():
         net = HVGUNet(HVGConfig(preset="svd-xt"))
     assert count_parameters(net, exclude_hvg=True) == 1_524_623_082
     assert count_parameters(net) == 2_246_368_219
+
+
+def _batch2(seed: int = 0) -> dict:
+    """Two samples (the inputs of :func:`_inputs` and of another seed) stacked on the batch axis."""
+
+    a, b = _inputs(seed), _inputs(seed + 1)
+    out = {}
+    for k, va in a.items():
+        if isinstance(va, dict):
+            out[k] = {n: torch.cat([m, b[k][n]]) for n, m in va.items()}
+        elif k == "timestep":
+            out[k] = torch.tensor([0.3, 0.8])
+        else:
+            out[k] = torch.cat([va, b[k]])
+    return out
+
+
+def test_all_dropped_references_still_reach_every_reference_parameter():
+    """CFG dropout of every sample in a training call: the ReferenceNet still runs (so DDP sees no
+    unused parameter), its tokens are masked out (output == no reference), its gradient is zero."""
+
+    torch.manual_seed(0)
+    net = HVGUNet(HVGConfig())
+    _randomise(net, seed=3)
+    x = _batch2()
+    dropped = net(**x, reference_keep=torch.tensor([False, False]))
+    with torch.no_grad():
+        none = net(**dict(x, reference_latent=None, cond_latent=None, encoder_hidden_states=None))
+    torch.testing.assert_close(dropped, none, rtol=0, atol=1e-5)
+    dropped.square().mean().backward()
+    ref_params = {k: p for k, p in net.reference_net.named_parameters() if p.requires_grad}
+    assert len(ref_params) > 20
+    no_grad = [k for k, p in ref_params.items() if p.grad is None]
+    assert not no_grad, no_grad[:5]
+    assert all(float(p.grad.abs().max()) == 0.0 for p in ref_params.values())
+    # every trainable parameter of the whole network is reached (what DDP requires)
+    assert not [k for k, p in net.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    """Checkpointed blocks are recomputed in backward after the call cleared its per-call state
+    (views, frames, reference features): the state is restored there, so gradients are unchanged."""
+
+    torch.manual_seed(0)
+    net = HVGUNet(HVGConfig())
+    _randomise(net, seed=3)  # every zero-initialised HVG layer gets weight, so every path has a gradient
+    x = _batch2()
+    keep = torch.tensor([True, False])
+
+    def grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        net.zero_grad(set_to_none=True)
+        out = net(**x, reference_keep=keep)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        return out.detach(), {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
+
+    out_plain, g_plain = grads()
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    net.enable_gradient_checkpointing()
+    torch.utils.checkpoint.checkpoint = counting
+    try:
+        out_ckpt, g_ckpt = grads()
+    finally:
+        torch.utils.checkpoint.checkpoint = real
+    assert len(calls) >= 8  # resnets and spatial blocks of the UNet were checkpointed
+    assert not any(
+        m.gradient_checkpointing for m in net.reference_net.modules() if hasattr(m, "gradient_checkpointing")
+    )
+    torch.testing.assert_close(out_ckpt, out_plain, rtol=0, atol=0)
+    assert g_ckpt.keys() == g_plain.keys()
+    assert len(g_plain) > 100
+    for k in g_plain:
+        torch.testing.assert_close(g_ckpt[k], g_plain[k], rtol=1e-5, atol=1e-6, msg=k)
+    net.disable_gradient_checkpointing()
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in net.modules())

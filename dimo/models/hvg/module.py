@@ -41,6 +41,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.aggregation import SumMetric
 
 from dimo.diffusion.edm import EDM
+from dimo.models.attention import AttentionBackend, scope_attention_backend
 from dimo.models.hvg.conditioning import render_pose_maps
 from dimo.models.hvg.config import HVGConfig
 from dimo.models.hvg.network import build_image_encoder, build_unet, build_vae
@@ -77,6 +78,10 @@ class HVGModule(LightningModule):
         gap_sigmas: the fixed noise levels of the conditioning-use gaps (``val/pose_gap``,
             ``val/reference_gap``, see :meth:`conditioning_losses`); empty: no gaps.
         pose_lr_mult: learning-rate multiplier of the pose modulator (its own parameter group).
+        gradient_checkpointing: recompute the UNet's resnets and spatial transformer blocks in backward
+            (:meth:`~dimo.models.hvg.network.HVGUNet.enable_gradient_checkpointing`; same gradients).
+        attention_backend: SDPA backend of the UNet's attention (incl. view attention, ReferenceNet)
+            only; ``auto`` = PyTorch's choice (:mod:`dimo.models.attention`).
     """
 
     def __init__(
@@ -102,6 +107,8 @@ class HVGModule(LightningModule):
         val_metric_batches: int = 1,
         gap_sigmas: Sequence[float] = (0.4, 2.0, 10.0),
         pose_lr_mult: float = 1.0,
+        gradient_checkpointing: bool = False,
+        attention_backend: AttentionBackend = "auto",
     ) -> None:
         super().__init__()
         # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
@@ -123,8 +130,13 @@ class HVGModule(LightningModule):
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.pretrained = pretrained
         self.unet = build_unet(self.net_config, pretrained)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        scope_attention_backend([self.unet], attention_backend)  # not the frozen VAE / CLIP
         self.vae = build_vae(self.net_config, pretrained).requires_grad_(False).eval()
         self.image_encoder = build_image_encoder(self.net_config, pretrained).requires_grad_(False).eval()
+        if not 0.0 <= cfg_drop_prob <= 1.0:
+            raise ValueError(f"cfg_drop_prob must be in [0, 1], got {cfg_drop_prob}")
         self.cfg_drop_prob, self.noise_aug_strength = cfg_drop_prob, noise_aug_strength
         self.fps, self.motion_bucket_id = fps, motion_bucket_id
         self.sample_steps, self.guidance_scale = sample_steps, guidance_scale

@@ -17,12 +17,16 @@ All of them enter the pretrained UNet through narrow doors and start as no-ops w
 Per-call tensors (number of views, camera embedding, pose residual, reference features) travel
 through a shared :class:`ForwardState` that :class:`~dimo.models.hvg.network.HVGUNet` fills before
 calling diffusers' forward and clears afterwards (diffusers' SVD forward carries no extra kwargs).
+Gradient checkpointing snapshots the state with every checkpointed call and restores it while the
+call is recomputed in backward (:meth:`HVGUNet.enable_gradient_checkpointing`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -43,6 +47,22 @@ class ForwardState:
     def clear(self) -> None:
         self.camera_emb = self.pose_residual = self.reference_features = self.reference_keep = None
         self.num_views = self.num_frames = 1
+
+    def snapshot(self) -> ForwardState:
+        return ForwardState(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    @contextmanager
+    def restored(self, snap: ForwardState) -> Iterator[None]:
+        """Temporarily hold ``snap``'s values (activation recomputation runs after the call cleared them)."""
+
+        before = self.snapshot()
+        for f in fields(self):
+            setattr(self, f.name, getattr(snap, f.name))
+        try:
+            yield
+        finally:
+            for f in fields(self):
+                setattr(self, f.name, getattr(before, f.name))
 
 
 def zero_module(module: nn.Module) -> nn.Module:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -175,6 +176,30 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
             for name, block in _spatial_blocks(self, ("down_blocks", "mid_block")).items():
                 block.attn1.set_processor(ReferenceAttnProcessor(self._state, name))
 
+    # ---- gradient checkpointing -----------------------------------------------------------------
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
+        """diffusers' checkpointing of the UNet's resnets and spatial transformer blocks, with the
+        per-call state (views, frames, reference features, ...) restored while a block is recomputed.
+
+        The ReferenceNet (one frame per sample) is not checkpointed: its activations are ~1/(V*T) of
+        the UNet's, and its forward ends by an exception at the last captured feature.
+        """
+
+        super().enable_gradient_checkpointing(gradient_checkpointing_func or self._checkpoint)
+        if self.reference_net is not None:
+            for mod in self.reference_net.modules():
+                if hasattr(mod, "gradient_checkpointing"):
+                    mod.gradient_checkpointing = False
+
+    def _checkpoint(self, module: nn.Module, *args):
+        snap = self._state.snapshot()
+
+        def run(*inputs):
+            with self._state.restored(snap):
+                return module(*inputs)
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+
     # ---- hooks: read the per-call state -------------------------------------------------------
     def _add_pose(self, _module, _args, out):
         res = self._state.pose_residual
@@ -255,7 +280,11 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
             if pose_maps is not None:
                 flat = {k: m.reshape(b * v * t, *m.shape[3:]).to(dtype) for k, m in pose_maps.items()}
                 state.pose_residual = self.pose_modulator(flat)  # (B*V*T, C0, h, w)
-            if self.reference_net is not None and reference_latent is not None and bool(keep_f.any()):
+            # While training, the ReferenceNet runs even when every sample of the call dropped its
+            # reference (CFG): the dropped samples mask its tokens out (exactly plain self-attention,
+            # zero gradient), but its parameters stay in the graph, so DDP never sees them unused.
+            run_ref = self.reference_net is not None and reference_latent is not None
+            if run_ref and (torch.is_grad_enabled() or bool(keep_f.any())):
                 ref_in = torch.cat([reference_latent.to(dtype), cond], dim=1)  # (B, 8, h, w)
                 state.reference_features = self.reference_net(ref_in, ctx, added_time_ids.to(dtype))
                 state.reference_keep = keep
@@ -299,20 +328,42 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def weights_variant(folder: Path, stem: str, what: str) -> str | None:
+    """The variant to load from ``folder``: ``None`` for full-precision weights (``<stem>.safetensors``
+    or its sharded index), ``"fp16"`` when only ``<stem>.fp16.safetensors`` (or its sharded index) is
+    there; otherwise a one-line :class:`FileNotFoundError` naming the file that is missing."""
+
+    folder = _require(folder, what)
+    full = (f"{stem}.safetensors", f"{stem}.safetensors.index.json")
+    half = (f"{stem}.fp16.safetensors", f"{stem}.safetensors.index.fp16.json")
+    if any((folder / n).exists() for n in full):
+        return None
+    if any((folder / n).exists() for n in half):
+        return "fp16"
+    raise FileNotFoundError(
+        f"{what}: no {full[0]} (or {half[0]}, or a sharded index) in {folder} "
+        "(dimo never downloads weights; point to a complete local folder)"
+    )
+
+
 def read_unet_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
-    """State dict of ``folder/unet`` (single or sharded safetensors, optionally the fp16 variant)."""
+    """State dict of ``folder/unet`` (single or sharded safetensors; full precision preferred, else the
+    fp16 variant), as float32."""
 
     from safetensors.torch import load_file
 
+    stem = "diffusion_pytorch_model"
     unet_dir = _require(Path(folder) / "unet", "SVD UNet folder")
-    index = sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors.index.json"))
-    if index:
-        shards = sorted(set(json.loads(index[0].read_text())["weight_map"].values()))
+    variant = weights_variant(unet_dir, stem, "SVD UNet weights")
+    single = unet_dir / (f"{stem}.safetensors" if variant is None else f"{stem}.{variant}.safetensors")
+    index = unet_dir / (
+        f"{stem}.safetensors.index.json" if variant is None else f"{stem}.safetensors.index.{variant}.json"
+    )
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         files = [_require(unet_dir / s, "SVD UNet shard") for s in shards]
     else:
-        files = sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors"))[:1]
-        if not files:
-            raise FileNotFoundError(f"no diffusion_pytorch_model*.safetensors in {unet_dir}")
+        files = [single]
     state: dict[str, torch.Tensor] = {}
     for f in files:
         state.update({k: v.float() for k, v in load_file(str(f)).items()})
@@ -352,7 +403,11 @@ def build_vae(hvg: HVGConfig, pretrained: str | Path | None = None) -> Autoencod
         return AutoencoderKLTemporalDecoder(**hvg.vae_kwargs())
     path = _require(Path(pretrained) / "vae", "SVD VAE folder")
     vae, info = AutoencoderKLTemporalDecoder.from_pretrained(
-        str(path), local_files_only=True, output_loading_info=True
+        str(path),
+        local_files_only=True,
+        output_loading_info=True,
+        variant=weights_variant(path, "diffusion_pytorch_model", "SVD VAE weights"),
+        torch_dtype=torch.float32,
     )
     _check_loading_info(path, info)
     return vae
@@ -365,7 +420,11 @@ def build_image_encoder(
         return CLIPVisionModelWithProjection(CLIPVisionConfig(**hvg.clip_kwargs()))
     path = _require(Path(pretrained) / "image_encoder", "CLIP image encoder folder")
     enc, info = CLIPVisionModelWithProjection.from_pretrained(
-        str(path), local_files_only=True, output_loading_info=True
+        str(path),
+        local_files_only=True,
+        output_loading_info=True,
+        variant=weights_variant(path, "model", "CLIP image encoder weights"),
+        dtype=torch.float32,
     )
     _check_loading_info(path, info)
     return enc

@@ -52,6 +52,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from dimo.diffusion.flow_matching import FlowMatching
 from dimo.geometry.rotations import axis_angle_to_matrix, rot6d_to_matrix
 from dimo.geometry.skeleton import LEFT_HAND_IDS, NUM_JOINTS, RIGHT_HAND_IDS, forward_kinematics, rest_joints
+from dimo.models.attention import AttentionBackend, scope_attention_backend
 from dimo.models.threedimo.backbone import i2v_condition
 from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.network import ThreeDiMoNet
@@ -163,7 +164,9 @@ class ThreeDiMoModule(LightningModule):
             3DiMo layers: encoders, decoder, injection; the Wan weights are frozen).
         geo_weight: initial geometric-loss weight (the stage scheduler overrides it every step).
         frozen_dtype: compute dtype of the frozen VAE and text encoder.
-        gradient_checkpointing: checkpoint every Wan block.
+        gradient_checkpointing: checkpoint every Wan block and every motion-encoder layer.
+        attention_backend: SDPA backend of the trainable network's attention (Wan blocks, motion
+            injection, motion encoders) only; ``auto`` = PyTorch's choice (:mod:`dimo.models.attention`).
         compile: ``torch.compile`` each Wan block (regional compilation).
         sample_every_n_steps: write validation samples when the global step is a multiple (0: never).
         sample_steps: Euler steps of the validation sampler.
@@ -197,6 +200,7 @@ class ThreeDiMoModule(LightningModule):
         frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
         gradient_checkpointing: bool = False,
         compile: bool = False,
+        attention_backend: AttentionBackend = "auto",
         sample_every_n_steps: int = 0,
         sample_steps: int = 4,
         num_samples: int = 2,
@@ -275,6 +279,9 @@ class ThreeDiMoModule(LightningModule):
                 p.requires_grad_(id(p) in motion)
         if gradient_checkpointing:
             self.net.transformer.enable_gradient_checkpointing()
+            for encoder in (self.net.encoders.body, self.net.encoders.hands):
+                encoder.gradient_checkpointing = True
+        scope_attention_backend([self.net], attention_backend)
         if compile:
             for block in self.net.transformer.transformer.blocks:
                 block.compile()

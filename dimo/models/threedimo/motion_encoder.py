@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from dimo.geometry.skeleton import LEFT_HAND_IDS, RIGHT_HAND_IDS
 
@@ -70,6 +71,7 @@ class TiTokEncoder(nn.Module):
         )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
+        self.gradient_checkpointing = False  # recompute each layer in backward (same gradients)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         b, t = frames.shape[:2]
@@ -78,7 +80,12 @@ class TiTokEncoder(nn.Module):
             x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
         x = self.patchify(x).flatten(2).transpose(1, 2) + self.pos  # (B*T, N, D)
         x = torch.cat([x, self.latents.expand(x.shape[0], -1, -1)], dim=1)  # (B*T, N+K, D)
-        x = self.blocks(x)[:, -self.num_tokens :]  # keep the K latent tokens
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            for layer in self.blocks.layers:
+                x = checkpoint(layer, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
+        x = x[:, -self.num_tokens :]  # keep the K latent tokens
         return self.norm(x).reshape(b, t * self.num_tokens, -1)  # (B, T*K, D)
 
 
