@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--vae-steps", type=int, default=None)
     w.add_argument("--transformer-steps", type=int, default=None)
+    w.add_argument(
+        "--vae-from",
+        type=Path,
+        default=None,
+        help="reuse the vae/ of this toy Wan folder and train only the transformer",
+    )
     w.add_argument("--force", action="store_true", help="rebuild when the folder exists")
     return p
 
@@ -39,6 +45,6 @@ def main(argv: Sequence[str]) -> int:
             cfg.vae_steps = args.vae_steps
         if args.transformer_steps is not None:
             cfg.transformer_steps = args.transformer_steps
-        report = build_toy_wan(args.out, cfg)
+        report = build_toy_wan(args.out, cfg, vae_from=args.vae_from)
         print(json.dumps({k: report[k] for k in ("vae", "transformer", "total_seconds")}, indent=1))
     return 0
