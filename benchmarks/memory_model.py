@@ -164,6 +164,41 @@ def estimate(
     )
 
 
+def fsdp_estimate(
+    name: str,
+    trainable: int,
+    root_params: int,
+    unit_params: int,
+    frozen_params: int,
+    activation_bytes: int,
+    shards: int,
+) -> MemoryEstimate:
+    """Per GPU under FSDP full sharding (``bf16-mixed``: parameters gathered in bf16):
+
+    * weights + grads + Adam of every trainable parameter, 16 B / ``shards``;
+    * the root unit (every parameter outside the wrapped blocks) gathered for the whole step, bf16
+      params + bf16 unsharded grads before their reduce-scatter: 4 B x ``root_params``;
+    * two block units gathered at a time (the running one + the prefetched next), params + grads:
+      2 x 4 B x ``unit_params``;
+    * frozen encoders in the root unit: gathered (bf16) for the whole step, 2 B x ``frozen_params``;
+    * activations as under DDP; the same 10% allowance.
+    """
+
+    states = _states(trainable, shards)
+    gathered = 4 * root_params + 8 * unit_params
+    frozen = 2 * frozen_params
+    total = (states + gathered + frozen + activation_bytes) * (1 + OVERHEAD)
+    return MemoryEstimate(
+        name,
+        trainable,
+        frozen_params,
+        (states + gathered) / GIB,
+        frozen / GIB,
+        activation_bytes / GIB,
+        total / GIB,
+    )
+
+
 # ---- 3DiMo --------------------------------------------------------------------------------------
 def threedimo_activation_bytes(
     net_kwargs: dict,
@@ -186,14 +221,20 @@ def threedimo_activation_bytes(
         f = 1 + (frames - 1) // 4
         n = f * (height // 16) * (width // 16)
         driving = torch.empty(batch, frames, 3, height, width, dtype=dtype)
-        latents = torch.empty(batch, wan.in_channels, f, height // 8, width // 8, dtype=dtype)
+        extra = {}
+        channels = wan.in_channels
+        if tr.is_i2v:  # 16 noisy + 4 mask + 16 reference-condition channels; 257 CLIP ViT-H tokens
+            channels = wan.in_channels - 20
+            extra["condition"] = torch.empty(batch, 20, f, height // 8, width // 8, dtype=dtype)
+            extra["image_embeds"] = torch.empty(batch, 257, wan.image_dim, dtype=dtype)
+        latents = torch.empty(batch, channels, f, height // 8, width // 8, dtype=dtype)
         timestep = torch.empty(batch, n, dtype=dtype)
         text = torch.empty(batch, 512, wan.text_dim, dtype=dtype)
 
         def forward():
             z = net.encoders(driving)
             net.geo_decoder(net.encoders.per_frame(z, frames))
-            tr(latents, timestep, text, motion=z, num_motion_frames=frames)
+            tr(latents, timestep, text, motion=z, num_motion_frames=frames, **extra)
 
         if not checkpointing:
             return saved_bytes(forward, exclude=net)
@@ -310,6 +351,30 @@ def config_estimate(path: Path, checkpointing: bool | None = None) -> MemoryEsti
     return estimate(name, _count(lambda: HVGUNet(net)), frozen_bytes, frozen, act)
 
 
+CLIP_VIT_H_PARAMS = 632_076_800  # Wan I2V's frozen CLIP image encoder (ViT-H/14)
+
+
+def wan14b_estimates() -> list[MemoryEstimate]:
+    """3DiMo on Wan2.1-I2V-14B (``experiments/3dimo_paper_14b_fsdp.yaml``): DDP and FSDP on 8 / 32 GPUs."""
+
+    from dimo.models.threedimo import ThreeDiMoNet
+
+    kwargs = dict(PAPER_3DIMO_NET, backbone="wan2.1-i2v-14b")
+    with torch.device("meta"):
+        net = ThreeDiMoNet(**kwargs)
+    blocks = list(net.transformer.transformer.blocks)
+    trainable = sum(p.numel() for p in net.parameters())
+    in_units = sum(p.numel() for b in blocks for p in b.parameters())
+    unit = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    frozen = UMT5_XXL_PARAMS + WAN_VAE_PARAMS + CLIP_VIT_H_PARAMS
+    act = threedimo_activation_bytes(kwargs, 1, 121, 480, 848, True)
+    out = [estimate("3dimo 14B, DDP, 1 clip/GPU, ckpt", trainable, 2 * frozen, frozen, act)]
+    for gpus in (8, 32):
+        name = f"3dimo_paper_14b_fsdp, FSDP full shard over {gpus} GPUs, 1 clip/GPU, ckpt"
+        out.append(fsdp_estimate(name, trainable, trainable - in_units, unit, frozen, act, gpus))
+    return out
+
+
 def paper_estimates() -> list[MemoryEstimate]:
     from dimo.models.threedimo import ThreeDiMoNet
 
@@ -320,6 +385,7 @@ def paper_estimates() -> list[MemoryEstimate]:
         act = threedimo_activation_bytes(PAPER_3DIMO_NET, b, 121, 480, 848, ckpt)
         name = f"3dimo_paper (1.3B), {b} clip/GPU x 121 x 480x848, {'ckpt' if ckpt else 'no ckpt'}"
         out.append(estimate(name, trainable, 2 * frozen, frozen, act))
+    out += wan14b_estimates()
     experiments = Path(__file__).resolve().parents[1] / "experiments"
     for name in ("hvg_paper_phase1.yaml", "hvg_paper_phase2.yaml"):
         for ckpt in (True, False):
