@@ -19,8 +19,10 @@ not in the saved bytes; the 10% allowance is meant for them and is not a measure
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.utils.checkpoint
@@ -66,32 +68,81 @@ def _fused_sdpa(
     return _FlashLikeAttention.apply(query, key, value)
 
 
-def saved_bytes(fn: Callable[[], object], exclude: nn.Module | None = None) -> int:
-    """Bytes autograd saves for backward while ``fn`` runs (each storage once; parameters excluded),
-    with attention saving what a fused GPU kernel saves (:class:`_FlashLikeAttention`)."""
+class SavedCounter:
+    """Counts the bytes autograd saves for backward (each storage once, parameters excluded), with
+    attention saving what a fused GPU kernel saves (:class:`_FlashLikeAttention`), plus any tensor
+    :meth:`add`-ed (the inputs a checkpointed region keeps alive by reference, which autograd's hooks
+    never see)."""
 
-    params = set()
-    if exclude is not None:
-        params = {id(p.untyped_storage()) for p in exclude.parameters()}
-        params |= {p.untyped_storage()._cdata for p in exclude.parameters()}
-    seen: dict[int, int] = {}
+    def __init__(self, exclude: nn.Module | None = None):
+        self.params: set[int] = set()
+        if exclude is not None:
+            self.params = {p.untyped_storage()._cdata for p in exclude.parameters()}
+        self.seen: dict[int, int] = {}
 
-    def pack(t: torch.Tensor):
+    def add(self, t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage._cdata not in params:
-            seen[storage._cdata] = storage.nbytes()
+        if storage._cdata not in self.params:
+            self.seen[storage._cdata] = storage.nbytes()
         return t
 
-    import torch.nn.functional as F
+    @property
+    def total(self) -> int:
+        return sum(self.seen.values())
 
-    real = F.scaled_dot_product_attention
-    F.scaled_dot_product_attention = _fused_sdpa
-    try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-    finally:
-        F.scaled_dot_product_attention = real
-    return sum(seen.values())
+    def run(self, fn: Callable[[], object]):
+        import torch.nn.functional as F
+
+        real = F.scaled_dot_product_attention
+        F.scaled_dot_product_attention = _fused_sdpa
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self.add, lambda t: t):
+                return fn()
+        finally:
+            F.scaled_dot_product_attention = real
+
+
+def saved_bytes(fn: Callable[[], object], exclude: nn.Module | None = None) -> int:
+    """Bytes autograd saves for backward while ``fn`` runs (see :class:`SavedCounter`)."""
+
+    counter = SavedCounter(exclude)
+    counter.run(fn)
+    return counter.total
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def checkpointed_bytes(fn: Callable[[], object], exclude: nn.Module, install: Callable) -> int:
+    """Saved bytes of ``fn`` with gradient checkpointing: what the un-checkpointed code saves, the
+    inputs every checkpointed region keeps (by reference, for recomputation), and the largest region's
+    own saved bytes once (it is recomputed, alone, during backward).
+
+    ``install(measure)`` must route every checkpointed call through ``measure(region_fn, *args,
+    **kwargs)``, which runs the region with its saved bytes counted apart (not kept).
+    """
+
+    outer = SavedCounter(exclude)
+    regions: list[int] = []
+
+    def measure(region_fn, *args, **kwargs):
+        for t in _tensors((args, kwargs)):
+            outer.add(t)
+        inner = SavedCounter(exclude)
+        out = inner.run(lambda: region_fn(*args, **kwargs))
+        regions.append(inner.total)
+        return out
+
+    install(measure)
+    outer.run(fn)
+    return outer.total + max(regions, default=0)
 
 
 def _states(trainable: int, shards: int = 1) -> int:
@@ -113,6 +164,41 @@ def estimate(
     )
 
 
+def fsdp_estimate(
+    name: str,
+    trainable: int,
+    root_params: int,
+    unit_params: int,
+    frozen_params: int,
+    activation_bytes: int,
+    shards: int,
+) -> MemoryEstimate:
+    """Per GPU under FSDP full sharding (``bf16-mixed``: parameters gathered in bf16):
+
+    * weights + grads + Adam of every trainable parameter, 16 B / ``shards``;
+    * the root unit (every parameter outside the wrapped blocks) gathered for the whole step, bf16
+      params + bf16 unsharded grads before their reduce-scatter: 4 B x ``root_params``;
+    * two block units gathered at a time (the running one + the prefetched next), params + grads:
+      2 x 4 B x ``unit_params``;
+    * frozen encoders in the root unit: gathered (bf16) for the whole step, 2 B x ``frozen_params``;
+    * activations as under DDP; the same 10% allowance.
+    """
+
+    states = _states(trainable, shards)
+    gathered = 4 * root_params + 8 * unit_params
+    frozen = 2 * frozen_params
+    total = (states + gathered + frozen + activation_bytes) * (1 + OVERHEAD)
+    return MemoryEstimate(
+        name,
+        trainable,
+        frozen_params,
+        (states + gathered) / GIB,
+        frozen / GIB,
+        activation_bytes / GIB,
+        total / GIB,
+    )
+
+
 # ---- 3DiMo --------------------------------------------------------------------------------------
 def threedimo_activation_bytes(
     net_kwargs: dict,
@@ -125,36 +211,46 @@ def threedimo_activation_bytes(
 ) -> int:
     """Saved bytes of ThreeDiMoNet's training forward on meta (+ one recomputed block if checkpointing)."""
 
+    import dimo.models.threedimo.motion_encoder as motion_encoder
     from dimo.models.threedimo import ThreeDiMoNet
 
     with torch.device("meta"):
         net = ThreeDiMoNet(**net_kwargs).to("meta", dtype)
         tr = net.transformer
-        regions: list[int] = []  # saved bytes of each checkpointed region (recomputed one at a time)
-        if checkpointing:
-
-            def measure(module, *args):
-                regions.append(saved_bytes(lambda: module(*args), exclude=net))
-                return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False)
-
-            tr.enable_gradient_checkpointing(measure)
-            for enc in (net.encoders.body, net.encoders.hands):
-                enc.gradient_checkpointing = True
         wan = tr.transformer.config
         f = 1 + (frames - 1) // 4
         n = f * (height // 16) * (width // 16)
         driving = torch.empty(batch, frames, 3, height, width, dtype=dtype)
-        latents = torch.empty(batch, wan.in_channels, f, height // 8, width // 8, dtype=dtype)
+        extra = {}
+        channels = wan.in_channels
+        if tr.is_i2v:  # 16 noisy + 4 mask + 16 reference-condition channels; 257 CLIP ViT-H tokens
+            channels = wan.in_channels - 20
+            extra["condition"] = torch.empty(batch, 20, f, height // 8, width // 8, dtype=dtype)
+            extra["image_embeds"] = torch.empty(batch, 257, wan.image_dim, dtype=dtype)
+        latents = torch.empty(batch, channels, f, height // 8, width // 8, dtype=dtype)
         timestep = torch.empty(batch, n, dtype=dtype)
         text = torch.empty(batch, 512, wan.text_dim, dtype=dtype)
 
         def forward():
             z = net.encoders(driving)
             net.geo_decoder(net.encoders.per_frame(z, frames))
-            tr(latents, timestep, text, motion=z, num_motion_frames=frames)
+            tr(latents, timestep, text, motion=z, num_motion_frames=frames, **extra)
 
-        total = saved_bytes(forward, exclude=net)
-    return total + max(regions, default=0)
+        if not checkpointing:
+            return saved_bytes(forward, exclude=net)
+
+        real = motion_encoder.checkpoint
+
+        def install(measure):
+            tr.enable_gradient_checkpointing(lambda module, *a: measure(module.__call__, *a))
+            for enc in (net.encoders.body, net.encoders.hands):
+                enc.gradient_checkpointing = True
+            motion_encoder.checkpoint = lambda fn, *a, use_reentrant=False, **k: measure(fn, *a, **k)
+
+        try:
+            return checkpointed_bytes(forward, net, install)
+        finally:
+            motion_encoder.checkpoint = real
 
 
 # ---- HVG ------------------------------------------------------------------------------------------
@@ -184,19 +280,9 @@ def hvg_activation_bytes(
         )
         if not checkpointing:
             return saved_bytes(lambda: net(**inputs), exclude=net)
-        net.enable_gradient_checkpointing()
-        total = saved_bytes(lambda: net(**inputs), exclude=net)
-        # the largest recomputed region: the first (highest-resolution) resnet or spatial block
-        sizes = []
-        orig = net._checkpoint
-
-        def measure(module, *args):
-            sizes.append(saved_bytes(lambda: module(*args), exclude=net))
-            return orig(module, *args)
-
-        net.enable_gradient_checkpointing(measure)
-        net(**inputs)
-        return total + max(sizes)
+        return checkpointed_bytes(
+            lambda: net(**inputs), net, lambda measure: net.enable_gradient_checkpointing(measure)
+        )
 
 
 def _count(module_fn: Callable[[], nn.Module]) -> int:
@@ -213,9 +299,83 @@ UMT5_XXL_PARAMS = 5_680_910_336  # google/umt5-xxl encoder (Wan's text encoder),
 WAN_VAE_PARAMS = 126_892_531  # Wan2.1 VAE
 
 
-def paper_estimates() -> list[MemoryEstimate]:
+def config_chain(path: Path) -> list[Path]:
+    """``path`` preceded by the overlays its first line names (``# base: a.yaml b.yaml``), recursively."""
+
+    first = path.read_text().splitlines()[:1]
+    match = re.match(r"#\s*base:\s*(.+)", first[0]) if first else None
+    chain = [
+        q for name in (match.group(1).split() if match else []) for q in config_chain(path.parent / name)
+    ]
+    return [*chain, path]
+
+
+def parse_config(path: Path) -> dict:
+    """The composed, type-checked config of an experiment file (parsed by the real CLI, nothing built)."""
+
+    from dimo.cli import DimoCLI
+
+    class _ParseOnly(DimoCLI):
+        def instantiate_classes(self) -> None:
+            return None
+
+    args = [a for p in config_chain(Path(path)) for a in ("--config", str(p))]
+    return _ParseOnly(args=[*args, "--trainer.logger=false"], run=False).config
+
+
+def config_estimate(path: Path, checkpointing: bool | None = None) -> MemoryEstimate:
+    """Memory estimate of an HVG experiment file (per GPU, DDP): its preset, batch, views, frames,
+    size, checkpointing switch (``checkpointing`` overrides it) and frozen-encoder dtype."""
+
     from dimo.models.hvg import HVGConfig
     from dimo.models.hvg.network import HVGUNet, build_image_encoder, build_vae
+
+    cfg = parse_config(path)
+    model, data = cfg["model"], cfg["data"]["init_args"]
+    if not model["class_path"].endswith("HVGModule"):
+        raise ValueError(f"config_estimate supports HVG configs only, {path} is {model['class_path']}")
+    init = model["init_args"]
+    preset = init["net"]["preset"]
+    if data["height"] != data["width"]:
+        raise ValueError("config_estimate assumes square frames")
+    ckpt = init["gradient_checkpointing"] if checkpointing is None else checkpointing
+    net = HVGConfig(preset=preset)
+    frozen = _count(lambda: build_vae(net)) + _count(lambda: build_image_encoder(net))
+    frozen_bytes = frozen * (4 if init["frozen_dtype"] == "float32" else 2)
+    act = hvg_activation_bytes(
+        preset, data["batch_size"], data["num_views"], data["num_frames"], data["height"], ckpt
+    )
+    name = (
+        f"{Path(path).name}: {data['batch_size']} x {data['num_views']} views x {data['num_frames']} frames"
+    )
+    return estimate(name, _count(lambda: HVGUNet(net)), frozen_bytes, frozen, act)
+
+
+CLIP_VIT_H_PARAMS = 632_076_800  # Wan I2V's frozen CLIP image encoder (ViT-H/14)
+
+
+def wan14b_estimates() -> list[MemoryEstimate]:
+    """3DiMo on Wan2.1-I2V-14B (``experiments/3dimo_paper_14b_fsdp.yaml``): DDP and FSDP on 8 / 32 GPUs."""
+
+    from dimo.models.threedimo import ThreeDiMoNet
+
+    kwargs = dict(PAPER_3DIMO_NET, backbone="wan2.1-i2v-14b")
+    with torch.device("meta"):
+        net = ThreeDiMoNet(**kwargs)
+    blocks = list(net.transformer.transformer.blocks)
+    trainable = sum(p.numel() for p in net.parameters())
+    in_units = sum(p.numel() for b in blocks for p in b.parameters())
+    unit = max(sum(p.numel() for p in b.parameters()) for b in blocks)
+    frozen = UMT5_XXL_PARAMS + WAN_VAE_PARAMS + CLIP_VIT_H_PARAMS
+    act = threedimo_activation_bytes(kwargs, 1, 121, 480, 848, True)
+    out = [estimate("3dimo 14B, DDP, 1 clip/GPU, ckpt", trainable, 2 * frozen, frozen, act)]
+    for gpus in (8, 32):
+        name = f"3dimo_paper_14b_fsdp, FSDP full shard over {gpus} GPUs, 1 clip/GPU, ckpt"
+        out.append(fsdp_estimate(name, trainable, trainable - in_units, unit, frozen, act, gpus))
+    return out
+
+
+def paper_estimates() -> list[MemoryEstimate]:
     from dimo.models.threedimo import ThreeDiMoNet
 
     out = []
@@ -225,16 +385,13 @@ def paper_estimates() -> list[MemoryEstimate]:
         act = threedimo_activation_bytes(PAPER_3DIMO_NET, b, 121, 480, 848, ckpt)
         name = f"3dimo_paper (1.3B), {b} clip/GPU x 121 x 480x848, {'ckpt' if ckpt else 'no ckpt'}"
         out.append(estimate(name, trainable, 2 * frozen, frozen, act))
-    cfg = HVGConfig(preset="svd-xt")
-    trainable = _count(lambda: HVGUNet(cfg))
-    frozen = _count(lambda: build_vae(cfg)) + _count(lambda: build_image_encoder(cfg))
-    for label, b, v, t in (("phase1", 2, 48, 1), ("phase1", 1, 48, 1), ("phase2", 1, 3, 24)):
+    out += wan14b_estimates()
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    for name in ("hvg_paper_phase1.yaml", "hvg_paper_phase2.yaml"):
         for ckpt in (True, False):
-            act = hvg_activation_bytes("svd-xt", b, v, t, 576, ckpt)
-            name = (
-                f"hvg_paper_{label}, {b} x {v} views x {t} frames at 576^2, {'ckpt' if ckpt else 'no ckpt'}"
-            )
-            out.append(estimate(name, trainable, 4 * frozen, frozen, act))
+            est = config_estimate(experiments / name, checkpointing=ckpt)
+            est.config += ", ckpt" if ckpt else ", no ckpt"
+            out.append(est)
     return out
 
 

@@ -32,7 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,8 @@ GAP_SEED_OFFSET = 15_485_863
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _FROZEN = ("vae.", "image_encoder.")
+FrozenDType = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HVGModule(LightningModule):
@@ -69,7 +71,12 @@ class HVGModule(LightningModule):
         sampler: progressive spatio-temporal sampler windows for logging / predict.
         sample_steps, guidance_scale: sampling steps and CFG scale for logging / predict.
         log_video_every_n_steps: GIF logging period (0 = never).
-        vae_chunk: images per VAE call.
+        vae_chunk: images per VAE encode call (and videos per decode call, see ``vae_decode_chunk``).
+        vae_decode_chunk: frames per VAE decode call within one video (diffusers' SVD pipeline's
+            ``decode_chunk_size``: the temporal decoder sees each chunk as its own video, bounding
+            decode memory on long videos); ``None`` decodes every video whole.
+        frozen_dtype: dtype of the frozen VAE and CLIP image encoder weights (``bfloat16`` halves their
+            memory; their outputs are returned in the input's dtype).
         noise_seed: base seed of the per-step generators (sigma, noise, dropout).
         val_metrics: video metrics (harness names: ``psnr``, ``ssim``, ``l1``, ``lpips_alex``, ``fid``,
             ``fvd``, ``fvd_v``, ...) logged as ``val/<label>`` and ``test/<label>``.
@@ -78,8 +85,10 @@ class HVGModule(LightningModule):
         gap_sigmas: the fixed noise levels of the conditioning-use gaps (``val/pose_gap``,
             ``val/reference_gap``, see :meth:`conditioning_losses`); empty: no gaps.
         pose_lr_mult: learning-rate multiplier of the pose modulator (its own parameter group).
-        gradient_checkpointing: recompute the UNet's resnets and spatial transformer blocks in backward
-            (:meth:`~dimo.models.hvg.network.HVGUNet.enable_gradient_checkpointing`; same gradients).
+        gradient_checkpointing: recompute the UNet's and ReferenceNet's res blocks, whole
+            spatio-temporal transformers (spatial, view, temporal attention), samplers and the pose
+            modulator in backward (:meth:`~dimo.models.hvg.network.HVGUNet.enable_gradient_checkpointing`;
+            same gradients).
         attention_backend: SDPA backend of the UNet's attention (incl. view attention, ReferenceNet)
             only; ``auto`` = PyTorch's choice (:mod:`dimo.models.attention`).
     """
@@ -101,6 +110,8 @@ class HVGModule(LightningModule):
         guidance_scale: float = 1.0,
         log_video_every_n_steps: int = 0,
         vae_chunk: int = 16,
+        vae_decode_chunk: int | None = None,
+        frozen_dtype: FrozenDType = "float32",
         noise_seed: int = 0,
         val_metrics: Sequence[str] = ("psnr", "ssim", "l1"),
         metrics_weights_dir: str | None = None,
@@ -133,8 +144,18 @@ class HVGModule(LightningModule):
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         scope_attention_backend([self.unet], attention_backend)  # not the frozen VAE / CLIP
+        if frozen_dtype not in _DTYPES:
+            raise ValueError(f"frozen_dtype must be one of {list(_DTYPES)}, got {frozen_dtype!r}")
         self.vae = build_vae(self.net_config, pretrained).requires_grad_(False).eval()
         self.image_encoder = build_image_encoder(self.net_config, pretrained).requires_grad_(False).eval()
+        if frozen_dtype != "float32":
+            self.vae.to(_DTYPES[frozen_dtype])
+            self.image_encoder.to(_DTYPES[frozen_dtype])
+        if vae_chunk < 1 or (vae_decode_chunk is not None and vae_decode_chunk < 1):
+            raise ValueError(
+                f"vae_chunk and vae_decode_chunk must be >= 1, got {vae_chunk}, {vae_decode_chunk}"
+            )
+        self.vae_decode_chunk = vae_decode_chunk
         if not 0.0 <= cfg_drop_prob <= 1.0:
             raise ValueError(f"cfg_drop_prob must be in [0, 1], got {cfg_drop_prob}")
         self.cfg_drop_prob, self.noise_aug_strength = cfg_drop_prob, noise_aug_strength
@@ -215,19 +236,27 @@ class HVGModule(LightningModule):
     def encode_images(self, images: torch.Tensor, scaled: bool = True) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] -> latent mode (N, 4, H/8, W/8), times the VAE scale if ``scaled``."""
 
-        chunks = [self.vae.encode(c).latent_dist.mode() for c in images.split(self.vae_chunk)]
-        z = torch.cat(chunks)
+        dt = self.vae.dtype
+        chunks = [self.vae.encode(c.to(dt)).latent_dist.mode() for c in images.split(self.vae_chunk)]
+        z = torch.cat(chunks).to(images.dtype)
         return z * self.vae.config.scaling_factor if scaled else z
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
         """(N, 4, h, w) scaled latents, N a multiple of ``num_frames`` -> images (N, 3, H, W) in [-1, 1]."""
 
-        z = latents / self.vae.config.scaling_factor
-        step = max(num_frames, (self.vae_chunk // num_frames) * num_frames)
-        return torch.cat([self.vae.decode(c, num_frames=num_frames).sample for c in z.split(step)]).clamp(
-            -1, 1
-        )
+        z = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
+        chunk = self.vae_decode_chunk
+        if chunk is None or chunk >= num_frames:  # whole videos, several per call
+            step = max(num_frames, (self.vae_chunk // num_frames) * num_frames)
+            out = [self.vae.decode(c, num_frames=num_frames).sample for c in z.split(step)]
+        else:  # each video in chunks of `chunk` frames, one chunk per call
+            out = [
+                self.vae.decode(c, num_frames=c.shape[0]).sample
+                for video in z.split(num_frames)
+                for c in video.split(chunk)
+            ]
+        return torch.cat(out).to(latents.dtype).clamp(-1, 1)
 
     @torch.no_grad()
     def clip_embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -239,7 +268,8 @@ class HVGModule(LightningModule):
         )
         mean = x.new_tensor(CLIP_MEAN)[:, None, None]
         std = x.new_tensor(CLIP_STD)[:, None, None]
-        return self.image_encoder(pixel_values=(x - mean) / std).image_embeds[:, None]
+        x = ((x - mean) / std).to(self.image_encoder.dtype)
+        return self.image_encoder(pixel_values=x).image_embeds[:, None].to(images.dtype)
 
     # ---- conditioning -------------------------------------------------------------------------
     def _generator(self, salt: int = 0) -> torch.Generator:

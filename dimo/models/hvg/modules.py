@@ -7,12 +7,14 @@ All of them enter the pretrained UNet through narrow doors and start as no-ops w
   encoder style, strided to the latent grid) fused by cross-attention; its output projection is
   zero-initialised and added to the output of the UNet's ``conv_in``.
 * :class:`ViewAttention` - per pixel and frame, attention across the V views; placed after the
-  spatial transformer block and before the temporal one; zero-initialised output projection.
+  spatial transformer block and before the temporal one; zero-initialised output projection; one
+  batched SDPA call on views of the UNet's own layout (:class:`ViewAttnProcessor`).
 * :class:`CameraEmbedding` - flattened relative rotation -> sinusoids -> MLP (last layer zero-init),
   added to the timestep embedding.
 * :class:`ReferenceAttnProcessor` - diffusers attention processor for the spatial self-attention of
   the down/mid blocks: keys/values are the block's own tokens joined with the ReferenceNet's tokens
-  (AnimateAnyone), with a per-sample mask used for classifier-free-guidance dropout.
+  (AnimateAnyone), projected once per sample, with a per-sample mask used for classifier-free-guidance
+  dropout.
 
 Per-call tensors (number of views, camera embedding, pose residual, reference features) travel
 through a shared :class:`ForwardState` that :class:`~dimo.models.hvg.network.HVGUNet` fills before
@@ -30,6 +32,7 @@ from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 
@@ -132,11 +135,67 @@ class PoseModulator(nn.Module):
         return self.proj_out(fused)
 
 
+def check_plain_attention(attn: Attention) -> None:
+    """The processors below compute ``to_out(softmax(q k^T / sqrt(d)) v)`` only: fail on a diffusers
+    ``Attention`` configured with anything more (norms, residual, rescaling, added K/V)."""
+
+    extras = {
+        "group_norm": attn.group_norm is not None,
+        "spatial_norm": attn.spatial_norm is not None,
+        "norm_q": getattr(attn, "norm_q", None) is not None,
+        "norm_cross": attn.norm_cross is not None,
+        "residual_connection": attn.residual_connection,
+        "rescale_output_factor": attn.rescale_output_factor != 1.0,
+        "added_kv": getattr(attn, "add_k_proj", None) is not None,
+        "scale": attn.scale != (attn.inner_dim // attn.heads) ** -0.5,
+    }
+    bad = [k for k, v in extras.items() if v]
+    if bad:
+        raise ValueError(f"HVG attention processors support plain attention only, this layer has {bad}")
+
+
+def _project_out(attn: Attention, out: torch.Tensor) -> torch.Tensor:
+    return attn.to_out[1](attn.to_out[0](out))  # linear, dropout
+
+
+class ViewAttnProcessor:
+    """Attention across views, computed in the UNet's own layout with no relayout copy of the input.
+
+    ``hidden_states`` (B*V*T, L, C) are projected where they lie; q/k/v are then *views*
+    (B, T*L*heads, V, d) of the projections (the (T, L, heads) axes merge without a copy, views become
+    the sequence axis), so one SDPA call attends across views for every frame, pixel and head. The
+    output goes back to (B*V*T, L, C) by one reshape (a copy only if the kernel's output layout needs
+    it; flash attention's (B, S, H, D) output already is that layout).
+    """
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        num_views: int = 1,
+        num_frames: int = 1,
+    ) -> torch.Tensor:
+        n, seq, c = hidden_states.shape
+        b, heads = n // (num_views * num_frames), attn.heads
+
+        def by_view(x: torch.Tensor) -> torch.Tensor:  # (B*V*T, L, C) -> (B, T*L*heads, V, d), a view
+            x = x.view(b, num_views, num_frames, seq, heads, x.shape[-1] // heads)
+            return x.permute(0, 2, 3, 4, 1, 5).flatten(1, 3)
+
+        q, k, v = (by_view(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, T*L*heads, V, d)
+        out = out.unflatten(1, (num_frames, seq, heads)).permute(0, 4, 1, 2, 3, 5)  # (B, V, T, L, heads, d)
+        return _project_out(attn, out.reshape(n, seq, -1))
+
+
 class ViewAttention(nn.Module):
     """Residual attention across views for every (frame, pixel); identity at init (zero out-proj).
 
     Input/output (B*V*T, L, C) as inside diffusers' spatial transformer blocks (batch outermost,
-    then views, then frames).
+    then views, then frames); the attention runs through :class:`ViewAttnProcessor` (no copies).
     """
 
     def __init__(self, dim: int, heads: int):
@@ -144,15 +203,11 @@ class ViewAttention(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.attn = Attention(query_dim=dim, heads=heads, dim_head=dim // heads, out_bias=True)
         zero_module(self.attn.to_out[0])
+        check_plain_attention(self.attn)
+        self.attn.set_processor(ViewAttnProcessor())
 
     def forward(self, x: torch.Tensor, num_views: int, num_frames: int) -> torch.Tensor:
-        n, seq, c = x.shape
-        b = n // (num_views * num_frames)
-        y = x.reshape(b, num_views, num_frames, seq, c).permute(0, 2, 3, 1, 4)  # (B, T, L, V, C)
-        y = y.reshape(b * num_frames * seq, num_views, c)
-        y = self.attn(self.norm(y))  # (B*T*L, V, C)
-        y = y.reshape(b, num_frames, seq, num_views, c).permute(0, 3, 1, 2, 4).reshape(n, seq, c)
-        return x + y
+        return x + self.attn(self.norm(x), num_views=num_views, num_frames=num_frames)
 
 
 def rotation_features(rel_rot: torch.Tensor, num_frequencies: int) -> torch.Tensor:
@@ -182,9 +237,12 @@ class CameraEmbedding(nn.Module):
 class ReferenceAttnProcessor:
     """Spatial self-attention whose keys/values also hold the ReferenceNet tokens of the same block.
 
-    Delegates the attention itself to diffusers' :class:`AttnProcessor2_0`. Samples whose
+    The reference tokens (B, L_ref, C) are projected to K/V once per sample, and the projections are
+    broadcast (``expand``, no copy) to the sample's V*T images before joining their own K/V; projecting
+    the repeated tokens per image gives the same values at V*T times the FLOPs. Samples whose
     ``reference_keep`` is False (CFG dropout / unconditional branch) mask the reference keys out, which
-    is exactly plain self-attention for them.
+    is exactly plain self-attention for them. Without reference features (or for cross-attention) the
+    call is diffusers' :class:`AttnProcessor2_0`.
     """
 
     def __init__(self, state: ForwardState, name: str):
@@ -200,15 +258,22 @@ class ReferenceAttnProcessor:
         if ref is None or encoder_hidden_states is not None:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         n, seq, _ = hidden_states.shape  # (B*V*T, L, C)
-        b = ref.shape[0]
-        ref = ref.to(hidden_states.dtype).repeat_interleave(n // b, dim=0)  # (B*V*T, L_ref, C)
-        kv = torch.cat([hidden_states, ref], dim=1)
+        b, heads = ref.shape[0], attn.heads
+        per = n // b  # images per sample
+        ref = ref.to(hidden_states.dtype)
+
+        def keys(proj: nn.Linear) -> torch.Tensor:  # (B*V*T, L + L_ref, heads, d)
+            own = proj(hidden_states).view(b, per, seq, -1)
+            shared = proj(ref)[:, None].expand(b, per, -1, -1)  # (B, V*T, L_ref, C): one projection
+            return torch.cat([own, shared], dim=2).flatten(0, 1).unflatten(-1, (heads, -1))
+
+        q = attn.to_q(hidden_states).unflatten(-1, (heads, -1)).transpose(1, 2)  # (N, heads, L, d)
+        k, v = keys(attn.to_k).transpose(1, 2), keys(attn.to_v).transpose(1, 2)
         mask = None
         keep = self.state.reference_keep
         if keep is not None and not bool(keep.all()):
-            keep = keep.repeat_interleave(n // b, dim=0)  # (N,)
-            allowed = torch.ones(n, 1, kv.shape[1], dtype=torch.bool, device=kv.device)
-            allowed[:, :, seq:] = keep[:, None, None]
-            mask = torch.zeros(allowed.shape, dtype=hidden_states.dtype, device=kv.device)
-            mask = mask.masked_fill(~allowed, float("-inf"))  # (N, 1, L + L_ref) additive
-        return self.base(attn, hidden_states, kv, mask, temb)
+            allowed = torch.ones(b, per, 1, 1, k.shape[2], dtype=torch.bool, device=k.device)
+            allowed[..., seq:] = keep.to(k.device)[:, None, None, None, None]
+            mask = allowed.flatten(0, 1)  # (N, 1, 1, L + L_ref)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (N, heads, L, d)
+        return _project_out(attn, out.transpose(1, 2).flatten(2))

@@ -31,6 +31,8 @@ import torch.nn as nn
 import torch.utils.checkpoint
 from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
 from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import Downsample2D, SpatioTemporalResBlock, Upsample2D
+from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from dimo.models.hvg.config import HVGConfig
@@ -40,6 +42,7 @@ from dimo.models.hvg.modules import (
     PoseModulator,
     ReferenceAttnProcessor,
     ViewAttention,
+    check_plain_attention,
 )
 
 #: Keys of an HVGUNet state dict that SVD does not have (everything else must match SVD exactly).
@@ -50,7 +53,24 @@ HVG_NEW_LAYER_PATTERNS: tuple[str, ...] = (
     r"^reference_net\.",
 )
 
+#: Layers recomputed in backward when gradient checkpointing is on (their inputs are all they keep).
+CHECKPOINTED_LAYERS = (
+    SpatioTemporalResBlock,
+    TransformerSpatioTemporalModel,
+    Downsample2D,
+    Upsample2D,
+    PoseModulator,
+)
+_CHECKPOINT_PREFIX = "_checkpoint_wrapped_module."
+
 _REFERENCE_PREFIXES = ("conv_in.", "time_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
+
+
+def strip_checkpoint_prefix(name: str) -> str:
+    """A parameter name without the checkpoint wrappers' ``_checkpoint_wrapped_module.`` parts
+    (state-dict keys never have them)."""
+
+    return name.replace(_CHECKPOINT_PREFIX, "")
 
 
 def is_hvg_key(key: str) -> bool:
@@ -90,6 +110,7 @@ class ReferenceNet(nn.Module):
         self.down_blocks = base.down_blocks
         self.mid_block = base.mid_block
         self._captured: dict[str, torch.Tensor] = {}
+        self._capturing = False
         blocks = _spatial_blocks(self, ("down_blocks", "mid_block"))
         self._last = list(blocks)[-1]
         for name, block in blocks.items():
@@ -109,6 +130,8 @@ class ReferenceNet(nn.Module):
 
     def _capture(self, name: str):
         def hook(_module, args):
+            if not self._capturing:
+                return  # a checkpointed layer recomputed in backward
             self._captured[name] = args[0]
             if name == self._last:
                 raise _ReferenceDone
@@ -126,7 +149,7 @@ class ReferenceNet(nn.Module):
         emb = emb + self.add_embedding(aug)
         x = self.conv_in(sample)
         indicator = torch.zeros(b, 1, dtype=x.dtype, device=x.device)  # one frame
-        self._captured = {}
+        self._captured, self._capturing = {}, True
         try:
             for block in self.down_blocks:
                 has_cross = getattr(block, "has_cross_attention", False)
@@ -141,7 +164,7 @@ class ReferenceNet(nn.Module):
         except _ReferenceDone:
             pass
         finally:
-            captured, self._captured = self._captured, {}
+            captured, self._captured, self._capturing = self._captured, {}, False
         if self._last not in captured:
             raise RuntimeError("ReferenceNet did not reach its last spatial self-attention")
         return captured
@@ -174,31 +197,68 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
         self.reference_net = ReferenceNet(hvg.unet_kwargs()) if hvg.reference_net else None
         if self.reference_net is not None:
             for name, block in _spatial_blocks(self, ("down_blocks", "mid_block")).items():
+                check_plain_attention(block.attn1)
                 block.attn1.set_processor(ReferenceAttnProcessor(self._state, name))
+        self._checkpoint_func = None
 
     # ---- gradient checkpointing -----------------------------------------------------------------
     def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
-        """diffusers' checkpointing of the UNet's resnets and spatial transformer blocks, with the
-        per-call state (views, frames, reference features, ...) restored while a block is recomputed.
+        """Recompute, in backward, every layer of :data:`CHECKPOINTED_LAYERS` (spatio-temporal res
+        blocks, whole spatio-temporal transformers: spatial + view + temporal attention and their
+        mixers, down/up samplers, the pose modulator), in the UNet and in the ReferenceNet's down
+        blocks; only their inputs are kept. The per-call state (views, frames, reference features, ...)
+        is restored while a layer is recomputed, so gradients are those without checkpointing.
 
-        The ReferenceNet (one frame per sample) is not checkpointed: its activations are ~1/(V*T) of
-        the UNet's, and its forward ends by an exception at the last captured feature.
+        Layers are wrapped with torch's ``checkpoint_wrapper`` (what FSDP's activation checkpointing
+        uses): state-dict keys are unchanged, parameter names gain ``_checkpoint_wrapped_module.``
+        (:func:`strip_checkpoint_prefix`). ``gradient_checkpointing_func(module, *args, **kwargs)``
+        replaces ``torch.utils.checkpoint.checkpoint`` (the memory model measures with it).
+        diffusers' own, finer checkpointing (resnets and spatial blocks only) is not used.
         """
 
-        super().enable_gradient_checkpointing(gradient_checkpointing_func or self._checkpoint)
-        if self.reference_net is not None:
-            for mod in self.reference_net.modules():
-                if hasattr(mod, "gradient_checkpointing"):
-                    mod.gradient_checkpointing = False
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    def _checkpoint(self, module: nn.Module, *args):
+        self._checkpoint_func = gradient_checkpointing_func
+        if self.is_gradient_checkpointing:
+            return
+
+        def wrap(parent: nn.Module) -> None:
+            for name, child in list(parent.named_children()):
+                if isinstance(child, CHECKPOINTED_LAYERS):
+                    parent.register_module(name, checkpoint_wrapper(child, checkpoint_fn=self._checkpoint))
+                elif child is not self.reference_net:  # its mid block ends the forward early
+                    wrap(child)
+
+        wrap(self)
+        if self.reference_net is not None:
+            wrap(self.reference_net.down_blocks)
+
+    def disable_gradient_checkpointing(self) -> None:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, CheckpointWrapper):
+                    parent.register_module(name, child._checkpoint_wrapped_module)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+        return any(isinstance(m, CheckpointWrapper) for m in self.modules())
+
+    def _checkpoint(self, module: nn.Module, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return module(*args, **kwargs)
         snap = self._state.snapshot()
 
-        def run(*inputs):
+        def run(*inputs, **kw):
             with self._state.restored(snap):
-                return module(*inputs)
+                return module(*inputs, **kw)
 
-        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
+        if self._checkpoint_func is not None:
+            return self._checkpoint_func(run, *args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False, **kwargs)
 
     # ---- hooks: read the per-call state -------------------------------------------------------
     def _add_pose(self, _module, _args, out):

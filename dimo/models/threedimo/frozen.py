@@ -25,6 +25,7 @@ LightningModule leaves them out of the optimiser.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -129,12 +130,21 @@ class WanTextEncoder(_Frozen):
         path: local Wan diffusers folder holding ``tokenizer/`` and ``text_encoder/``.
         max_length: tokens per prompt (Wan: 512).
         cache: cache embeddings per prompt string (CPU memory).
+        cache_size: most prompts the cache holds (least recently used evicted first); one Wan prompt
+            (512 x 4096 fp32) is 8 MiB, so the default 128 bounds it at 1 GiB per process.
     """
 
     def __init__(
-        self, preset: str = "tiny", path: Path | None = None, max_length: int = 32, cache: bool = True
+        self,
+        preset: str = "tiny",
+        path: Path | None = None,
+        max_length: int = 32,
+        cache: bool = True,
+        cache_size: int = 128,
     ):
         super().__init__()
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be >= 1, got {cache_size}")
         from transformers import AutoTokenizer, ByT5Tokenizer, UMT5Config, UMT5EncoderModel
 
         if path is not None:
@@ -151,7 +161,8 @@ class WanTextEncoder(_Frozen):
             self.encoder = UMT5EncoderModel(UMT5Config(**TEXT_PRESETS[preset]))
         self.from_folder = path is not None
         self.max_length, self.use_cache = max_length, cache
-        self._cache: dict[str, torch.Tensor] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
         self.freeze()
 
     @property
@@ -178,10 +189,15 @@ class WanTextEncoder(_Frozen):
         if not self.use_cache:
             return self._encode(list(prompts), device)
         todo = sorted({p for p in prompts if p not in self._cache})
-        if todo:
-            for p, e in zip(todo, self._encode(todo, device)):
-                self._cache[p] = e.cpu()
-        return torch.stack([self._cache[p] for p in prompts]).to(device)  # (B, L, D)
+        new = dict(zip(todo, self._encode(todo, device).cpu())) if todo else {}
+        out = torch.stack([new[p] if p in new else self._cache[p] for p in prompts]).to(device)  # (B, L, D)
+        for p in dict.fromkeys(prompts):  # this batch's prompts become the most recently used
+            if p in new:
+                self._cache[p] = new[p]
+            self._cache.move_to_end(p)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return out
 
 
 class WanImageEncoder(_Frozen):
