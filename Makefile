@@ -92,7 +92,7 @@ train: train-stage1
 	$(MAKE) train-stage2
 	$(MAKE) train-stage3
 
-# Toy SVD-xt folder (docs/hvg.md, DESIGN.md 3.5): `make toy-pretrained-svd` trains a tiny VAE (a fixed step count; the 28 dB
+# Toy SVD-xt folder (docs/hvg.md, DESIGN.md 3.5): `make toy-pretrained-svd` trains a tiny 4x VAE (800 steps, ~23 dB; the 28 dB
 # held-out target is not reached yet, docs/hvg.md), a random tiny CLIP and an I2V-pretrained tiny SVD UNet on toy clips and writes them
 # in the real SVD-xt layout to pretrained/toy-svd-xt (committed; deterministic from --seed; ~1 core, minutes).
 TOY_SVD ?= pretrained/toy-svd-xt

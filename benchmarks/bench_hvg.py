@@ -34,7 +34,7 @@ from dimo.models.hvg.synthetic import synthetic_hvg_sample  # noqa: E402
 
 SIZES_CPU = [(2, 4), (2, 8), (2, 12), (4, 12), (4, 16), (6, 16), (8, 16)]
 NAIVE_MAX_CELLS = 64
-H = 32  # image side; latents 4x4
+H = 32  # image side; latents H / (the tiny VAE's factor)
 
 
 def _window_denoiser(net: HVGUNet, b: int, v_all: int, t_all: int, cond: dict):
@@ -60,11 +60,11 @@ def _window_denoiser(net: HVGUNet, b: int, v_all: int, t_all: int, cond: dict):
 
 def _cond(v: int, t: int) -> dict:
     g = torch.Generator().manual_seed(0)
-    h = H // 8
+    h, c = H // HVGConfig().latent_downsample, HVGConfig().unet_kwargs()["out_channels"]
     return {
         "clip": torch.randn(1, 1, 32, generator=g),
         "ids": torch.tensor([[6.0, 127.0, 0.02]]),
-        "latent": torch.randn(1, 4, h, h, generator=g),
+        "latent": torch.randn(1, c, h, h, generator=g),
         "pose_maps": {
             "normal": torch.randn(1, v, t, 3, H, H, generator=g),
             "depth": torch.randn(1, v, t, 1, H, H),
@@ -83,7 +83,8 @@ def _sampler_rows(profile: str) -> list[dict]:
     with torch.no_grad():
         for v, t in SIZES_CPU:
             cond = _cond(v, t)
-            noise = torch.randn(1, v, t, 4, H // 8, H // 8, generator=torch.Generator().manual_seed(1))
+            h, c = H // HVGConfig().latent_downsample, HVGConfig().unet_kwargs()["out_channels"]
+            noise = torch.randn(1, v, t, c, h, h, generator=torch.Generator().manual_seed(1))
             den = _window_denoiser(net, 1, v, t, cond)
             sec = median_time(lambda: progressive.sample(edm, den, noise, steps=1), repeats=repeats)  # noqa: B023
             cells.append(v * t)

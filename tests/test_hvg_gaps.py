@@ -17,6 +17,7 @@ from dimo.models.hvg.synthetic import SyntheticHVGDataset
 
 V, T, H = 2, 2, 32
 SIGMAS = (0.5, 3.0)
+D = HVGConfig().latent_downsample
 
 
 def _module(**kwargs) -> HVGModule:
@@ -56,7 +57,7 @@ def _expected_losses(module: HVGModule, batch: dict) -> dict[str, torch.Tensor]:
     roll = [(i + 1) % b for i in range(b)]  # distinct clips: the donor is the next sample
     gen = torch.Generator().manual_seed(module.noise_seed * 31 + GAP_SEED_OFFSET + 0)
     cond = module.conditioning(batch, gen)
-    x0 = module.encode_images(batch["target"].flatten(0, 2)).reshape(b, V, T, -1, H // 8, H // 8)
+    x0 = module.encode_images(batch["target"].flatten(0, 2)).reshape(b, V, T, -1, H // D, H // D)
     noise = torch.randn(x0.shape, generator=gen)
     pose_maps = render_pose_maps(
         batch["joints3d"][roll], batch["K"][roll], batch["R"][roll], batch["t"][roll], H, H, "dual"

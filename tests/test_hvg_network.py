@@ -14,12 +14,13 @@ from dimo.models.hvg.synthetic import synthetic_hvg_sample
 
 B, V, T, H = 1, 3, 2, 32
 C = HVGConfig().unet_kwargs()["out_channels"]  # latent channels of the tiny preset
+D = HVGConfig().latent_downsample  # its VAE's spatial factor
 
 
 def _inputs(seed: int = 0, pose_condition: str = "dual") -> dict:
     g = torch.Generator().manual_seed(seed)
     s = synthetic_hvg_sample(V, T, H, H, seed=seed)
-    h = H // 8
+    h = H // D
     return {
         "sample": torch.randn(B, V, T, C, h, h, generator=g),
         "timestep": torch.tensor([0.3]),
@@ -49,8 +50,8 @@ def test_zero_init_leaves_base_unet_output_unchanged():
     load_svd_unet_weights(net, base.state_dict())
     x = _inputs()
     out = net(**x)
-    cond = x["cond_latent"][:, None, None].expand(B, V, T, C, H // 8, H // 8)
-    plain = torch.cat([x["sample"], cond], dim=3).reshape(B * V, T, 2 * C, H // 8, H // 8)
+    cond = x["cond_latent"][:, None, None].expand(B, V, T, C, H // D, H // D)
+    plain = torch.cat([x["sample"], cond], dim=3).reshape(B * V, T, 2 * C, H // D, H // D)
     ref = base(
         plain,
         x["timestep"].expand(B * V),
@@ -132,7 +133,7 @@ def test_pose_ablations_run_and_condition(pose_condition: str):
     assert set(x["pose_maps"]) == {pose_condition}
     out = net(**x)
     moved = net(**dict(x, pose_maps={k: torch.flip(m, dims=[-1]) for k, m in x["pose_maps"].items()}))
-    assert out.shape == (B, V, T, C, H // 8, H // 8) and (moved - out).abs().max() > 1e-4
+    assert out.shape == (B, V, T, C, H // D, H // D) and (moved - out).abs().max() > 1e-4
 
 
 def test_svd_weights_load_strictly_with_hvg_allow_list():
@@ -260,3 +261,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(g_ckpt[k], g_plain[k], rtol=1e-5, atol=1e-6, msg=k)
     net.disable_gradient_checkpointing()
     assert not net.is_gradient_checkpointing and set(net.state_dict()) == keys
+
+
+def test_pose_guider_reaches_the_latent_grid_of_either_vae():
+    from dimo.models.hvg.modules import PoseGuider
+
+    x = torch.zeros(1, 3, 64, 64)
+    assert PoseGuider(3, (16, 16, 32, 32), downsample=8)(x).shape == (1, 32, 8, 8)  # SVD-xt's VAE
+    assert PoseGuider(3, (16, 16, 32, 32), downsample=4)(x).shape == (1, 32, 16, 16)  # the toy VAE
+    assert HVGConfig(preset="svd-xt").latent_downsample == 8 and D == 4
+    with pytest.raises(ValueError, match="power of 2"):
+        PoseGuider(3, (16, 16, 32, 32), downsample=3)

@@ -28,7 +28,10 @@ def test_folder_has_the_svd_xt_layout_and_stays_small():
     assert index["unet"] == ["diffusers", "UNetSpatioTemporalConditionModel"]
     assert list(FOLDER.rglob("*.bin")) == [] and list(FOLDER.rglob("*.safetensors"))
     size = sum(f.stat().st_size for f in FOLDER.rglob("*") if f.is_file())
-    assert size <= 8e6, f"{size / 1e6:.1f} MB"
+    # issue #11: both committed toy folders together <= 20 MB (the Wan folder is ~4 MB)
+    wan = FOLDER.parent / "toy-wan2.1"
+    wan_size = sum(f.stat().st_size for f in wan.rglob("*") if f.is_file())
+    assert size + wan_size <= 20e6, f"{size / 1e6:.1f} + {wan_size / 1e6:.1f} MB"
 
 
 def test_every_component_loads_strictly():
@@ -47,13 +50,13 @@ def test_every_component_loads_strictly():
 def test_a_missing_or_unexpected_key_fails(tmp_path: Path):
     bad = tmp_path / "svd"
     shutil.copytree(FOLDER, bad)
-    f = bad / "vae" / "diffusion_pytorch_model.safetensors"
+    f = bad / "vae" / "diffusion_pytorch_model.fp16.safetensors"  # the committed fp16 variant
     sd = load_file(f)
     sd.pop(sorted(sd)[0])
     save_file(sd, f)
     with pytest.raises(RuntimeError, match="missing_keys"):
         build_vae(HVGConfig(), bad)
-    f = bad / "unet" / "diffusion_pytorch_model.safetensors"
+    f = bad / "unet" / "diffusion_pytorch_model.fp16.safetensors"
     sd = load_file(f)
     sd["down_blocks.9.extra.weight"] = torch.zeros(1)
     save_file(sd, f)
@@ -68,7 +71,8 @@ def unseen_clips() -> list[torch.Tensor]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue #11 open: the committed toy VAE reconstructs toy clips at ~16-18 dB, not 28 (docs/hvg.md)",
+    reason="issue #11 open: the committed toy VAE (4x, 16 channels) reconstructs held-out toy clips at ~23 dB, "
+    "not 28 (docs/hvg.md)",
 )
 def test_vae_reconstructs_unseen_toy_clips_at_28_db(unseen_clips):
     psnr = reconstruction_psnr(build_vae(HVGConfig(), FOLDER), unseen_clips, clip_frames=4)

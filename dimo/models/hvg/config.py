@@ -16,10 +16,10 @@ PoseCondition = Literal["dual", "depth", "normal", "skeleton"]
 
 #: Base UNet kwargs of :class:`diffusers.UNetSpatioTemporalConditionModel` per preset.
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    # Channels must be multiples of 32 (GroupNorm(32)); 2 levels, one layer each: ~1 s steps on CPU.
-    # 16 latent channels (the tiny VAE's, see VAE_PRESETS): in = noisy + reference latent.
+    # Channels must be multiples of 32 (GroupNorm(32)); 2 levels, one layer each. 16x16 latents (the
+    # tiny VAE's 4x, see VAE_PRESETS) with 16 channels: in = noisy + reference latent.
     "tiny": {
-        "sample_size": 8,
+        "sample_size": 16,
         "in_channels": 32,
         "out_channels": 16,
         "down_block_types": ("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
@@ -59,12 +59,16 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Frozen VAE (``AutoencoderKLTemporalDecoder``) kwargs per preset; both downsample by 8. The tiny VAE
-#: has 16 latent channels (4 at 8x8 cannot hold a 64x64 toy frame at the >= 28 dB the toy world needs).
+#: Frozen VAE (``AutoencoderKLTemporalDecoder``) kwargs per preset. SVD-xt downsamples by 8; the tiny
+#: VAE by 4 (three levels) with 16 latent channels: the toy person is ~7% of a 64x64 frame with limbs
+#: ~2 px wide, which an 8x8 latent grid cannot place (measured: 16 dB held-out at 8x, docs/hvg.md);
+#: 16x16 latents keep the toy world's latent grid in proportion to paper scale (576 / 8 = 72). Its
+#: top level is 64 wide: the decoder's last GroupNorm(32) then keeps 2 channels per group (with 32
+#: channels it is a per-channel instance norm, which erases each channel's per-image mean).
 VAE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "down_block_types": ("DownEncoderBlock2D",) * 4,
-        "block_out_channels": (32, 32, 32, 32),
+        "down_block_types": ("DownEncoderBlock2D",) * 3,
+        "block_out_channels": (64, 64, 64),
         "layers_per_block": 1,
         "latent_channels": 16,
         "sample_size": 64,
@@ -101,7 +105,7 @@ CLIP_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Pose-guider channels (4 convs; the last three stride 2, i.e. down to the VAE's 1/8 latent grid).
+#: Pose-guider channels (4 convs; the last log2(VAE factor) stride 2, down to the latent grid).
 GUIDER_PRESETS: dict[str, tuple[int, int, int, int]] = {
     "tiny": (16, 16, 32, 32),
     "svd-xt": (16, 32, 96, 256),
@@ -144,6 +148,12 @@ class HVGConfig:
 
     def clip_kwargs(self) -> dict[str, Any]:
         return dict(CLIP_PRESETS[self.preset])
+
+    @property
+    def latent_downsample(self) -> int:
+        """Spatial factor of the VAE (``2 ** (levels - 1)``): 8 for SVD-xt, 4 for ``tiny``."""
+
+        return 2 ** (len(VAE_PRESETS[self.preset]["block_out_channels"]) - 1)
 
     @property
     def guider_channels(self) -> tuple[int, int, int, int]:

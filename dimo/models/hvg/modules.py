@@ -75,14 +75,21 @@ def zero_module(module: nn.Module) -> nn.Module:
 
 
 class PoseGuider(nn.Module):
-    """Four convs (the last three stride 2): (N, C_in, H, W) -> (N, C_out, H/8, W/8)."""
+    """Four convs, the last ``log2(downsample)`` of them stride 2 (ControlNet's condition encoder:
+    the last three for SVD's 8x VAE): (N, C_in, H, W) -> (N, C_out, H/downsample, W/downsample)."""
 
-    def __init__(self, in_channels: int, channels: tuple[int, int, int, int]):
+    def __init__(self, in_channels: int, channels: tuple[int, int, int, int], downsample: int = 8):
         super().__init__()
+        n_down = int(downsample).bit_length() - 1
+        if downsample < 1 or 2**n_down != downsample or n_down >= len(channels):
+            raise ValueError(
+                f"guider downsample must be a power of 2 below 2**{len(channels)}, got {downsample}"
+            )
         layers: list[nn.Module] = []
         prev = in_channels
         for i, ch in enumerate(channels):
-            layers += [nn.Conv2d(prev, ch, 3, stride=1 if i == 0 else 2, padding=1), nn.SiLU()]
+            stride = 2 if i >= len(channels) - n_down else 1
+            layers += [nn.Conv2d(prev, ch, 3, stride=stride, padding=1), nn.SiLU()]
             prev = ch
         self.convs = nn.Sequential(*layers)
 
@@ -94,8 +101,9 @@ class PoseModulator(nn.Module):
     """Dual bone-map pose modulator.
 
     ``maps`` holds one (N, C_k, H, W) tensor per guider (``normal`` 3, ``depth`` 1 or ``skeleton`` 3);
-    the output (N, out_channels, H/8, W/8) is added to the UNet's first conv output. With two guiders
-    the normal features query the depth features (cross-attention over the h*w tokens).
+    the output (N, out_channels, H/d, W/d) (d = ``downsample``, the VAE's factor) is added to the
+    UNet's first conv output. With two guiders the normal features query the depth features
+    (cross-attention over the h*w tokens).
     """
 
     def __init__(
@@ -104,10 +112,11 @@ class PoseModulator(nn.Module):
         out_channels: int,
         channels: tuple[int, int, int, int] = (16, 32, 96, 256),
         fusion_heads: int = 4,
+        downsample: int = 8,
     ):
         super().__init__()
         self.names = tuple(in_channels)
-        self.guiders = nn.ModuleDict({k: PoseGuider(c, channels) for k, c in in_channels.items()})
+        self.guiders = nn.ModuleDict({k: PoseGuider(c, channels, downsample) for k, c in in_channels.items()})
         dim = channels[-1]
         if len(self.names) == 2:
             self.norm_q = nn.LayerNorm(dim)

@@ -181,7 +181,9 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
         c0 = self.config.block_out_channels[0]
         temb_dim = c0 * 4
 
-        self.pose_modulator = PoseModulator(hvg.pose_channels, c0, hvg.guider_channels, hvg.fusion_heads)
+        self.pose_modulator = PoseModulator(
+            hvg.pose_channels, c0, hvg.guider_channels, hvg.fusion_heads, hvg.latent_downsample
+        )
         self.conv_in.register_forward_hook(self._add_pose)
 
         self.camera_embedding = (
