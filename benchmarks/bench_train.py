@@ -98,14 +98,22 @@ def threedimo_tokens(module, batch: dict) -> int:
 
     b, t, _, h, w = batch["target"].shape
     vae = module.vae
-    shape = (b, 16, (t - 1) // vae.temporal_compression + 1, h // vae.spatial_compression, w // 8)
+    shape = (
+        b,
+        16,
+        (t - 1) // vae.temporal_compression + 1,
+        h // vae.spatial_compression,
+        w // vae.spatial_compression,
+    )
     f, hh, ww = module.net.transformer.patch_grid(shape)
     return b * f * hh * ww
 
 
-def hvg_tokens(batch: dict) -> int:
+def hvg_tokens(batch: dict, latent_downsample: int = 8) -> int:
+    """UNet latent positions of the denoised views x frames, whole batch (the VAE's grid)."""
+
     b, v, t, _, h, w = batch["target"].shape
-    return b * v * t * (h // 8) * (w // 8)
+    return b * v * t * (h // latent_downsample) * (w // latent_downsample)
 
 
 def make_step(module, batch: dict, kind: str, autocast: torch.dtype | None = None):
@@ -197,7 +205,11 @@ def _cpu_rows(profile: str) -> list[dict]:
         step, opt = make_step(module, batch, kind)
         sec = median_time(step, repeats=repeats, warmup=1)
         b = batch["target"].shape[0]
-        tokens = threedimo_tokens(module, batch) if kind == "3dimo" else hvg_tokens(batch)
+        tokens = (
+            threedimo_tokens(module, batch)
+            if kind == "3dimo"
+            else hvg_tokens(batch, module.net_config.latent_downsample)
+        )
         peak = cpu_peak_bytes(module, step, opt)
         shape = "B=2, 9 frames, 64x64" if kind == "3dimo" else "B=1, 3 views x 4 frames, 64x64"
         setting = f"tiny ({config}), {shape}, fp32, cpu {threads} threads"
@@ -336,7 +348,11 @@ def _gpu_variant_rows(kind: str, gemm_flops: float) -> list[dict]:
         module = step = opt = None
         try:
             module = _paper_module(kind, ckpt, compile_, backend)
-            tokens = threedimo_tokens(module, batch) if kind == "3dimo" else hvg_tokens(batch)
+            tokens = (
+                threedimo_tokens(module, batch)
+                if kind == "3dimo"
+                else hvg_tokens(batch, module.net_config.latent_downsample)
+            )
             step, opt = make_step(module, batch, kind, autocast=torch.bfloat16)
             step()  # warm-up (and compilation); fills the text-embedding cache
             torch.cuda.reset_peak_memory_stats()

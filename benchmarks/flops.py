@@ -182,7 +182,7 @@ def hvg_forward_flops(preset: str, views: int, frames: int, height: int, width: 
         net = HVGUNet(cfg).to("meta")  # diffusers' AlphaBlender makes its mix factor on the CPU
         c = cfg.unet_kwargs()["out_channels"]
         cross = cfg.unet_kwargs()["cross_attention_dim"]
-        h, w = height // 8, width // 8
+        h, w = height // cfg.latent_downsample, width // cfg.latent_downsample  # the preset's VAE grid
         pose = {
             k: torch.empty(batch, views, frames, ch, height, width) for k, ch in cfg.pose_channels.items()
         }

@@ -271,7 +271,7 @@ def hvg_activation_bytes(
     with torch.device("meta"):
         net = HVGUNet(cfg).to("meta", dtype)
         c, cross = cfg.unet_kwargs()["out_channels"], cfg.unet_kwargs()["cross_attention_dim"]
-        h = size // 8
+        h = size // cfg.latent_downsample  # the preset's VAE grid (SVD-xt 8x, the toy VAE 4x)
         inputs = dict(
             sample=torch.empty(batch, views, frames, c, h, h, dtype=dtype),
             timestep=torch.empty(batch),
