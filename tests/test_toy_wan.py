@@ -16,8 +16,10 @@ TOY_WAN = REPO / "pretrained" / "toy-wan2.1"
 MIN_PSNR = 28.0  # DESIGN.md 3.5: held-out toy clips at 64x64
 
 
-def test_builder_writes_the_real_layout_and_it_loads_strictly(tmp_path):
-    cfg = ToyWanConfig(
+def _micro_config(**overrides) -> ToyWanConfig:
+    """The builder at micro scale: one clip per source, two steps per part, one thread."""
+
+    base = dict(
         train_clips_per_source=1,
         heldout_clips_per_source=1,
         frames=9,
@@ -27,6 +29,11 @@ def test_builder_writes_the_real_layout_and_it_loads_strictly(tmp_path):
         log_every=1,
         threads=1,
     )
+    return ToyWanConfig(**{**base, **overrides})
+
+
+def test_builder_writes_the_real_layout_and_it_loads_strictly(tmp_path):
+    cfg = _micro_config()
     report = build_toy_wan(tmp_path / "wan", cfg, work=tmp_path / "work")
     out = tmp_path / "wan"
     for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
@@ -100,19 +107,8 @@ def test_committed_toy_wan_folder_loads_strictly_through_the_paper_path():
 
 
 def test_builder_can_reuse_a_vae_and_train_only_the_transformer(tmp_path):
-    cfg = ToyWanConfig(
-        train_clips_per_source=1,
-        heldout_clips_per_source=1,
-        frames=9,
-        vae_steps=2,
-        transformer_steps=2,
-        transformer_layers=1,
-        transformer_heads=2,
-        transformer_head_dim=16,
-        transformer_ffn=32,
-        vae_base_dim=8,
-        log_every=1,
-        threads=1,
+    cfg = _micro_config(
+        transformer_layers=1, transformer_heads=2, transformer_head_dim=16, transformer_ffn=32
     )
     build_toy_wan(tmp_path / "a", cfg, work=tmp_path / "wa")
     cfg.seed = 1
