@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_train import build_module, threedimo_batch  # noqa: E402
+from benchmarks.bench_train import build_module  # noqa: E402
+from dimo.testing import threedimo_batch  # noqa: E402
 
 WARMUP = 1
 

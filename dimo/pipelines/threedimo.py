@@ -35,6 +35,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from dimo.diffusion.flow_matching import FlowMatching
+from dimo.models.common import DTYPES
 from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanTextEncoder, WanVAE
 from dimo.pipelines.errors import GenerateError
 from dimo.pipelines.io import atomic_folder
@@ -43,7 +44,6 @@ from dimo.pipelines.windows import fuse_windows, motion_frames
 __all__ = ["ThreeDiMoPipeline"]
 
 INDEX_NAME = "model_index.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ThreeDiMoPipeline(DiffusionPipeline):
@@ -182,11 +182,11 @@ class ThreeDiMoPipeline(DiffusionPipeline):
     def set_precision(self, dtype: str) -> None:
         """``float32`` | ``bfloat16`` | ``float16``: frozen parts cast, the network under autocast."""
 
-        if dtype not in _DTYPES:
-            raise GenerateError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-        self.vae.to(dtype=_DTYPES[dtype])
-        self.text_encoder.to(dtype=_DTYPES[dtype])
-        self._autocast_dtype = None if dtype == "float32" else _DTYPES[dtype]
+        if dtype not in DTYPES:
+            raise GenerateError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        self.vae.to(dtype=DTYPES[dtype])
+        self.text_encoder.to(dtype=DTYPES[dtype])
+        self._autocast_dtype = None if dtype == "float32" else DTYPES[dtype]
 
     @property
     def exec_device(self) -> torch.device:
