@@ -146,6 +146,9 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # diffusers' device maps keep a Wan block whole; ``compile_repeated_blocks`` compiles each one
+    _no_split_modules = ["WanTransformerBlock"]
+    _repeated_blocks = ["WanTransformerBlock"]
 
     @register_to_config
     def __init__(

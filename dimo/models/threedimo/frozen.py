@@ -100,6 +100,10 @@ class WanVAE(nn.Module):
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
         freeze(self)
 
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
+
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, 16, F, H/8, W/8) (posterior mode)."""

@@ -283,9 +283,8 @@ class ThreeDiMoModule(LightningModule):
             for encoder in (self.net.encoders.body, self.net.encoders.hands):
                 encoder.gradient_checkpointing = True
         scope_attention_backend([self.net], attention_backend)
-        if compile:
-            for block in self.net.transformer.transformer.blocks:
-                block.compile()
+        if compile:  # regional compilation: each Wan block (the backbone's ``_repeated_blocks``)
+            self.net.transformer.compile_repeated_blocks()
 
     # -- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -608,7 +607,7 @@ class ThreeDiMoModule(LightningModule):
         text = self.text_encoder(list(batch["prompt"]), device=self.device)
         condition, image_embeds = self.encode_i2v(batch, num_frames)
         z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
-        shape = (b, self.vae.vae.config.z_dim, *condition.shape[2:])
+        shape = (b, self.vae.latent_channels, *condition.shape[2:])
         noise = torch.randn(shape, generator=self._generator(offset=997), device=self.device)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
