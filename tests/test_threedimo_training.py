@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 
 from dimo.diffusion.flow_matching import FlowMatching, shift_sigma
 from dimo.geometry.rotations import axis_angle_to_matrix, matrix_to_rot6d
@@ -19,7 +19,7 @@ from dimo.models.threedimo import (
     geometric_loss,
     geometric_mpjpe,
 )
-from dimo.testing import threedimo_batch, tiny_threedimo_module, tiny_threedimo_net
+from dimo.testing import threedimo_batch, tiny_threedimo_module, tiny_threedimo_net, tiny_trainer
 
 T, H, W = 9, 32, 32
 REPO = Path(__file__).resolve().parents[1]
@@ -168,16 +168,8 @@ def _fit(root: Path, tmp: Path, max_steps: int, ckpt_path: Path | None = None):
     sched = StageScheduler(
         [Stage("stage1", 3), Stage("stage2", 10, {"internet": 1.0, "ue5": 1.0}, 0.5)], 0.1, 0.0, 4
     )
-    trainer = Trainer(
-        default_root_dir=tmp,
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[rec, sched],
+    trainer = tiny_trainer(
+        tmp, max_steps=max_steps, enable_checkpointing=False, limit_val_batches=0, callbacks=[rec, sched]
     )
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return trainer, module, data, rec
