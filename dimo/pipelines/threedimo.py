@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
-from dimo.diffusion.flow_matching import FlowMatching
+from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
 from dimo.models.common import DTYPES
 from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanTextEncoder, WanVAE
 from dimo.pipelines.errors import GenerateError
@@ -231,10 +231,7 @@ class ThreeDiMoPipeline(DiffusionPipeline):
     def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000 sigma elsewhere."""
 
-        f, h, w = self.net.transformer.patch_grid(latent_shape)
-        t = (sigma * 1000.0)[:, None, None].expand(-1, f, h * w).clone()
-        t[:, 0] = 0.0
-        return t.flatten(1)
+        return reference_timesteps(sigma, self.net.transformer.patch_grid(latent_shape))
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()

@@ -48,7 +48,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from dimo.diffusion.flow_matching import FlowMatching
+from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
 from dimo.geometry.rotations import axis_angle_to_matrix, rot6d_to_matrix
 from dimo.geometry.skeleton import LEFT_HAND_IDS, NUM_JOINTS, RIGHT_HAND_IDS, forward_kinematics, rest_joints
 from dimo.models.attention import AttentionBackend, scope_attention_backend
@@ -388,10 +388,7 @@ class ThreeDiMoModule(LightningModule):
     def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000*sigma elsewhere."""
 
-        f, h, w = self.net.transformer.patch_grid(latent_shape)
-        t = self.flow.timestep(sigma)[:, None, None].expand(-1, f, h * w).clone()  # (B, F', h'w')
-        t[:, 0] = 0.0
-        return t.flatten(1)
+        return reference_timesteps(sigma, self.net.transformer.patch_grid(latent_shape))
 
     @torch.no_grad()
     def _conditions(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
