@@ -15,6 +15,7 @@
 
 Folder layout (``save_pretrained`` / ``from_pretrained``), Wan-diffusers style::
 
+    README.md          model card: what the folder holds, its settings, how to load and run it
     model_index.json   diffusers index + the dimo settings (size, window, text max_length)
     net/               ThreeDiMoNet.save_pretrained (config.json, model.safetensors)
     vae/               AutoencoderKLWan
@@ -121,7 +122,39 @@ class ThreeDiMoPipeline(DiffusionPipeline):
                 "dimo": {"settings": self.settings, "text_max_length": self.text_encoder.max_length},
             }
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
+            (tmp / "README.md").write_text(self.model_card())
         return out
+
+    def model_card(self) -> str:
+        """The export's README: the network's shape, the defaults stored with it, how to load it."""
+
+        cfg = self.net.export_config()
+        wan = cfg["backbone_config"]
+        return f"""# 3DiMo export ({type(self).__name__})
+
+View-adaptive human video generation (3DiMo, Fang et al., CVPR 2026): a reference image, a driving
+video and a camera prompt ("<view>. The camera <motion>.") -> a video. Written by
+`python -m dimo.cli export` from a `ThreeDiMoModule` checkpoint.
+
+| part | what |
+|---|---|
+| `net/` | `ThreeDiMoNet`: motion encoders ({cfg["motion_dim"]}-wide, {cfg["body_tokens"]}+{cfg["hand_tokens"]} tokens per frame), geometric decoder, Wan transformer ({wan.get("num_layers")} layers, {wan.get("num_attention_heads")}x{wan.get("attention_head_dim")} heads) with `{cfg["injection"]}` motion injection |
+| `vae/` | `AutoencoderKLWan` (frozen) |
+| `tokenizer/`, `text_encoder/` | UMT5 (frozen), prompts of up to {self.text_encoder.max_length} tokens |
+| `scheduler/` | `FlowMatchEulerDiscreteScheduler`, shift {float(self.scheduler.config.shift)} |
+
+Stored defaults: {json.dumps(self.settings) if self.settings else "none"} (frame size, temporal window).
+
+```python
+from dimo.pipelines.threedimo import ThreeDiMoPipeline
+from dimo.pipelines.io import load_image, load_video
+
+pipe = ThreeDiMoPipeline.from_pretrained("<this folder>")
+video = pipe(load_image("ref.png"), load_video("driving.mp4"), "Front view. The camera stays static.")
+```
+
+or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`docs/generate.md`).
+"""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **_: Any) -> ThreeDiMoPipeline:  # type: ignore[override]
