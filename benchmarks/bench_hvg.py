@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import linear_fit, median_time, not_measured  # noqa: E402
 from dimo.diffusion.edm import EDM  # noqa: E402
 from dimo.models.hvg import HVGConfig, HVGModule, HVGUNet, ProgressiveSampler  # noqa: E402
-from dimo.models.hvg.synthetic import synthetic_hvg_sample  # noqa: E402
+from dimo.testing import synthetic_hvg_sample  # noqa: E402
 
 SIZES_CPU = [(2, 4), (2, 8), (2, 12), (4, 12), (4, 16), (6, 16), (8, 16)]
 NAIVE_MAX_CELLS = 64

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_train import build_module, threedimo_batch  # noqa: E402
+from benchmarks.bench_train import build_module  # noqa: E402
+from dimo.testing import threedimo_batch, tiny_trainer  # noqa: E402
 
 WARMUP = 1
 
@@ -69,22 +70,13 @@ class _Repeat(torch.utils.data.Dataset):
 
 
 def _trainer_step_s(module, batch: dict, steps: int) -> tuple[float, float]:
-    from lightning.pytorch import Trainer
 
     timer = _Timer()
     loader = torch.utils.data.DataLoader(_Repeat(batch, WARMUP + steps), batch_size=None)
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=WARMUP + steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[timer.callback],
-    )
+    trainer = tiny_trainer(
+        devices=1, max_steps=WARMUP + steps, enable_checkpointing=False, num_sanity_val_steps=0,
+        limit_val_batches=0, callbacks=[timer.callback],
+    )  # fmt: skip
     trainer.fit(module, train_dataloaders=loader)
     module._trainer = None  # detach, so the bare loop's training_step sees no trainer
     return ((timer.end[0] - timer.start[0]) / steps, (timer.end[1] - timer.start[1]) / steps)

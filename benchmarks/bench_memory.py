@@ -29,12 +29,11 @@ from benchmarks.bench_train import (  # noqa: E402
     _paper_module,
     build_module,
     cpu_step_peak_bytes,
-    hvg_batch,
     make_step,
     resident_bytes,
-    threedimo_batch,
 )
 from benchmarks.common import linear_fit, not_measured  # noqa: E402
+from dimo.testing import hvg_batch, threedimo_batch  # noqa: E402
 
 # (frames at base resolution, resolutions (H, W) at base frames, base frames, views)
 CPU_GRID = {

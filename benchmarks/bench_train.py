@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import median_time, not_measured, sync  # noqa: E402
+from dimo.testing import hvg_batch, threedimo_batch  # noqa: E402
 
 EXPERIMENTS = ROOT / "experiments"
-PROMPTS = ["front view. The camera orbits left.", "back view. The camera is static."]
 
 
 # -- building the modules and batches -------------------------------------------------------------
@@ -58,39 +58,6 @@ def build_module(config: str) -> torch.nn.Module:
         args = ["--config", str(EXPERIMENTS / config), f"--trainer.default_root_dir={tmp}"]
         cli = run_lightning([*args, "--trainer.logger=false"], run=False)
     return cli.model
-
-
-def threedimo_batch(b: int, frames: int, height: int, width: int, device="cpu", seed: int = 0) -> dict:
-    """A 3DiMo batch per docs/contracts.md (random values of the right shapes and ranges)."""
-
-    g = torch.Generator().manual_seed(seed)
-    batch = {
-        "driving": torch.rand(b, frames, 3, height, width, generator=g) * 2 - 1,
-        "target": torch.rand(b, frames, 3, height, width, generator=g) * 2 - 1,
-        "reference": torch.rand(b, 3, height, width, generator=g) * 2 - 1,
-        "body_pose": torch.randn(b, frames, 21, 3, generator=g) * 0.4,
-        "hand_pose": torch.randn(b, frames, 30, 3, generator=g) * 0.4,
-        "body_valid": torch.ones(b, frames, dtype=torch.bool),
-        "hand_valid": torch.ones(b, frames, 2, dtype=torch.bool),
-        "joints2d": torch.rand(b, frames, 55, 2, generator=g) * torch.tensor([width, height]),
-        "joints2d_valid": torch.ones(b, frames, 55, dtype=torch.bool),
-    }
-    batch = {k: v.to(device) for k, v in batch.items()}
-    batch["prompt"] = [PROMPTS[i % len(PROMPTS)] for i in range(b)]
-    return batch
-
-
-def hvg_batch(b: int, views: int, frames: int, height: int, width: int, device="cpu") -> dict:
-    """An HVG batch: ``b`` synthetic samples (dimo.models.hvg.synthetic) collated."""
-
-    from dimo.models.hvg.synthetic import synthetic_hvg_sample
-
-    samples = [synthetic_hvg_sample(views, frames, height, width, seed=i) for i in range(b)]
-    out = {}
-    for k, v in samples[0].items():
-        vals = [s[k] for s in samples]
-        out[k] = torch.stack(vals).to(device) if torch.is_tensor(v) else vals
-    return out
 
 
 def threedimo_tokens(module, batch: dict) -> int:
@@ -288,6 +255,7 @@ def _build_paper_module(kind: str, ckpt: bool, compile_: bool, backend: str = "a
     import functools
 
     if kind == "3dimo":
+        from dimo.models.common import freeze
         from dimo.models.threedimo import ThreeDiMoModule, ThreeDiMoNet, WanTextEncoder, WanVAE
         from dimo.models.threedimo.frozen import TEXT_PRESETS
 
@@ -300,7 +268,7 @@ def _build_paper_module(kind: str, ckpt: bool, compile_: bool, backend: str = "a
 
         text = WanTextEncoder(preset="tiny", max_length=512)
         text.encoder = UMT5EncoderModel(UMT5Config(**dict(TEXT_PRESETS["tiny"], d_model=net.text_dim)))
-        text.freeze()
+        freeze(text)
         module = ThreeDiMoModule(
             net=net,
             vae=WanVAE(preset="wan2.1"),

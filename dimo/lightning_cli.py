@@ -9,6 +9,8 @@ class DimoCLI(LightningCLI):
     """LightningCLI with the defaults a dimo user expects.
 
     * TensorBoard logger under ``runs/`` (override with ``--trainer.logger``),
+    * a :class:`~dimo.callbacks.SampleLogger` configurable as ``--samples.*`` (both methods' sample
+      grids and videos through the logger's API),
     * a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` configurable as ``--checkpoint.*``
       (it always saves ``last.ckpt``), written atomically by
       :class:`~dimo.callbacks.reliability.AtomicCheckpointIO` (temp file in the checkpoint folder,
@@ -64,8 +66,11 @@ class DimoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
+        from dimo.callbacks.samples import SampleLogger
+
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
+        parser.add_lightning_class_args(SampleLogger, "samples")
 
     # ---- checks before any work --------------------------------------------------------------------
     def instantiate_classes(self) -> None:

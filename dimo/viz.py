@@ -19,7 +19,15 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-__all__ = ["to_unit", "labelled_grid", "labelled_video", "log_image", "log_video", "colorize_depth"]
+__all__ = [
+    "to_unit",
+    "labelled_grid",
+    "labelled_video",
+    "log_image",
+    "log_video",
+    "depth_range",
+    "depth_to_image",
+]
 
 _BG = 1.0  # white margins
 _LABEL_W = 72
@@ -32,15 +40,26 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).clamp(0, 1)
 
 
-def colorize_depth(depth: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """(..., 1, H, W) depth -> (..., 3, H, W) grey in [0, 1]: near is bright, background black."""
+def depth_range(depth: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Near/far of the visible (``mask``) depths; ``(0, 1)`` when nothing is visible. Pass one range to
+    :func:`depth_to_image` for several images so their brightness is comparable."""
 
-    d = depth.detach().float().cpu()
-    mask = (d > 0) if valid is None else valid.cpu().bool()
-    if mask.any():
-        lo, hi = d[mask].min(), d[mask].max()
-        d = torch.where(mask, 1 - 0.8 * (d - lo) / (hi - lo).clamp_min(1e-6), torch.zeros_like(d))
-    return d.expand(*d.shape[:-3], 3, *d.shape[-2:]).clone()
+    if not mask.any():
+        return (0.0, 1.0)
+    d = depth[mask.bool()]
+    return (float(d.min()), float(d.max()))
+
+
+def depth_to_image(
+    depth: torch.Tensor, mask: torch.Tensor, near_far: tuple[float, float] | None = None
+) -> torch.Tensor:
+    """Depth (..., H, W) -> grey image (..., 3, H, W) in [0, 1]: the nearest visible depth 1, the
+    farthest 0.2, background (``~mask``) black. ``near_far`` defaults to :func:`depth_range` of all."""
+
+    d, m = depth.detach().float().cpu(), mask.detach().cpu().bool()
+    lo, hi = near_far if near_far is not None else depth_range(d, m)
+    grey = (1.0 - 0.8 * (d - lo) / max(hi - lo, 1e-6)).clamp(0, 1) * m
+    return grey[..., None, :, :].expand(*grey.shape[:-2], 3, *grey.shape[-2:]).clone()
 
 
 def _text_strip(texts: Sequence[str], width: int, height: int, vertical: bool) -> np.ndarray:

@@ -529,7 +529,7 @@ def _fit_args(tmp: Path, env: Env, *extra: str) -> list[str]:
         f"--data.init_args.root={env.toy}", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
-        "--model.init_args.sample_every_n_steps=0", "--trainer.enable_progress_bar=false", *extra,
+        "--samples.every_n_steps=0", "--trainer.enable_progress_bar=false", *extra,
     ]  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from dimo.data.augment import AugmentConfig
 from dimo.data.datamodule import ViewRichDataModule
 from dimo.data.manifest import MANIFEST_NAME, load_manifest
+from dimo.testing import tiny_trainer
 
 NO_AUG = AugmentConfig(enabled=False)
 
@@ -172,19 +173,10 @@ class _Recorder(L.LightningModule):
 
 
 def _trainer(max_steps, logger=False, **kw):
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        log_every_n_steps=1,
-        **kw,
-    )
+    return tiny_trainer(
+        devices=1, max_steps=max_steps, logger=logger, enable_checkpointing=False, num_sanity_val_steps=0,
+        limit_val_batches=0, log_every_n_steps=1, **kw,
+    )  # fmt: skip
 
 
 def test_bad_clips_are_skipped_counted_and_logged(toy_root, tmp_path):

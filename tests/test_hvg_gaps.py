@@ -7,13 +7,13 @@ import functools
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from torch.utils.data import DataLoader
 
-from dimo.models.hvg import HVGConfig, HVGModule, ProgressiveSampler
+from dimo.callbacks import SampleLogger
+from dimo.models.hvg import HVGConfig, HVGModule
 from dimo.models.hvg.conditioning import render_pose_maps
 from dimo.models.hvg.module import GAP_SEED_OFFSET, donor_indices
-from dimo.models.hvg.synthetic import SyntheticHVGDataset
+from dimo.testing import SyntheticHVGDataset, tiny_hvg_module, tiny_trainer
 
 V, T, H = 2, 2, 32
 SIGMAS = (0.5, 3.0)
@@ -22,11 +22,8 @@ D = HVGConfig().latent_downsample
 
 def _module(**kwargs) -> HVGModule:
     torch.manual_seed(0)
-    module = HVGModule(
-        net=HVGConfig(),
+    module = tiny_hvg_module(
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
-        sampler=ProgressiveSampler(view_window=1, frame_window=1, view_overlap=0, frame_overlap=0),
-        sample_steps=2,
         noise_aug_strength=0.0,
         gap_sigmas=SIGMAS,
         val_metric_batches=0,
@@ -94,7 +91,7 @@ def test_gap_losses_and_logged_gaps_follow_the_formula(tmp_path):
     assert not torch.allclose(got["pose_swapped"], got["own"])
     assert not torch.allclose(got["reference_swapped"], got["own"])
 
-    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = tiny_trainer()
     trainer.validate(module, DataLoader(SyntheticHVGDataset(3, V, T, H, H), batch_size=3), verbose=False)
     m = trainer.callback_metrics
     own = want["own"].sum()
@@ -124,7 +121,7 @@ def test_validation_logs_gaps_static_baseline_and_labelled_samples(tmp_path):
     module = _module()
     module.val_metric_batches = 1
     logger = TensorBoardLogger(tmp_path, name="hvg", default_hp_metric=False)
-    trainer = Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False)
+    trainer = tiny_trainer(logger=logger, callbacks=[SampleLogger()])
     loader = DataLoader(SyntheticHVGDataset(2, V, T, H, H), batch_size=2)
     trainer.validate(module, loader, verbose=False)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,11 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
+from dimo.callbacks import SampleLogger
 from dimo.diffusion.edm import EDM
 from dimo.models.hvg import HVGConfig, HVGModule, ProgressiveSampler
 from dimo.models.hvg.network import build_image_encoder, build_vae
-from dimo.models.hvg.synthetic import SyntheticHVGDataset
+from dimo.testing import SyntheticHVGDataset, tiny_hvg_module, tiny_trainer
 
 V, T, H = 2, 2, 32
 
@@ -25,26 +25,11 @@ def _loader(length: int = 2) -> DataLoader:
 
 
 def _module(**kwargs) -> HVGModule:
-    kwargs.setdefault("optimizer", functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0))
-    kwargs.setdefault(
-        "sampler", ProgressiveSampler(view_window=1, frame_window=1, view_overlap=0, frame_overlap=0)
-    )
-    kwargs.setdefault("sample_steps", 2)
-    return HVGModule(net=HVGConfig(), **kwargs)
+    return tiny_hvg_module(**kwargs)
 
 
 def _trainer(tmp_path: Path, max_steps: int, **kwargs) -> Trainer:
-    kwargs.setdefault("logger", False)
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        default_root_dir=tmp_path,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **kwargs,
-    )
+    return tiny_trainer(tmp_path, max_steps=max_steps, num_sanity_val_steps=0, limit_val_batches=0, **kwargs)
 
 
 @torch.no_grad()
@@ -84,9 +69,12 @@ def test_video_grid_is_logged_to_tensorboard(tmp_path: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     seed_everything(0)
-    module = _module(log_video_every_n_steps=1)
+    module = _module()
     logger = TensorBoardLogger(tmp_path, name="hvg")
-    _trainer(tmp_path, max_steps=1, logger=logger, log_every_n_steps=1).fit(module, _loader(1))
+    samples = SampleLogger(every_n_steps=0, train_every_n_steps=1)
+    _trainer(tmp_path, max_steps=1, logger=logger, log_every_n_steps=1, callbacks=[samples]).fit(
+        module, _loader(1)
+    )
     acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
     acc.Reload()
     assert "train/samples" in acc.Tags()["images"]

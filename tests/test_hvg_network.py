@@ -10,7 +10,7 @@ from dimo.geometry.cameras import look_at, relative_rotation
 from dimo.models.hvg.conditioning import render_pose_maps
 from dimo.models.hvg.config import HVGConfig
 from dimo.models.hvg.network import HVGUNet, count_parameters, is_hvg_key, load_svd_unet_weights
-from dimo.models.hvg.synthetic import synthetic_hvg_sample
+from dimo.testing import synthetic_hvg_sample
 
 B, V, T, H = 1, 3, 2, 32
 C = HVGConfig().unet_kwargs()["out_channels"]  # latent channels of the tiny preset
@@ -264,7 +264,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_pose_guider_reaches_the_latent_grid_of_either_vae():
-    from dimo.models.hvg.modules import PoseGuider
+    from dimo.models.hvg.layers import PoseGuider
 
     x = torch.zeros(1, 3, 64, 64)
     assert PoseGuider(3, (16, 16, 32, 32), downsample=8)(x).shape == (1, 32, 8, 8)  # SVD-xt's VAE

@@ -8,24 +8,19 @@ import pytest
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from test_hvg_module import _loader as _hvg_loader
-from test_hvg_module import _module as _hvg_module
-from test_threedimo_training import _batch as _threedimo_batch
-from test_threedimo_training import _module as _threedimo_module
 from torch.utils.data import DataLoader
 
 from dimo.eval.pixel import L1, PSNR, SSIM
+from dimo.testing import threedimo_batch as _threedimo_batch
+from dimo.testing import tiny_hvg_module as _hvg_module
+from dimo.testing import tiny_threedimo_module as _threedimo_module
+from dimo.testing import tiny_trainer
 
 DIRECT = {"psnr": PSNR, "ssim": SSIM, "l1": L1}
 
 
 def _trainer(tmp_path: Path) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    return tiny_trainer(tmp_path)
 
 
 def _capture_generate(module) -> list[torch.Tensor]:

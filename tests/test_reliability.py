@@ -17,6 +17,7 @@ from lightning.pytorch import Trainer
 
 from dimo.callbacks import Stage, StageChainError, StageScheduler, StopAfterStage
 from dimo.callbacks.reliability import AtomicCheckpointIO, LogProgressBar, default_progress_bar
+from dimo.testing import tiny_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def _fit_cmd(toy_root, tmp_path, *extra):
         f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
-        "--model.init_args.sample_every_n_steps=0", "--checkpoint.every_n_train_steps=0", *_toy_wan_args(), *extra,
+        "--samples.every_n_steps=0", "--checkpoint.every_n_train_steps=0", *_toy_wan_args(), *extra,
     ]  # fmt: skip
 
 
@@ -96,17 +97,10 @@ def test_sigterm_saves_last_ckpt_and_exits_nonzero(toy_root, tmp_path):
 
 def _stage_trainer(tmp_path, stage: str, max_steps: int = -1):
     sched = StageScheduler([Stage("stage1", 2), Stage("stage2", 3), Stage("stage3", 2)], 0.1, 0.0, 2)
-    return Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
+    return tiny_trainer(
+        tmp_path, max_steps=max_steps, enable_checkpointing=False, limit_val_batches=0,
         callbacks=[sched, StopAfterStage(stage)],
-    )
+    )  # fmt: skip
 
 
 def test_stage_chaining_refuses_an_unfinished_previous_stage(toy_root, tmp_path):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from dimo.models.hvg.modules import ForwardState, ReferenceAttnProcessor, ViewAttention
+from dimo.models.hvg.layers import ForwardState, ReferenceAttnProcessor, ViewAttention
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -48,7 +48,7 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(toy_root, tmp_path)
             f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
             "--data.init_args.batch_size=1", "--data.init_args.val_batches=0",
             "--data.init_args.log_preview=false", "--model.init_args.net.init_args.image_size=[32,32]",
-            "--model.init_args.net.init_args.hand_crop=16", "--model.init_args.sample_every_n_steps=0",
+            "--model.init_args.net.init_args.hand_crop=16", "--samples.every_n_steps=0",
             *_toy_wan_args(),
         ]  # fmt: skip
         if signal_at is not None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader, TensorDataset
 
 from dimo.callbacks import Stage, StageScheduler, StopAfterStage
+from dimo.testing import tiny_trainer
 
 STAGES = [
     Stage("stage1", 4, {"internet": 1.0}, 0.0),
@@ -63,15 +64,7 @@ class _MixData(LightningDataModule):
 
 
 def _trainer(tmp_path, callbacks, **kw):
-    return Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **kw,
-    )
+    return tiny_trainer(tmp_path, callbacks=callbacks, **kw)
 
 
 def test_sets_geo_weight_and_mixture_each_step_and_resumes(tmp_path):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from test_threedimo_training import _batch, _module
 from torch.utils.data import DataLoader
 
 from dimo.models.threedimo.module import other_clip_index, relative_gap
+from dimo.testing import tiny_trainer
 
 
 def test_other_clip_index_picks_the_next_sample_from_another_clip():
@@ -95,7 +96,7 @@ def test_validation_logs_the_motion_gap(tmp_path: Path):
     seed_everything(0)
     module = _live(_module(sample_steps=1, val_metric_batches=0))
     loader = DataLoader([_batch(b=2), _batch(b=2, seed=1)], batch_size=None)
-    trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    trainer = tiny_trainer(tmp_path)
     logged = trainer.validate(module, loader, verbose=False)[0]
     for key in ("val/loss_own_motion", "val/loss_other_motion", "val/loss_no_motion", "val/motion_gap"):
         assert key in logged, sorted(logged)

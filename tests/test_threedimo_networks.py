@@ -334,3 +334,19 @@ def test_per_frame_view_matches_the_encoders_layout():
         body_only = enc.body(driving[:, 3:4])  # frame 3 alone
     assert per.shape == (1, T, 10, 32)
     torch.testing.assert_close(per[:, 3, :5], body_only[:, :5])
+
+
+def test_compile_is_regional_over_the_declared_repeated_blocks():
+    from dimo.models.threedimo.backbone import ThreeDiMoTransformer
+    from dimo.testing import tiny_threedimo_module
+
+    assert (
+        ThreeDiMoTransformer._repeated_blocks
+        == ThreeDiMoTransformer._no_split_modules
+        == ["WanTransformerBlock"]
+    )
+    module = tiny_threedimo_module(compile=True)  # torch.compile is lazy: nothing is traced here
+    blocks = list(module.net.transformer.transformer.blocks)
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    others = [m for m in module.modules() if type(m).__name__ != "WanTransformerBlock"]
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in others)

@@ -9,45 +9,32 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 
 from dimo.diffusion.flow_matching import FlowMatching, shift_sigma
 from dimo.geometry.rotations import axis_angle_to_matrix, matrix_to_rot6d
 from dimo.models.threedimo import (
     ThreeDiMoModule,
     ThreeDiMoNet,
-    WanTextEncoder,
     geometric_loss,
     geometric_mpjpe,
 )
+from dimo.testing import threedimo_batch, tiny_threedimo_module, tiny_threedimo_net, tiny_trainer
 
 T, H, W = 9, 32, 32
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _net(injection: str = "cross_attention") -> ThreeDiMoNet:
-    return ThreeDiMoNet(injection=injection, image_size=(H, W), hand_crop=16, motion_dim=32, geo_hidden=64)
+    return tiny_threedimo_net(injection, size=H)
 
 
 def _module(**kw) -> ThreeDiMoModule:
-    net = kw.pop("net", None) or _net(kw.pop("injection", "cross_attention"))
-    return ThreeDiMoModule(net=net, text_encoder=WanTextEncoder(max_length=16), **kw)
+    return tiny_threedimo_module(**kw)
 
 
 def _batch(b: int = 2, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "driving": torch.rand(b, T, 3, H, W, generator=g) * 2 - 1,
-        "target": torch.rand(b, T, 3, H, W, generator=g) * 2 - 1,
-        "reference": torch.rand(b, 3, H, W, generator=g) * 2 - 1,
-        "prompt": ["front view. The camera orbits left.", "back view. The camera is static."][:b],
-        "body_pose": torch.randn(b, T, 21, 3, generator=g) * 0.4,
-        "hand_pose": torch.randn(b, T, 30, 3, generator=g) * 0.4,
-        "body_valid": torch.ones(b, T, dtype=torch.bool),
-        "hand_valid": torch.ones(b, T, 2, dtype=torch.bool),
-        "joints2d": torch.rand(b, T, 55, 2, generator=g) * W,
-        "joints2d_valid": torch.ones(b, T, 55, dtype=torch.bool),
-    }
+    return threedimo_batch(b, T, H, W, seed=seed)
 
 
 # -- pure pieces ------------------------------------------------------------------------------------
@@ -151,6 +138,12 @@ def test_generate_keeps_the_reference_frame_and_shapes():
     batch = _batch(b=1)
     video = module.generate(batch, num_steps=2)
     assert video.shape == (1, T, 3, H, W) and video.abs().max() <= 1
+    # frame 0 is the decoded clean reference latent (the causal VAE decodes latent frame 0 alone) ...
+    _, ref, _ = module.encode_conditions(batch)
+    assert torch.equal(video[:, :1], module.vae.decode(ref).transpose(1, 2))
+    # ... so another reference changes it
+    other = module.generate(dict(batch, reference=-batch["reference"]), num_steps=2)
+    assert (other[:, 0] - video[:, 0]).abs().mean() > 1e-3
 
 
 # -- Lightning fit on the toy data --------------------------------------------------------------------
@@ -175,16 +168,8 @@ def _fit(root: Path, tmp: Path, max_steps: int, ckpt_path: Path | None = None):
     sched = StageScheduler(
         [Stage("stage1", 3), Stage("stage2", 10, {"internet": 1.0, "ue5": 1.0}, 0.5)], 0.1, 0.0, 4
     )
-    trainer = Trainer(
-        default_root_dir=tmp,
-        accelerator="cpu",
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[rec, sched],
+    trainer = tiny_trainer(
+        tmp, max_steps=max_steps, enable_checkpointing=False, limit_val_batches=0, callbacks=[rec, sched]
     )
     trainer.fit(module, data, ckpt_path=ckpt_path)
     return trainer, module, data, rec
@@ -232,7 +217,7 @@ def test_two_process_ddp_fit(toy_root, tmp_path):
         f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
-        "--model.init_args.sample_every_n_steps=0",
+        "--samples.every_n_steps=0",
         *_toy_wan_args(),  # the run starts in a temporary folder: absolute pretrained paths
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))

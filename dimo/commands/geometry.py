@@ -23,6 +23,7 @@ from dimo.geometry import cameras as cam
 from dimo.geometry import renderer as rd
 from dimo.geometry import skeleton as sk
 from dimo.geometry.rotations import axis_angle_to_matrix
+from dimo.viz import depth_range, depth_to_image
 
 __all__ = ["demo_motion", "load_motion_joints", "main", "write_mp4"]
 
@@ -47,60 +48,12 @@ def demo_motion(num_frames: int) -> torch.Tensor:
     return sk.forward_kinematics(axis_angle_to_matrix(aa), sk.rest_joints())
 
 
-def _param(data: dict[str, np.ndarray], key: str, T: int, n: int) -> torch.Tensor | None:
-    if key not in data:
-        return None
-    x = torch.as_tensor(np.asarray(data[key], dtype=np.float32))
-    if x.dim() == 1:
-        x = x.expand(T, -1)
-    return x.reshape(T, n, 3) if n > 1 else x.reshape(T, 3)
-
-
 def load_motion_joints(path: Path, model_dir: Path | None = None, gender: str = "neutral") -> torch.Tensor:
-    """World joints (T, 55, 3) from a motion ``.npz`` (SMPL-X parameters or ``joints``)."""
+    """World joints (T, 55, 3) from a motion ``.npz`` (:func:`dimo.geometry.motion.read_motion_joints`)."""
 
-    if not path.is_file():
-        raise FileNotFoundError(f"motion file not found: {path}")
-    with np.load(path, allow_pickle=False) as f:
-        data = {k: f[k] for k in f.files}
-    if "global_orient" not in data or "body_pose" not in data:
-        if "joints" in data:
-            joints = torch.as_tensor(np.asarray(data["joints"], dtype=np.float32))
-            if joints.dim() == 2:
-                joints = joints[None]
-            if joints.shape[1:] != (55, 3):
-                raise ValueError(f"{path}: 'joints' must have shape (T, 55, 3), got {tuple(joints.shape)}")
-            return joints
-        raise ValueError(
-            f"{path} has arrays {sorted(data)}; expected SMPL-X parameters 'global_orient' (T, 3) and "
-            "'body_pose' (T, 63) [+ 'left_hand_pose', 'right_hand_pose' or 'hand_pose', 'jaw_pose', "
-            "'transl', 'betas'] or posed 'joints' (T, 55, 3)"
-        )
-    go = np.asarray(data["global_orient"], dtype=np.float32)
-    T = 1 if go.ndim == 1 else go.shape[0]
-    hand = _param(data, "hand_pose", T, 30)
-    if hand is None and ("left_hand_pose" in data or "right_hand_pose" in data):
-        zeros = torch.zeros(T, 15, 3)
-        left = _param(data, "left_hand_pose", T, 15)
-        right = _param(data, "right_hand_pose", T, 15)
-        hand = torch.cat([zeros if left is None else left, zeros if right is None else right], dim=1)
-    rotmats = sk.pose_to_rotmats(
-        _param(data, "global_orient", T, 1),
-        _param(data, "body_pose", T, 21),
-        hand,
-        _param(data, "jaw_pose", T, 1),
-    )
-    rest = sk.rest_joints()
-    if model_dir is not None:
-        from dimo.geometry.body_models import load_body_model, model_rest_joints
+    from dimo.geometry.motion import read_motion_joints
 
-        model = load_body_model(model_dir, "smplx", gender=gender)
-        betas = torch.as_tensor(np.asarray(data["betas"], dtype=np.float32)) if "betas" in data else None
-        if betas is not None:
-            betas = betas[..., : model.shapedirs.shape[-1]]
-        rest = model_rest_joints(model, betas)
-    transl = _param(data, "transl", T, 1)
-    return sk.forward_kinematics(rotmats, rest, transl)
+    return read_motion_joints(path, model_dir=model_dir, gender=gender)
 
 
 def _facing(joints: torch.Tensor) -> tuple[float, float, float]:
@@ -115,23 +68,13 @@ def _facing(joints: torch.Tensor) -> tuple[float, float, float]:
     return (float(f[0]), float(f[1]), float(f[2]))
 
 
-def _depth_range(depth: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
-    """Near/far of the visible surfaces, shared by all images so brightness is comparable."""
-
-    if not mask.any():
-        return (0.0, 1.0)
-    d = depth[mask]
-    return (float(d.min()), float(d.max()))
-
-
-def _panels(out: rd.BoneRender, depth_range: tuple[float, float]) -> torch.Tensor:
+def _panels(out: rd.BoneRender, near_far: tuple[float, float]) -> torch.Tensor:
     """RGB | normal | depth side by side, uint8 (B, H, 3W, 3)."""
 
-    lo, hi = depth_range
-    depth = (1.0 - 0.8 * (out.depth - lo) / max(hi - lo, 1e-6)).clamp(0, 1) * out.mask  # near = bright
+    depth = depth_to_image(out.depth, out.mask, near_far)  # near = bright
     normal = (out.normal * 0.5 + 0.5) * out.mask[:, None]
     assert out.rgb is not None
-    img = torch.cat([out.rgb, normal, depth[:, None].expand(-1, 3, -1, -1)], dim=-1)  # (B, 3, H, 3W)
+    img = torch.cat([out.rgb, normal, depth.to(out.rgb)], dim=-1)  # (B, 3, H, 3W)
     return (img.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
 
 
@@ -146,25 +89,11 @@ def _render(
 
 
 def write_mp4(frames: np.ndarray, path: Path, fps: float = 24.0, crf: int = 18) -> None:
-    """Encode uint8 frames (T, H, W, 3) as H.264 / yuv420p with PyAV (H and W must be even)."""
+    """Encode uint8 frames (T, H, W, 3) as H.264 / yuv420p (H and W must be even)."""
 
-    import av
+    from dimo.data.video import write_video
 
-    T, H, W, _ = frames.shape
-    if H % 2 or W % 2:
-        raise ValueError(f"yuv420p needs even frame sizes, got {W}x{H}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=round(fps))
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in frames:
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            ):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, frames, fps, crf=crf)
 
 
 def preview(args: argparse.Namespace) -> int:
@@ -197,7 +126,7 @@ def preview(args: argparse.Namespace) -> int:
     t = torch.cat([v.t for v in views])
     J = posed.expand(args.views, 55, 3)
     out = _render(J, K, R, t, size)
-    panels = _panels(out, _depth_range(out.depth, out.mask))  # (V, S, 3S, 3)
+    panels = _panels(out, depth_range(out.depth, out.mask))  # (V, S, 3S, 3)
     skel = rd.render_skeleton_map(J, K, R, t, size, size, line_width=max(2.0, size / 128))
     skel = (skel.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)  # (V, S, S, 3)
     rows = [panels[..., i * size : (i + 1) * size, :] for i in range(3)] + [skel]
@@ -228,10 +157,8 @@ def preview(args: argparse.Namespace) -> int:
                 renders.append(_render(joints, traj.K[idx], traj.R[idx], traj.t[idx], size))
                 progress.advance(task, len(idx))
         # one depth range for the whole video, so brightness does not flicker
-        depth_range = _depth_range(
-            torch.cat([r.depth for r in renders]), torch.cat([r.mask for r in renders])
-        )
-        video = torch.cat([_panels(r, depth_range) for r in renders]).numpy()  # (T, S, 3S, 3)
+        near_far = depth_range(torch.cat([r.depth for r in renders]), torch.cat([r.mask for r in renders]))
+        video = torch.cat([_panels(r, near_far) for r in renders]).numpy()  # (T, S, 3S, 3)
         mp4 = out_dir / f"trajectory_{args.trajectory}.mp4"
         write_mp4(video, mp4, fps=args.fps)
         print(f"wrote {mp4}")

@@ -12,7 +12,7 @@ from typing import Any
 _LAZY = {
     "ViewRichDataModule": "dimo.data.datamodule",
     "ClipDataset": "dimo.data.dataset",
-    "SampleSpec": "dimo.data.dataset",
+    "SampleSpec": "dimo.data.spec",
     "AugmentConfig": "dimo.data.augment",
     "MixtureStream": "dimo.data.mixture",
     "MixtureSampler": "dimo.data.mixture",

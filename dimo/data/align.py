@@ -10,16 +10,14 @@ stored frame are black (-1). Cameras are those of the window's first frame (stat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from dimo.data.manifest import ClipRecord, RecordError
+from dimo.data.spec import SampleSpec
 from dimo.data.video import read_frames
-
-if TYPE_CHECKING:
-    from dimo.data.dataset import SampleSpec
 
 __all__ = ["align_views"]
 

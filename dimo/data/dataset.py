@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +28,9 @@ from torch.utils.data import Dataset
 from dimo.data.augment import AugmentConfig, DrivingAugment
 from dimo.data.manifest import ClipRecord, MotionError, RecordError, load_motion
 from dimo.data.mixture import SampleKey
-from dimo.data.video import CropMode, VideoError, adjust_intrinsics, read_frames, resize_crop_plan
+from dimo.data.align import align_views
+from dimo.data.spec import SampleSpec
+from dimo.data.video import VideoError, adjust_intrinsics, read_frames, resize_crop_plan
 
 __all__ = ["ClipDataset", "SampleSpec", "frames_to_tensor", "ineligible_reason", "usable_reason"]
 
@@ -38,25 +39,6 @@ log = logging.getLogger(__name__)
 MOTION_CACHE = 256  # motion files kept in memory per worker (a few hundred KB at toy scale)
 # what a broken clip can raise while loading; ValueError/IndexError cover odd files PyAV/numpy reject
 LOAD_ERRORS = (VideoError, MotionError, RecordError, OSError, EOFError, ValueError, IndexError)
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """What a sample looks like (shared by every source)."""
-
-    task: Literal["3dimo", "hvg"] = "3dimo"
-    num_frames: int = 8
-    frame_stride: int = 1
-    height: int = 64
-    width: int = 64
-    num_views: int = 4  # HVG only
-    crop: CropMode = "center"
-
-    @property
-    def span(self) -> int:
-        """Source frames covered by one sample."""
-
-        return (self.num_frames - 1) * self.frame_stride + 1
 
 
 def ineligible_reason(record: ClipRecord, spec: SampleSpec) -> str | None:
@@ -299,8 +281,6 @@ class ClipDataset(Dataset):
         }
 
     def _build_hvg(self, record: ClipRecord, rng: np.random.Generator) -> dict[str, Any]:
-        from dimo.data.align import align_views
-
         spec = self.spec
         frames = self._window(record, rng)
         if len(record.views) < spec.num_views:

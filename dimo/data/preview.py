@@ -53,17 +53,12 @@ def bone_maps(joints: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.T
     """Depth and normal previews (B, 3, H, W) in [0, 1] of joints (B, 55, 3) seen by B cameras."""
 
     from dimo.geometry.renderer import render_bones
+    from dimo.viz import depth_to_image
 
     out = render_bones(joints.float(), K.float(), R.float(), t.float(), h, w)
-    depth = out.depth  # (B, H, W), 0 = background
-    vis = torch.zeros_like(depth)
-    for b in range(depth.shape[0]):
-        m = out.mask[b]
-        if m.any():
-            lo, hi = depth[b][m].min(), depth[b][m].max()
-            vis[b][m] = 1.0 - 0.8 * (depth[b][m] - lo) / (hi - lo).clamp_min(1e-6)
+    depth = torch.stack([depth_to_image(d, m) for d, m in zip(out.depth, out.mask)])  # per view range
     normal = ((out.normal + 1) / 2) * out.mask[:, None]
-    return vis[:, None].expand(-1, 3, -1, -1), normal
+    return depth, normal
 
 
 def batch_grid(

@@ -21,6 +21,7 @@ from typing import Literal
 
 import av
 import numpy as np
+import torch
 
 from dimo.safe_io import atomic_path
 
@@ -36,6 +37,7 @@ __all__ = [
     "read_frames",
     "resize_crop_plan",
     "transcode_upright",
+    "to_uint8",
     "write_video",
 ]
 
@@ -329,6 +331,13 @@ def read_frames(
         return np.ascontiguousarray(np.stack(out))  # (N, H, W, 3) uint8
     finally:
         container.close()
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) float frames in [-1, 1] -> uint8 (T, H, W, 3), what :func:`write_video` takes."""
+
+    x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def write_video(

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["FlowMatching", "shift_sigma"]
+__all__ = ["FlowMatching", "reference_timesteps", "shift_sigma"]
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -106,3 +106,14 @@ class FlowMatching:
             v = velocity_fn(x, t.expand(x.shape[0]).to(noise.dtype))
             x = scheduler.step(v, t, x, return_dict=False)[0]
         return clamp(x) if clamp is not None else x
+
+
+def reference_timesteps(sigma: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Per-token timesteps (B, F*h*w) of a patch grid (F, h, w): 0 on latent frame 0 (the clean
+    reference latent, in-context conditioning), ``1000 * sigma`` elsewhere. Training, validation
+    sampling, the inference pipeline and the toy pretraining all use this one function."""
+
+    f, h, w = grid
+    t = (sigma * NUM_TRAIN_TIMESTEPS)[:, None, None].expand(-1, f, h * w).clone()  # (B, F, h*w)
+    t[:, 0] = 0.0
+    return t.flatten(1)

@@ -195,23 +195,12 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> Tensor
 
 
 def write_video(path: str | os.PathLike, video: Tensor, fps: int = 8) -> None:
-    """``(T, 3, H, W)`` in [-1, 1] -> an mp4 (H.264 where available, else MPEG-4 part 2)."""
+    """``(T, 3, H, W)`` in [-1, 1] -> a near-lossless (crf 0) H.264 mp4 (:func:`dimo.data.video.write_video`)."""
 
-    import av
+    from dimo.data.video import to_uint8
+    from dimo.data.video import write_video as write_uint8
 
-    frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    with av.open(str(path), mode="w") as container:
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "0", "preset": "veryfast"}
-        for f in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_uint8(path, to_uint8(video), fps, crf=0)
 
 
 def list_items(root: str | os.PathLike, grid: bool = False) -> dict[str, Path]:

@@ -1,12 +1,14 @@
 """Reading trained Lightning checkpoints for inference: which model wrote it, and rebuilding it.
 
 A checkpoint written by ``python -m dimo.cli fit`` holds the LightningModule's plain hyperparameters
-(``_class_path`` + scalars) and the datamodule's (frame count, size), but not the network configs
-(``net``, ``vae``, ``text_encoder`` are excluded from ``save_hyperparameters``). Those come from the
-run's ``config.yaml`` that LightningCLI writes into the log directory, found next to the checkpoint
-(``<run>/config.yaml`` for ``<run>/checkpoints/x.ckpt``) or given explicitly. Without one the module
-is built from its defaults (the tiny presets); loading is strict either way, so a mismatch is a clear
-error, never a silent partial load.
+(``_class_path`` + scalars) and the datamodule's (frame count, size). HVG's hyperparameters include its
+network config and ``pretrained`` folder; a 3DiMo checkpoint carries the constructor arguments of its
+network (the backbone's exact config) and frozen parts under ``dimo_parts``
+(:meth:`~dimo.models.threedimo.ThreeDiMoModule.parts_config`), so either rebuilds with nothing beside
+it. A run ``config.yaml`` given explicitly, or the one LightningCLI wrote next to the checkpoint
+(``<run>/config.yaml`` for ``<run>/checkpoints/x.ckpt``), takes precedence; a 3DiMo checkpoint with
+neither and older than ``dimo_parts`` is built from the module's defaults (the tiny presets).
+Loading is strict either way, so a mismatch is a clear error, never a silent partial load.
 """
 
 from __future__ import annotations
@@ -82,8 +84,13 @@ def find_run_config(ckpt_path: str | os.PathLike) -> Path | None:
     return None
 
 
+# module settings that moved to the SampleLogger callback: older checkpoints still carry them
+_RETIRED = ("sample_every_n_steps", "num_samples", "log_video_every_n_steps")
+
+
 def _plain_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
-    hp = {k: v for k, v in dict(ckpt.get("hyper_parameters", {})).items() if not k.startswith("_")}
+    hp = dict(ckpt.get("hyper_parameters", {}))
+    hp = {k: v for k, v in hp.items() if not k.startswith("_") and k not in _RETIRED}
     for k, v in list(hp.items()):
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             hp[k] = dataclasses.asdict(v)
@@ -124,13 +131,23 @@ def load_module(
 
 def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> torch.nn.Module:
     from dimo.diffusion.flow_matching import FlowMatching
-    from dimo.models.threedimo import ThreeDiMoModule
+    from dimo.models.threedimo import ThreeDiMoModule, ThreeDiMoNet, WanImageEncoder, WanTextEncoder, WanVAE
+    from dimo.models.threedimo.module import PARTS_KEY
 
     if config is None:
         hp = _plain_hparams(ckpt)
         if isinstance(hp.get("flow"), dict):
             hp["flow"] = FlowMatching(**hp["flow"])
         hp.update(compile=False, gradient_checkpointing=False)
+        parts = ckpt.get(PARTS_KEY)
+        if isinstance(parts, dict):  # the checkpoint describes its network and frozen parts
+            net = dict(parts["net"])
+            net["image_size"] = tuple(net["image_size"])
+            hp["net"] = ThreeDiMoNet(**net)
+            hp["vae"] = WanVAE(**parts["vae"])
+            hp["text_encoder"] = WanTextEncoder(**parts["text_encoder"])
+            if parts.get("image_encoder") is not None:
+                hp["image_encoder"] = WanImageEncoder(**parts["image_encoder"])
         return ThreeDiMoModule(**hp)
     import yaml
     from lightning.pytorch.cli import instantiate_module

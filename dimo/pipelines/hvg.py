@@ -248,46 +248,14 @@ def parse_cameras(spec: str, target: torch.Tensor, height: int, width: int) -> C
 
 
 def load_motion_joints(path: str | os.PathLike, max_frames: int | None = None) -> torch.Tensor:
-    """World joints (T, 55, 3) from a clip-format motion ``.npz``."""
+    """World joints (T, 55, 3) from a clip-format motion ``.npz``; a bad file is a :class:`GenerateError`."""
 
-    from dimo.data.manifest import MOTION_SHAPES
-    from dimo.geometry.skeleton import NUM_JOINTS, forward_kinematics, pose_to_rotmats, rest_joints
+    from dimo.geometry.motion import MotionFileError, read_motion_joints
 
-    path = Path(path)
-    if not path.is_file():
-        raise GenerateError(f"motion file not found: {path} (expected a clip-format .npz)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            data = {k: np.asarray(npz[k], dtype=np.float32) for k in npz.files if not k.endswith("_valid")}
-    except Exception as err:  # noqa: BLE001 - zip/pickle errors of a corrupt archive
-        raise GenerateError(f"cannot read motion file {path}: {err} (expected a clip-format .npz)") from err
-    if "joints" in data:
-        joints = data["joints"]
-        if joints.ndim != 3 or joints.shape[1:] != (NUM_JOINTS, 3):
-            raise GenerateError(f"{path}: joints has shape {joints.shape}, expected (T, {NUM_JOINTS}, 3)")
-        out = torch.from_numpy(joints)
-    elif "body_pose" in data:
-        n = data["body_pose"].shape[0]
-        for key in ("global_orient", "body_pose", "hand_pose", "transl"):
-            if key in data and data[key].shape != (n, *MOTION_SHAPES[key]):
-                raise GenerateError(
-                    f"{path}: {key} has shape {data[key].shape}, expected {(n, *MOTION_SHAPES[key])}"
-                )
-        zeros = lambda *s: np.zeros((n, *s), np.float32)  # noqa: E731
-        rot = pose_to_rotmats(
-            torch.from_numpy(data.get("global_orient", zeros(3))),
-            torch.from_numpy(data["body_pose"]),
-            torch.from_numpy(data.get("hand_pose", zeros(30, 3))),
-        )
-        rest = torch.from_numpy(data["rest_joints"]) if "rest_joints" in data else rest_joints()
-        out = forward_kinematics(rot, rest, torch.from_numpy(data.get("transl", zeros(3))))
-    else:
-        raise GenerateError(
-            f"{path} has neither 'joints' nor 'body_pose'; expected a clip-format motion file"
-        )
-    if not bool(torch.isfinite(out).all()):
-        raise GenerateError(f"{path}: motion has non-finite values")
-    return out[:max_frames] if max_frames else out  # (T, 55, 3)
+        return read_motion_joints(path, max_frames)
+    except MotionFileError as err:
+        raise GenerateError(str(err)) from err
 
 
 def tile_views(video: torch.Tensor, columns: int | None = None) -> torch.Tensor:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dimo.data.video import VideoError, probe, read_frames, resize_crop_plan, write_video
+from dimo.data.video import VideoError, probe, read_frames, resize_crop_plan, to_uint8, write_video
 from dimo.pipelines.errors import GenerateError
 from dimo.safe_io import atomic_dir, atomic_write_text
 
@@ -90,13 +90,6 @@ def load_video(
         raise GenerateError(f"cannot read driving video {path}: {err} (expected an MP4/video file)") from err
     video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W)
     return video, float(info.fps)
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(T, 3, H, W) in [-1, 1] -> uint8 (T, H, W, 3)."""
-
-    x = ((frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def write_mp4(path: str | os.PathLike, frames: torch.Tensor, fps: float) -> Path:

@@ -15,6 +15,7 @@
 
 Folder layout (``save_pretrained`` / ``from_pretrained``), Wan-diffusers style::
 
+    README.md          model card: what the folder holds, its settings, how to load and run it
     model_index.json   diffusers index + the dimo settings (size, window, text max_length)
     net/               ThreeDiMoNet.save_pretrained (config.json, model.safetensors)
     vae/               AutoencoderKLWan
@@ -34,7 +35,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
-from dimo.diffusion.flow_matching import FlowMatching
+from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
+from dimo.models.common import DTYPES
 from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanTextEncoder, WanVAE
 from dimo.pipelines.errors import GenerateError
 from dimo.pipelines.io import atomic_folder
@@ -43,7 +45,6 @@ from dimo.pipelines.windows import fuse_windows, motion_frames
 __all__ = ["ThreeDiMoPipeline"]
 
 INDEX_NAME = "model_index.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ThreeDiMoPipeline(DiffusionPipeline):
@@ -121,7 +122,39 @@ class ThreeDiMoPipeline(DiffusionPipeline):
                 "dimo": {"settings": self.settings, "text_max_length": self.text_encoder.max_length},
             }
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
+            (tmp / "README.md").write_text(self.model_card())
         return out
+
+    def model_card(self) -> str:
+        """The export's README: the network's shape, the defaults stored with it, how to load it."""
+
+        cfg = self.net.export_config()
+        wan = cfg["backbone_config"]
+        return f"""# 3DiMo export ({type(self).__name__})
+
+View-adaptive human video generation (3DiMo, Fang et al., CVPR 2026): a reference image, a driving
+video and a camera prompt ("<view>. The camera <motion>.") -> a video. Written by
+`python -m dimo.cli export` from a `ThreeDiMoModule` checkpoint.
+
+| part | what |
+|---|---|
+| `net/` | `ThreeDiMoNet`: motion encoders ({cfg["motion_dim"]}-wide, {cfg["body_tokens"]}+{cfg["hand_tokens"]} tokens per frame), geometric decoder, Wan transformer ({wan.get("num_layers")} layers, {wan.get("num_attention_heads")}x{wan.get("attention_head_dim")} heads) with `{cfg["injection"]}` motion injection |
+| `vae/` | `AutoencoderKLWan` (frozen) |
+| `tokenizer/`, `text_encoder/` | UMT5 (frozen), prompts of up to {self.text_encoder.max_length} tokens |
+| `scheduler/` | `FlowMatchEulerDiscreteScheduler`, shift {float(self.scheduler.config.shift)} |
+
+Stored defaults: {json.dumps(self.settings) if self.settings else "none"} (frame size, temporal window).
+
+```python
+from dimo.pipelines.threedimo import ThreeDiMoPipeline
+from dimo.pipelines.io import load_image, load_video
+
+pipe = ThreeDiMoPipeline.from_pretrained("<this folder>")
+video = pipe(load_image("ref.png"), load_video("driving.mp4"), "Front view. The camera stays static.")
+```
+
+or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`docs/generate.md`).
+"""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **_: Any) -> ThreeDiMoPipeline:  # type: ignore[override]
@@ -182,11 +215,11 @@ class ThreeDiMoPipeline(DiffusionPipeline):
     def set_precision(self, dtype: str) -> None:
         """``float32`` | ``bfloat16`` | ``float16``: frozen parts cast, the network under autocast."""
 
-        if dtype not in _DTYPES:
-            raise GenerateError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
-        self.vae.to(dtype=_DTYPES[dtype])
-        self.text_encoder.to(dtype=_DTYPES[dtype])
-        self._autocast_dtype = None if dtype == "float32" else _DTYPES[dtype]
+        if dtype not in DTYPES:
+            raise GenerateError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        self.vae.to(dtype=DTYPES[dtype])
+        self.text_encoder.to(dtype=DTYPES[dtype])
+        self._autocast_dtype = None if dtype == "float32" else DTYPES[dtype]
 
     @property
     def exec_device(self) -> torch.device:
@@ -231,10 +264,7 @@ class ThreeDiMoPipeline(DiffusionPipeline):
     def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000 sigma elsewhere."""
 
-        f, h, w = self.net.transformer.patch_grid(latent_shape)
-        t = (sigma * 1000.0)[:, None, None].expand(-1, f, h * w).clone()
-        t[:, 0] = 0.0
-        return t.flatten(1)
+        return reference_timesteps(sigma, self.net.transformer.patch_grid(latent_shape))
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()

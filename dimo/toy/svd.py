@@ -182,7 +182,7 @@ def build_image_encoder(cfg: ToySVDConfig):
 def clip_embed(image_encoder, images: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) in [-1, 1] -> (N, 1, D), the preprocessing of :meth:`HVGModule.clip_embed`."""
 
-    from dimo.models.hvg.module import CLIP_MEAN, CLIP_STD
+    from dimo.models.common import CLIP_MEAN, CLIP_STD
 
     size = image_encoder.config.image_size
     x = F.interpolate(

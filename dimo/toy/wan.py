@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dimo.diffusion.flow_matching import reference_timesteps
 from dimo.toy.data import load_toy_clips, synth_config
 
 __all__ = ["ToyWanConfig", "build_toy_wan", "load_toy_clips", "psnr", "reconstruction_psnr"]
@@ -229,15 +230,6 @@ def make_transformer(cfg: ToyWanConfig):
         eps=1e-6,
         rope_max_seq_len=64,
     )
-
-
-def reference_timesteps(sigma: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
-    """Per-token timesteps (B, F*h*w): 0 on latent frame 0 (the clean reference), 1000*sigma elsewhere."""
-
-    f, h, w = grid
-    t = (sigma * 1000.0)[:, None, None].expand(-1, f, h * w).clone()
-    t[:, 0] = 0.0
-    return t.flatten(1)
 
 
 def train_transformer(cfg: ToyWanConfig, latents: list[torch.Tensor], text: list[torch.Tensor]):

@@ -14,9 +14,9 @@ Training step (one HVG batch, ``docs/contracts.md``):
 
 All randomness of a step (sigma, noise, dropout, noise augmentation) comes from a generator seeded
 by ``(seed, global_step, rank)``, so a resumed run repeats the uninterrupted one exactly.
-Every ``log_video_every_n_steps`` steps rank 0 samples the first grid of the batch with the
-progressive sampler and logs a GIF ``generated | target | normal | depth`` (rows: views) to
-TensorBoard.
+Samples (:meth:`HVGModule.sample_media`: labelled validation grids and videos, and training videos
+``generated | target | normal | depth`` with rows views) are logged by
+:class:`~dimo.callbacks.SampleLogger` (``--samples.every_n_steps``, ``--samples.train_every_n_steps``).
 
 Video metrics (``val_metrics``, harness names from :mod:`dimo.eval.harness`, default PSNR/SSIM/L1):
 on the first ``val_metric_batches`` validation batches the grid is sampled and scored against the
@@ -27,12 +27,11 @@ target, every view a video (the multi-view ``fvd_v``/``fvd_f`` get the (V, T) gr
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +41,17 @@ from torchmetrics.aggregation import SumMetric
 
 from dimo.diffusion.edm import EDM
 from dimo.models.attention import AttentionBackend, scope_attention_backend
+from dimo.models.common import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DTYPES,
+    FrozenDType,
+    freeze,
+    load_strict,
+    restore_prefixes,
+    step_generator,
+    strip_prefixes,
+)
 from dimo.models.hvg.conditioning import render_pose_maps
 from dimo.models.hvg.config import HVGConfig
 from dimo.models.hvg.network import build_image_encoder, build_unet, build_vae
@@ -49,11 +59,7 @@ from dimo.models.hvg.sampling import ProgressiveSampler
 
 #: Seed of the gap protocol's generator for validation batch k: ``noise_seed * 31 + GAP_SEED_OFFSET + k``.
 GAP_SEED_OFFSET = 15_485_863
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _FROZEN = ("vae.", "image_encoder.")
-FrozenDType = Literal["float32", "bfloat16", "float16"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HVGModule(LightningModule):
@@ -70,7 +76,6 @@ class HVGModule(LightningModule):
         noise_aug_strength, fps, motion_bucket_id: SVD's conditioning (``added_time_ids``).
         sampler: progressive spatio-temporal sampler windows for logging / predict.
         sample_steps, guidance_scale: sampling steps and CFG scale for logging / predict.
-        log_video_every_n_steps: GIF logging period (0 = never).
         vae_chunk: images per VAE encode call (and videos per decode call, see ``vae_decode_chunk``).
         vae_decode_chunk: frames per VAE decode call within one video (diffusers' SVD pipeline's
             ``decode_chunk_size``: the temporal decoder sees each chunk as its own video, bounding
@@ -108,7 +113,6 @@ class HVGModule(LightningModule):
         sampler: ProgressiveSampler | None = None,
         sample_steps: int = 10,
         guidance_scale: float = 1.0,
-        log_video_every_n_steps: int = 0,
         vae_chunk: int = 16,
         vae_decode_chunk: int | None = None,
         frozen_dtype: FrozenDType = "float32",
@@ -144,13 +148,13 @@ class HVGModule(LightningModule):
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         scope_attention_backend([self.unet], attention_backend)  # not the frozen VAE / CLIP
-        if frozen_dtype not in _DTYPES:
-            raise ValueError(f"frozen_dtype must be one of {list(_DTYPES)}, got {frozen_dtype!r}")
-        self.vae = build_vae(self.net_config, pretrained).requires_grad_(False).eval()
-        self.image_encoder = build_image_encoder(self.net_config, pretrained).requires_grad_(False).eval()
+        if frozen_dtype not in DTYPES:
+            raise ValueError(f"frozen_dtype must be one of {list(DTYPES)}, got {frozen_dtype!r}")
+        self.vae = freeze(build_vae(self.net_config, pretrained))
+        self.image_encoder = freeze(build_image_encoder(self.net_config, pretrained))
         if frozen_dtype != "float32":
-            self.vae.to(_DTYPES[frozen_dtype])
-            self.image_encoder.to(_DTYPES[frozen_dtype])
+            self.vae.to(DTYPES[frozen_dtype])
+            self.image_encoder.to(DTYPES[frozen_dtype])
         if vae_chunk < 1 or (vae_decode_chunk is not None and vae_decode_chunk < 1):
             raise ValueError(
                 f"vae_chunk and vae_decode_chunk must be >= 1, got {vae_chunk}, {vae_decode_chunk}"
@@ -161,11 +165,7 @@ class HVGModule(LightningModule):
         self.cfg_drop_prob, self.noise_aug_strength = cfg_drop_prob, noise_aug_strength
         self.fps, self.motion_bucket_id = fps, motion_bucket_id
         self.sample_steps, self.guidance_scale = sample_steps, guidance_scale
-        self.log_video_every_n_steps, self.vae_chunk, self.noise_seed = (
-            log_video_every_n_steps,
-            vae_chunk,
-            noise_seed,
-        )
+        self.vae_chunk, self.noise_seed = vae_chunk, noise_seed
         # one collection per split (submodules: moved to the device, synced under DDP; no checkpoint keys)
         from dimo.eval.harness import build_metrics
 
@@ -190,33 +190,24 @@ class HVGModule(LightningModule):
             self._init_from(Path(init_from))
 
     # ---- frozen parts ---------------------------------------------------------------------------
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.vae.eval()
-        self.image_encoder.eval()
-        return self
-
     def _init_from(self, path: Path) -> None:
         if not path.exists():
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
         from dimo.safe_io import load_torch
 
         state = load_torch(path, what="init_from checkpoint")["state_dict"]  # weights_only=True
-        own = self.state_dict()
-        state = {**{k: v for k, v in own.items() if k.startswith(_FROZEN)}, **state}
-        self.load_state_dict(state, strict=True)
+        restore_prefixes(state, self, _FROZEN)
+        load_strict(self, state, path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Pretrained frozen parts are re-read from `pretrained`, not copied into every checkpoint.
         if self.pretrained is not None:
-            sd = checkpoint["state_dict"]
-            for k in [k for k in sd if k.startswith(_FROZEN)]:
-                del sd[k]
+            checkpoint["state_dict"] = strip_prefixes(checkpoint["state_dict"], _FROZEN)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         sd = checkpoint["state_dict"]
         if not any(k.startswith(_FROZEN) for k in sd):
-            sd.update({k: v for k, v in self.state_dict().items() if k.startswith(_FROZEN)})
+            restore_prefixes(sd, self, _FROZEN)
 
     def configure_optimizers(self):
         pose = [p for p in self.unet.pose_modulator.parameters() if p.requires_grad]
@@ -273,12 +264,8 @@ class HVGModule(LightningModule):
 
     # ---- conditioning -------------------------------------------------------------------------
     def _generator(self, salt: int = 0) -> torch.Generator:
-        g = torch.Generator(device=self.device)
-        g.manual_seed(
-            (self.noise_seed * 1_000_003 + self.global_step * 7_919 + self.global_rank * 104_729 + salt)
-            % 2**63
-        )
-        return g
+        seed = self.noise_seed * 1_000_003 + self.global_step * 7_919 + self.global_rank * 104_729 + salt
+        return step_generator(seed % 2**63, self.device)
 
     def conditioning(self, batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
         """Everything the network needs besides the noisy latents, for one batch."""
@@ -329,8 +316,8 @@ class HVGModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + batch_idx)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        gen = step_generator(self.noise_seed * 31 + batch_idx, self.device)
         loss = self._loss(batch, gen)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0], sync_dist=True)
         if self.gap_sigmas:
@@ -338,9 +325,10 @@ class HVGModule(LightningModule):
             if losses is not None:
                 for k, m in self.gap_sums.items():
                     m.update(losses[k].sum())
+        out = {"loss": loss}
         if batch_idx < self.val_metric_batches and len(self.metrics_val):
-            self._update_metrics(self.metrics_val, "val", batch, batch_idx)
-        return loss
+            out["generated"] = self._update_metrics(self.metrics_val, "val", batch, batch_idx)
+        return out  # the generated grids are reused by the SampleLogger
 
     def on_validation_epoch_end(self) -> None:
         if not self.gap_sigmas:
@@ -373,9 +361,7 @@ class HVGModule(LightningModule):
         was_training = self.training
         self.eval()
         try:
-            gen = torch.Generator(device=self.device).manual_seed(
-                self.noise_seed * 31 + GAP_SEED_OFFSET + batch_idx
-            )
+            gen = step_generator(self.noise_seed * 31 + GAP_SEED_OFFSET + batch_idx, self.device)
             target = batch["target"]
             b, v, t = target.shape[:3]
             cond = self.conditioning(batch, gen)
@@ -401,7 +387,7 @@ class HVGModule(LightningModule):
             self.train(was_training)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + batch_idx)
+        gen = step_generator(self.noise_seed * 31 + batch_idx, self.device)
         loss = self._loss(batch, gen)
         self.log("test/loss", loss, batch_size=batch["target"].shape[0], sync_dist=True)
         if len(self.metrics_test):
@@ -410,18 +396,17 @@ class HVGModule(LightningModule):
 
     def _update_metrics(
         self, metrics: torch.nn.ModuleDict, split: str, batch: dict[str, Any], batch_idx: int
-    ) -> None:
-        """Sample the batch's grids and score them against the target; Lightning computes at epoch end."""
+    ) -> torch.Tensor:
+        """Sample the batch's grids and score them against the target (Lightning computes at epoch end);
+        returns the samples (B, V, T, 3, H, W) in [-1, 1]."""
 
         from dimo.eval.multiview import MultiViewFVD
 
-        gen = torch.Generator(device=self.device).manual_seed(self.noise_seed * 31 + 7_919 + batch_idx)
+        gen = step_generator(self.noise_seed * 31 + 7_919 + batch_idx, self.device)
         g, r = (
             self.generate(batch, gen=gen).float().clamp(-1, 1),
             batch["target"].float(),
         )  # (B, V, T, 3, H, W)
-        if split == "val" and batch_idx == 0 and self.trainer.is_global_zero:
-            self.log_samples(batch, g, "val")
         if split == "val":
             # generated vs static baseline (the reference frame repeated) on the same cells: every
             # view x frame except the reference's own cell (view 0, frame 0), each cell one frame
@@ -437,17 +422,7 @@ class HVGModule(LightningModule):
             else:
                 metric.update(g.flatten(0, 1), r.flatten(0, 1))  # every view a video
         self.log_dict({f"{split}/{k}": m for k, m in metrics.items()}, batch_size=g.shape[0])
-
-    def on_train_batch_end(self, outputs, batch: dict[str, Any], batch_idx: int) -> None:
-        n = self.log_video_every_n_steps
-        if n <= 0 or self.global_step % n != 0 or not self.trainer.is_global_zero:
-            return
-        writer = getattr(self.logger, "experiment", None)
-        if writer is None or not hasattr(writer, "file_writer"):
-            return
-        one = {k: (v[:1] if torch.is_tensor(v) else v) for k, v in batch.items()}
-        video = self.generate(one, gen=torch.Generator(device=self.device).manual_seed(self.noise_seed))
-        log_grid_gif(writer, "train/samples", self.grid_video(one, video), self.global_step)
+        return g
 
     # ---- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -484,43 +459,44 @@ class HVGModule(LightningModule):
             self.train(was_training)
 
     @torch.no_grad()
-    def log_samples(self, batch: dict[str, Any], video: torch.Tensor, tag: str) -> None:
-        """Log the first sample as a labelled grid image (rows: reference | normal | depth | generated |
-        target, columns: views x frames) and a labelled video (rows the same, columns: views)."""
+    def sample_media(
+        self, batch: dict[str, Any], split: str, num_samples: int = 1, generated: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """What :class:`~dimo.callbacks.SampleLogger` logs, for the first grid of the batch.
 
-        from dimo.viz import colorize_depth, labelled_grid, labelled_video, log_image, log_video, to_unit
+        ``val``: ``val/samples``, a labelled grid (rows reference | normal | depth | generated | target,
+        columns views x frames), and ``val/samples_video`` (rows the same, columns views); ``train``:
+        ``train/samples``, a video with rows views and columns generated | target | bone maps.
+        ``generated``: the validation step's samples of the batch, if it made them.
+        """
 
-        if self.logger is None:
-            return
-        target = batch["target"][:1]
+        from dimo.viz import depth_to_image, labelled_grid, labelled_video, to_unit
+
+        one = {k: (v[:1] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
+        if split == "train":
+            video = self.generate(one, gen=step_generator(self.noise_seed, self.device))
+            return {"train/samples": self.grid_video(one, video)}
+        if generated is None:
+            generated = self.generate(one, gen=step_generator(self.noise_seed * 31 + 7_919, self.device))
+        target = one["target"]
         _, v, t, _, h, w = target.shape
         maps = render_pose_maps(
-            batch["joints3d"][:1],
-            batch["K"][:1],
-            batch["R"][:1],
-            batch["t"][:1],
-            h,
-            w,
-            self.net_config.pose_condition,
+            one["joints3d"], one["K"], one["R"], one["t"], h, w, self.net_config.pose_condition
         )
-        rows = {"reference": to_unit(batch["reference"][0]).expand(v, t, 3, h, w)}
+        rows = {"reference": to_unit(one["reference"][0]).expand(v, t, 3, h, w)}
         for name, m in maps.items():  # (1, V, T, C, H, W)
             m = m[0].float().cpu()
-            rows[name] = colorize_depth(1 - m, m > -1) if m.shape[2] == 1 else to_unit(m[:, :, :3])
-        rows["generated"] = to_unit(video[0])
+            rows[name] = (
+                depth_to_image(1 - m[:, :, 0], m[:, :, 0] > -1) if m.shape[2] == 1 else to_unit(m[:, :, :3])
+            )
+        rows["generated"] = to_unit(generated[0])
         rows["target"] = to_unit(target[0])  # every row (V, T, 3, H, W) in [0, 1]
         cols = [f"v{i} t{j}" for i in range(v) for j in range(t)]
-        step = self.global_step
-        log_image(
-            self.logger,
-            f"{tag}/samples",
-            labelled_grid([(k, r.flatten(0, 1)) for k, r in rows.items()], cols),
-            step,
-        )
+        grid = labelled_grid([(k, r.flatten(0, 1)) for k, r in rows.items()], cols)
         frames = labelled_video(
             [(k, r.transpose(0, 1)) for k, r in rows.items()], [f"view {i}" for i in range(v)]
         )
-        log_video(self.logger, f"{tag}/samples_video", frames, step, fps=4)
+        return {f"{split}/samples": grid, f"{split}/samples_video": frames}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self.generate(batch)
@@ -547,24 +523,6 @@ class HVGModule(LightningModule):
         grid = torch.cat(cols, dim=-1)  # (V, T, 3, H, C*W)
         grid = grid.permute(1, 2, 0, 3, 4).reshape(t, 3, v * h, grid.shape[-1])
         return ((grid.float().cpu() + 1) / 2).clamp(0, 1)
-
-
-def log_grid_gif(writer, tag: str, frames: torch.Tensor, step: int, fps: int = 4) -> None:
-    """Log (T, 3, H, W) frames in [0, 1] as an animated GIF image summary (what ``add_video`` writes,
-    without its moviepy dependency)."""
-
-    from PIL import Image
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    arr = (frames.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    images = [Image.fromarray(a) for a in arr]
-    buf = io.BytesIO()
-    images[0].save(
-        buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
-    )
-    h, w = arr.shape[1:3]
-    img = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=buf.getvalue())
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=img)]), step)
 
 
 def donor_indices(clip_ids: Sequence[str] | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

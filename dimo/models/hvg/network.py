@@ -9,7 +9,7 @@ keeps its name (strict loading of SVD-xt weights), and adds:
 * ``camera_embedding``: added to ``time_embedding``'s output by a forward hook;
 * ``reference_net``: a :class:`ReferenceNet` (conv_in, embeddings, down and mid blocks of the same
   UNet, initialised from it) whose spatial self-attention inputs join the down/mid blocks' spatial
-  self-attention through :class:`~dimo.models.hvg.modules.ReferenceAttnProcessor`.
+  self-attention through :class:`~dimo.models.hvg.layers.ReferenceAttnProcessor`.
 
 Layout: the UNet's batch axis is B*V (views are independent videos to diffusers), its frame axis T;
 the temporal layers therefore see frames (and SVD's frame-index embedding ``time_pos_embed`` is
@@ -36,7 +36,7 @@ from diffusers.models.transformers.transformer_temporal import TransformerSpatio
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from dimo.models.hvg.config import HVGConfig
-from dimo.models.hvg.modules import (
+from dimo.models.hvg.layers import (
     CameraEmbedding,
     ForwardState,
     PoseModulator,

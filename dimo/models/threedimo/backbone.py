@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +37,7 @@ from diffusers import ModelMixin, WanTransformer3DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from dimo.models.common import MissingWeightsError, load_strict
 from dimo.models.threedimo.injection import (
     MotionContext,
     MotionInjectionProcessor,
@@ -105,10 +105,6 @@ I2V_MASK_CHANNELS = 4  # = VAE temporal stride: one mask channel per folded fram
 NEW_LAYER_PREFIXES = ("motion_",)  # keys that a plain Wan checkpoint cannot hold
 
 
-class MissingWeightsError(FileNotFoundError):
-    """A pretrained folder/file is absent, or a weight file lacks (or has extra) keys."""
-
-
 def read_weights(folder: Path | str) -> tuple[dict[str, torch.Tensor], Path]:
     """All tensors of a diffusers/transformers weight folder (single or sharded safetensors)."""
 
@@ -136,29 +132,6 @@ def read_weights(folder: Path | str) -> tuple[dict[str, torch.Tensor], Path]:
     )
 
 
-def load_strict(
-    module: nn.Module, state: dict[str, torch.Tensor], source: Path | str, allow_missing: Iterable[str] = ()
-) -> list[str]:
-    """``load_state_dict`` that fails on any missing/unexpected key not on the allow-list.
-
-    ``allow_missing``: key prefixes that may be absent (new layers keep their initialisation).
-    Returns the allowed missing keys (for logging).
-    """
-
-    allow = tuple(allow_missing)
-    expected = set(module.state_dict())
-    missing = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected)
-    bad_missing = [k for k in missing if not k.startswith(allow)] if allow else missing
-    if bad_missing or unexpected:
-        raise MissingWeightsError(
-            f"{source}: weights do not match {type(module).__name__}: "
-            f"missing {len(bad_missing)} {bad_missing[:8]}, unexpected {len(unexpected)} {unexpected[:8]}"
-        )
-    module.load_state_dict(state, strict=False, assign=False)  # every key checked above
-    return missing
-
-
 class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
     """Wan DiT with motion injection: (B, C, F, h, w) latents -> (B, C_out, F, h, w) velocity.
 
@@ -173,6 +146,9 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # diffusers' device maps keep a Wan block whole; ``compile_repeated_blocks`` compiles each one
+    _no_split_modules = ["WanTransformerBlock"]
+    _repeated_blocks = ["WanTransformerBlock"]
 
     @register_to_config
     def __init__(

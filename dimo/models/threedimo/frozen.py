@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dimo.models.threedimo.backbone import MissingWeightsError
+from dimo.models.common import CLIP_MEAN, CLIP_STD, MissingWeightsError, freeze
 
 __all__ = ["WanVAE", "WanTextEncoder", "WanImageEncoder", "VAE_PRESETS", "TEXT_PRESETS", "IMAGE_PRESETS"]
 
@@ -63,21 +63,13 @@ IMAGE_PRESETS: dict[str, dict] = {
         patch_size=8,
     ),
 }
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / CLIPImageProcessor defaults
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class _Frozen(nn.Module):
-    def freeze(self) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> _Frozen:  # always eval: dropout off, no statistics updates
-        return super().train(False)
+def _abs(path: Path | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
-class WanVAE(_Frozen):
+class WanVAE(nn.Module):
     """Frozen ``AutoencoderKLWan``.
 
     Args:
@@ -99,13 +91,18 @@ class WanVAE(_Frozen):
                 raise KeyError(f"unknown VAE preset {preset!r}; expected one of {sorted(VAE_PRESETS)}")
             self.vae = AutoencoderKLWan(**VAE_PRESETS[preset])
         self.from_folder = path is not None
+        self.config = {"preset": preset, "path": _abs(path)}  # rebuilds this part (checkpoints)
         cfg = self.vae.config
         # strides from the config: Wan2.1 is 8x in space, 4x in time; the toy folder is 4x / 4x
         self.spatial_compression = 2 ** (len(cfg.dim_mult) - 1)
         self.temporal_compression = 2 ** sum(bool(x) for x in cfg.temperal_downsample)
         self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
-        self.freeze()
+        freeze(self)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.z_dim
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -122,7 +119,7 @@ class WanVAE(_Frozen):
         return self.vae.decode(z).sample.float().clamp(-1, 1)  # (B, 3, T, H, W)
 
 
-class WanTextEncoder(_Frozen):
+class WanTextEncoder(nn.Module):
     """Frozen UMT5 encoder + tokenizer: prompts -> (B, max_length, text_dim), zero past each prompt.
 
     Args:
@@ -160,10 +157,13 @@ class WanTextEncoder(_Frozen):
             self.tokenizer = ByT5Tokenizer()
             self.encoder = UMT5EncoderModel(UMT5Config(**TEXT_PRESETS[preset]))
         self.from_folder = path is not None
+        self.config = {
+            "preset": preset, "path": _abs(path), "max_length": max_length, "cache": cache, "cache_size": cache_size
+        }  # fmt: skip
         self.max_length, self.use_cache = max_length, cache
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recently used first
-        self.freeze()
+        freeze(self)
 
     @property
     def dim(self) -> int:
@@ -200,7 +200,7 @@ class WanTextEncoder(_Frozen):
         return out
 
 
-class WanImageEncoder(_Frozen):
+class WanImageEncoder(nn.Module):
     """Frozen CLIP vision encoder of Wan I2V: reference (B, 3, H, W) in [-1, 1] -> (B, N, hidden).
 
     Args:
@@ -234,9 +234,10 @@ class WanImageEncoder(_Frozen):
                 )
             self.encoder = CLIPVisionModel(CLIPVisionConfig(**IMAGE_PRESETS[preset]))
         self.from_folder = path is not None
+        self.config = {"preset": preset, "path": _abs(path)}
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.freeze()
+        freeze(self)
 
     @property
     def dim(self) -> int:

@@ -22,10 +22,10 @@ checkpoint draws exactly what the uninterrupted run would have drawn.
 
 Logs: ``train/loss``, ``train/loss_diffusion``, ``train/loss_geo``, ``train/geo_weight``,
 ``train/mpjpe_geo`` (mm, D_g's pose through the skeleton FK vs the label's, root-aligned, over valid
-joints); ``val/*`` the same (the learning rate is logged once, by the CLI's LR monitor). Every
-``sample_every_n_steps`` a few-step sample of the first validation batch goes through the logger as a
-labelled grid (``val/samples``: rows driving | generated | target, columns frames) and a video
-(``val/samples_video``), and as an MP4 under ``<log_dir>/samples/``.
+joints); ``val/*`` the same (the learning rate is logged once, by the CLI's LR monitor). Samples
+(:meth:`ThreeDiMoModule.sample_media`: a labelled grid ``val/samples``, rows driving | generated |
+target, columns frames, and a video ``val/samples_video``) are logged by
+:class:`~dimo.callbacks.SampleLogger` (``--samples.every_n_steps``).
 
 Conditioning-use evidence (:meth:`ThreeDiMoModule.conditioning_losses`, at every validation): the
 loss on a fixed sigma grid with fixed noise, with each sample's own driving frames, with another
@@ -42,24 +42,33 @@ scores every test batch under ``test/``. Lightning computes, syncs (DDP) and res
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from dimo.diffusion.flow_matching import FlowMatching
+from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
 from dimo.geometry.rotations import axis_angle_to_matrix, rot6d_to_matrix
 from dimo.geometry.skeleton import LEFT_HAND_IDS, NUM_JOINTS, RIGHT_HAND_IDS, forward_kinematics, rest_joints
 from dimo.models.attention import AttentionBackend, scope_attention_backend
+from dimo.models.common import DTYPES, FrozenDType, restore_prefixes, step_generator, strip_prefixes
 from dimo.models.threedimo.backbone import i2v_condition
 from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.network import ThreeDiMoNet
 
-__all__ = ["ThreeDiMoModule", "geometric_loss", "geometric_mpjpe", "other_clip_index", "relative_gap"]
+__all__ = [
+    "PARTS_KEY",
+    "ThreeDiMoModule",
+    "geometric_loss",
+    "geometric_mpjpe",
+    "other_clip_index",
+    "relative_gap",
+]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: checkpoint key of :meth:`ThreeDiMoModule.parts_config` (beside Lightning's ``hyper_parameters``,
+#: which LightningCLI merges into the run config on ``--ckpt_path``: the YAML keeps owning the parts)
+PARTS_KEY = "dimo_parts"
 
 
 def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -168,9 +177,7 @@ class ThreeDiMoModule(LightningModule):
         attention_backend: SDPA backend of the trainable network's attention (Wan blocks, motion
             injection, motion encoders) only; ``auto`` = PyTorch's choice (:mod:`dimo.models.attention`).
         compile: ``torch.compile`` each Wan block (regional compilation).
-        sample_every_n_steps: write validation samples when the global step is a multiple (0: never).
-        sample_steps: Euler steps of the validation sampler.
-        num_samples: validation clips sampled.
+        sample_steps: Euler steps of the validation sampler (metrics and logged samples).
         noise_seed: base seed of the per-step noise generator.
         val_metrics: video metrics (harness names: ``psnr``, ``ssim``, ``l1``, ``lpips_alex``, ``fid``,
             ``fvd``, ...) logged as ``val/<label>`` and ``test/<label>``.
@@ -197,13 +204,11 @@ class ThreeDiMoModule(LightningModule):
         flow: FlowMatching | None = None,
         train_parts: Literal["full", "motion"] = "full",
         geo_weight: float = 0.1,
-        frozen_dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        frozen_dtype: FrozenDType = "float32",
         gradient_checkpointing: bool = False,
         compile: bool = False,
         attention_backend: AttentionBackend = "auto",
-        sample_every_n_steps: int = 0,
         sample_steps: int = 4,
-        num_samples: int = 2,
         noise_seed: int = 0,
         val_metrics: Sequence[str] = ("psnr", "ssim", "l1"),
         metrics_weights_dir: str | None = None,
@@ -232,7 +237,7 @@ class ThreeDiMoModule(LightningModule):
                 raise ValueError(
                     f"image encoder width {image_encoder.dim} != backbone image_dim {self.net.image_dim}"
                 )
-            image_encoder.to(_DTYPES[frozen_dtype])
+            image_encoder.to(DTYPES[frozen_dtype])
         elif image_encoder is not None:
             raise ValueError("image_encoder is only used by I2V backbones (image_dim set); this one is T2V")
         self.image_encoder = image_encoder
@@ -253,11 +258,7 @@ class ThreeDiMoModule(LightningModule):
         self.train_parts = train_parts
         self.geo_weight = float(geo_weight)
         self.noise_seed = noise_seed
-        self.sample_every_n_steps, self.sample_steps, self.num_samples = (
-            sample_every_n_steps,
-            sample_steps,
-            num_samples,
-        )
+        self.sample_steps = sample_steps
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         # one collection per split (submodules: moved to the device, synced under DDP; no checkpoint keys)
         from dimo.eval.harness import build_metrics
@@ -271,8 +272,8 @@ class ThreeDiMoModule(LightningModule):
         self.metrics_val_gen = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_static = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_frame0 = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
-        self.vae.to(_DTYPES[frozen_dtype])
-        self.text_encoder.to(_DTYPES[frozen_dtype])
+        self.vae.to(DTYPES[frozen_dtype])
+        self.text_encoder.to(DTYPES[frozen_dtype])
         if train_parts == "motion":
             motion = {id(p) for p in self.net.motion_parameters()}
             for p in self.net.parameters():
@@ -282,9 +283,8 @@ class ThreeDiMoModule(LightningModule):
             for encoder in (self.net.encoders.body, self.net.encoders.hands):
                 encoder.gradient_checkpointing = True
         scope_attention_backend([self.net], attention_backend)
-        if compile:
-            for block in self.net.transformer.transformer.blocks:
-                block.compile()
+        if compile:  # regional compilation: each Wan block (the backbone's ``_repeated_blocks``)
+            self.net.transformer.compile_repeated_blocks()
 
     # -- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -312,18 +312,26 @@ class ThreeDiMoModule(LightningModule):
         names = ("vae", "text_encoder", "image_encoder")
         return [n for n in names if getattr(self, n, None) is not None and getattr(self, n).from_folder]
 
+    def parts_config(self) -> dict[str, dict | None]:
+        """Plain constructor arguments of the network and the frozen parts: with the checkpoint's
+        weights they rebuild the module, no run config beside it (:func:`dimo.pipelines.checkpoint.load_module`)."""
+
+        return {
+            "net": self.net.export_config(),
+            "vae": dict(self.vae.config),
+            "text_encoder": dict(self.text_encoder.config),
+            "image_encoder": None if self.image_encoder is None else dict(self.image_encoder.config),
+        }
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        drop = tuple(f"{n}." for n in self._frozen_from_folder())
+        checkpoint[PARTS_KEY] = self.parts_config()
+        drop = [f"{n}." for n in self._frozen_from_folder()]
         if drop:
-            checkpoint["state_dict"] = {
-                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(drop)
-            }
+            checkpoint["state_dict"] = strip_prefixes(checkpoint["state_dict"], drop)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # put back the frozen weights that were loaded from their folder (strict loading stays on)
-        for name in self._frozen_from_folder():
-            for k, v in getattr(self, name).state_dict(prefix=f"{name}.").items():
-                checkpoint["state_dict"].setdefault(k, v)
+        restore_prefixes(checkpoint["state_dict"], self, [f"{n}." for n in self._frozen_from_folder()])
 
     # -- the step -------------------------------------------------------------------------------
     def _generator(self, offset: int = 0) -> torch.Generator:
@@ -331,9 +339,7 @@ class ThreeDiMoModule(LightningModule):
         world, rank = (
             (self.trainer.world_size, self.trainer.global_rank) if self._trainer is not None else (1, 0)
         )
-        g = torch.Generator(device=self.device)
-        g.manual_seed(self.noise_seed + 1_000_003 * offset + world * step + rank)
-        return g
+        return step_generator(self.noise_seed + 1_000_003 * offset + world * step + rank, self.device)
 
     @torch.no_grad()
     def encode_conditions(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -382,10 +388,7 @@ class ThreeDiMoModule(LightningModule):
     def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000*sigma elsewhere."""
 
-        f, h, w = self.net.transformer.patch_grid(latent_shape)
-        t = self.flow.timestep(sigma)[:, None, None].expand(-1, f, h * w).clone()  # (B, F', h'w')
-        t[:, 0] = 0.0
-        return t.flatten(1)
+        return reference_timesteps(sigma, self.net.transformer.patch_grid(latent_shape))
 
     @torch.no_grad()
     def _conditions(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -469,9 +472,8 @@ class ThreeDiMoModule(LightningModule):
         z_swap = self.net.encode_motion(
             driving[swap], None if j2d is None else j2d[swap], None if jv is None else jv[swap]
         )
-        g = torch.Generator(device=self.device)
         rank = self.trainer.global_rank if self._trainer is not None else 0
-        g.manual_seed(self.noise_seed + 7919 * (1 + batch_idx) + 104_729 * rank)
+        g = step_generator(self.noise_seed + 7919 * (1 + batch_idx) + 104_729 * rank, self.device)
         x0 = cond["x0"]
         noise = torch.randn(x0.shape, generator=g, device=self.device, dtype=x0.dtype)
         totals = torch.zeros(3, device=self.device)
@@ -507,7 +509,7 @@ class ThreeDiMoModule(LightningModule):
         self.log("train/geo_weight", self.geo_weight, batch_size=b)
         return out["loss"]  # the learning rate is logged once, by the CLI's LearningRateMonitor
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
         out = self._losses(batch, self._generator(offset=1 + batch_idx))
         b = batch["driving"].shape[0]
         for key in ("loss_diffusion", "loss_geo", "mpjpe_geo"):
@@ -527,8 +529,7 @@ class ThreeDiMoModule(LightningModule):
             self._update_metrics(
                 self.metrics_val_frame0, "val", generated[:, :1], reference[:, None], suffix="_frame0"
             )
-        if batch_idx == 0 and self._should_sample():
-            self._log_samples(batch, generated)
+        return None if generated is None else {"generated": generated}  # reused by the SampleLogger
 
     def on_validation_epoch_start(self) -> None:
         self._gap_sums = None
@@ -603,7 +604,7 @@ class ThreeDiMoModule(LightningModule):
         text = self.text_encoder(list(batch["prompt"]), device=self.device)
         condition, image_embeds = self.encode_i2v(batch, num_frames)
         z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
-        shape = (b, self.vae.vae.config.z_dim, *condition.shape[2:])
+        shape = (b, self.vae.latent_channels, *condition.shape[2:])
         noise = torch.randn(shape, generator=self._generator(offset=997), device=self.device)
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -612,18 +613,17 @@ class ThreeDiMoModule(LightningModule):
         latents = self.flow.sample(velocity, noise, num_steps or self.sample_steps)
         return self.vae.decode(latents).transpose(1, 2)  # (B, T, 3, H, W)
 
-    def _should_sample(self) -> bool:
-        if self.sample_every_n_steps <= 0 or self._trainer is None or self.trainer.sanity_checking:
-            return False
-        return self.global_step % self.sample_every_n_steps == 0 or self.global_step == self.trainer.max_steps
+    def sample_media(
+        self, batch: dict[str, Any], split: str, num_samples: int, generated: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """What :class:`~dimo.callbacks.SampleLogger` logs: ``<split>/samples``, a labelled grid (rows
+        driving | generated | target per clip, columns frames), and ``<split>/samples_video``, the same
+        as a video (rows driving | generated | target, one column per clip). ``generated``: the
+        validation step's sample of the batch, if it made one."""
 
-    def _log_samples(self, batch: dict[str, Any], generated: torch.Tensor | None = None) -> None:
-        """Labelled grid (rows driving | generated | target per clip, columns frames) and video, through
-        the logger's API (``val/samples``, ``val/samples_video``), plus an MP4 under ``<log_dir>/samples/``."""
+        from dimo.viz import labelled_grid, labelled_video, to_unit
 
-        from dimo.viz import labelled_grid, labelled_video, log_image, log_video, to_unit
-
-        n = min(self.num_samples, batch["driving"].shape[0])
+        n = min(num_samples, batch["driving"].shape[0])
         small = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
         generated = self.generate(small) if generated is None else generated[:n]
         drv, gen, tgt = to_unit(small["driving"]), to_unit(generated), to_unit(small["target"])
@@ -633,17 +633,9 @@ class ThreeDiMoModule(LightningModule):
             tag = f"#{i} " if n > 1 else ""
             rows += [(f"{tag}driving", drv[i]), (f"{tag}generated", gen[i]), (f"{tag}target", tgt[i])]
         grid = labelled_grid(rows, [f"t={j}" for j in range(t)])
-        log_image(self.logger, "val/samples", grid, self.global_step)
-        # video: one column per clip, rows driving | generated | target, one frame per time step
         video_rows = [
             (name, x.transpose(0, 1))  # (n, T, 3, H, W) -> (T, n, 3, H, W): one panel per clip
             for name, x in (("driving", drv), ("generated", gen), ("target", tgt))
         ]
         video = labelled_video(video_rows, [f"clip {j}" for j in range(n)])
-        log_video(self.logger, "val/samples_video", video, self.global_step, fps=4)
-        log_dir = getattr(self.logger, "log_dir", None) if self.logger is not None else None
-        if log_dir is not None and self.trainer.is_global_zero:
-            from dimo.data.video import write_video
-
-            frames = (video.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
-            write_video(Path(log_dir) / "samples" / f"step_{self.global_step:07d}.mp4", frames, fps=4)
+        return {f"{split}/samples": grid, f"{split}/samples_video": video}

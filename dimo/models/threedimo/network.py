@@ -189,14 +189,18 @@ class ThreeDiMoNet(nn.Module):
         )
 
     # -- persistence ---------------------------------------------------------------------------
+    def export_config(self) -> dict:
+        """Constructor arguments that rebuild this network's exact shape with no file beside them:
+        the backbone's own config (not a preset name, not a folder); the weights come separately."""
+
+        return dict(self.config, backbone_path=None, backbone_config=self.transformer.wan_config())
+
     def save_pretrained(self, folder: Path | str) -> Path:
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        # the weights below hold the backbone; its exact shape goes in the config (not a preset name)
-        config = dict(self.config, backbone_path=None, backbone_config=self.transformer.wan_config())
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        (folder / CONFIG_NAME).write_text(json.dumps(self.export_config(), indent=2))
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt", "class": "ThreeDiMoNet"})
         return folder
