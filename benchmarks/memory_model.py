@@ -199,6 +199,43 @@ def fsdp_estimate(
     )
 
 
+def deepspeed_estimate(
+    name: str,
+    stage: int,
+    trainable: int,
+    unit_params: int,
+    frozen_params: int,
+    activation_bytes: int,
+    gpus: int,
+) -> MemoryEstimate:
+    """Per GPU under DeepSpeed ZeRO with ``bf16-mixed`` (the ZeRO paper's accounting, K = 12 B of
+    fp32 master weights + Adam moments per trainable parameter):
+
+    * stage 2: bf16 parameters replicated (2 B x trainable), bf16 gradients and the 12 B of optimiser
+      state partitioned: (2 + 12) B x trainable / ``gpus``; the frozen encoders replicated (2 B each);
+    * stage 3: parameters partitioned too, (2 + 2 + 12) B x trainable / ``gpus``, the frozen encoders
+      partitioned as well (ZeRO-3 partitions every parameter of the module, 2 B / ``gpus``), plus the
+      gathered working set: the running and the prefetched block, params + grads, 2 x 4 B x
+      ``unit_params`` (as for FSDP; the motion layers are gathered per module by ZeRO-3's hooks, so no
+      root unit stays gathered);
+    * activations as under DDP; the same 10% allowance. Communication buckets (200 M elements each
+      by default, bf16: 0.4 GB for allgather and for reduce) are inside the allowance.
+    """
+
+    if stage == 2:
+        states = 2 * trainable + 14 * trainable // gpus
+        frozen = 2 * frozen_params
+    elif stage == 3:
+        states = 16 * trainable // gpus + 8 * unit_params
+        frozen = 2 * frozen_params // gpus
+    else:
+        raise ValueError(f"ZeRO stage must be 2 or 3, got {stage}")
+    total = (states + frozen + activation_bytes) * (1 + OVERHEAD)
+    return MemoryEstimate(
+        name, trainable, frozen_params, states / GIB, frozen / GIB, activation_bytes / GIB, total / GIB
+    )
+
+
 # ---- 3DiMo --------------------------------------------------------------------------------------
 def threedimo_activation_bytes(
     net_kwargs: dict,
@@ -362,7 +399,8 @@ CLIP_VIT_H_PARAMS = 632_076_800  # Wan I2V's frozen CLIP image encoder (ViT-H/14
 
 
 def wan14b_estimates() -> list[MemoryEstimate]:
-    """3DiMo on Wan2.1-I2V-14B (``experiments/3dimo_paper_14b_fsdp.yaml``): DDP and FSDP on 8 / 32 GPUs."""
+    """3DiMo on Wan2.1-I2V-14B (``experiments/3dimo_paper_14b_fsdp.yaml`` and ``_deepspeed.yaml``): DDP,
+    FSDP and DeepSpeed ZeRO-2/3 on 8 / 32 GPUs."""
 
     from dimo.models.threedimo import ThreeDiMoNet
 
@@ -379,6 +417,10 @@ def wan14b_estimates() -> list[MemoryEstimate]:
     for gpus in (8, 32):
         name = f"3dimo_paper_14b_fsdp, FSDP full shard over {gpus} GPUs, 1 clip/GPU, ckpt"
         out.append(fsdp_estimate(name, trainable, trainable - in_units, unit, frozen, act, gpus))
+    for stage in (2, 3):
+        for gpus in (8, 32):
+            name = f"3dimo_paper_14b_deepspeed, ZeRO-{stage} over {gpus} GPUs, 1 clip/GPU, ckpt"
+            out.append(deepspeed_estimate(name, stage, trainable, unit, frozen, act, gpus))
     return out
 
 

@@ -17,6 +17,8 @@ class DimoCLI(LightningCLI):
       fsync, rename), unless ``--trainer.plugins`` names another ``CheckpointIO``,
     * :class:`~dimo.callbacks.reliability.CheckpointOnSignal`: SIGTERM/SIGUSR1 save ``last.ckpt`` and
       exit ``128 + signal``,
+    * an EMA of the trainable weights configurable as ``--ema.*`` (off unless ``ema.enabled: true``;
+      :class:`~dimo.callbacks.ema.EMA`),
     * a learning-rate monitor, and a progress display unless ``--trainer.enable_progress_bar=false``:
       the rich bar on a terminal, plain periodic lines when stdout is redirected,
     * seeding on by default (``--seed_everything``), deterministic data order per seed.
@@ -66,9 +68,11 @@ class DimoCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         from lightning.pytorch.callbacks import ModelCheckpoint
 
+        from dimo.callbacks.ema import EMA
         from dimo.callbacks.samples import SampleLogger
 
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(EMA, "ema")  # `ema: {enabled: true, decay: ...}` (off by default)
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
         parser.add_lightning_class_args(SampleLogger, "samples")
 
@@ -122,6 +126,15 @@ def missing_paths(node, prefix: str = "") -> list[tuple[str, str]]:
 def check_model_data(model, datamodule) -> None:
     """Model/data agreements a wrong YAML breaks deep inside the first step, checked up front."""
 
+    from_cache, cache = getattr(model, "from_cache", False), getattr(datamodule, "latent_cache", None)
+    if from_cache and cache is None:
+        raise ValueError(
+            "model from_cache: true needs data latent_cache: <folder of `python -m dimo.cli data cache`>"
+        )
+    if cache is not None and not from_cache:
+        raise ValueError(
+            f"data latent_cache={cache} needs model from_cache: true (the frozen encoders are not run)"
+        )
     spec = getattr(datamodule, "spec", None)
     net = getattr(model, "net", None)
     config = getattr(net, "config", None)

@@ -1,6 +1,7 @@
-"""Lightning callbacks shared by the methods: the 3DiMo stage scheduler and sample logging."""
+"""Lightning callbacks shared by the methods: the 3DiMo stage scheduler, sample logging and EMA."""
 
+from dimo.callbacks.ema import EMA
 from dimo.callbacks.samples import SampleLogger
 from dimo.callbacks.stage_scheduler import Stage, StageChainError, StageScheduler, StopAfterStage
 
-__all__ = ["SampleLogger", "Stage", "StageChainError", "StageScheduler", "StopAfterStage"]
+__all__ = ["EMA", "SampleLogger", "Stage", "StageChainError", "StageScheduler", "StopAfterStage"]

@@ -1,4 +1,4 @@
-"""``python -m dimo.cli data {synth,import,validate,preview,optimize} ...``: build, import, check and look at datasets.
+"""``python -m dimo.cli data {synth,import,validate,preview,optimize,cache} ...``: build, import, check and look at datasets.
 
 * ``synth --out DIR [--seed N --clips-per-source N --frames N --size H W --force]`` builds the
   toy-human dataset (skips when ``DIR`` already has a manifest, unless ``--force``);
@@ -8,6 +8,9 @@
   ``docs/data.md``), validates every clip it writes and reports what it could not use;
 * ``optimize ROOT --out DIR_OR_URL [--task --num-frames --size ...]`` writes litdata streaming shards
   of decoded sample windows (``dimo.data.shards``) that the DataModule reads with ``shards:``;
+* ``cache --config <training configs> --out DIR`` pre-encodes the frozen VAE latents of fixed windows
+  and the prompts' text embeddings (Lightning predict, sharded over devices) for 3DiMo training from
+  the cache (``dimo.data.latent_cache``);
 * ``preview ROOT --out grid.png [--task 3dimo|hvg]`` writes the grid the DataModule logs to TensorBoard;
   ``--clips N`` / ``--clip ID`` instead draw 2D keypoints and bone maps over the frames of clips.
 """
@@ -82,6 +85,21 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument("--workers", type=int, default=1)
     op.add_argument("--chunk-bytes", default="64MB")
     op.add_argument("--overwrite", action="store_true")
+    ca = sub.add_parser(
+        "cache", help="pre-encode VAE latents and text embeddings for 3DiMo (Lightning predict)"
+    )
+    ca.add_argument(
+        "--config", action="append", required=True, help="the training run's config files, in order"
+    )
+    ca.add_argument("--out", type=Path, required=True, help="cache folder (safetensors shards + index.json)")
+    ca.add_argument("--window-step", type=int, default=None,
+                    help="frames between cached window starts (default: the window span; 1 = every start)")  # fmt: skip
+    ca.add_argument("--batch-size", type=int, default=4)
+    ca.add_argument("--num-workers", type=int, default=0)
+    ca.add_argument("--accelerator", default=None, help="default: the config's trainer.accelerator")
+    ca.add_argument("--devices", default=None, help="default: the config's trainer.devices")
+    ca.add_argument("--num-nodes", type=int, default=None)
+    ca.add_argument("--overwrite", action="store_true")
     pr = sub.add_parser("preview", help="write a PNG grid of one batch")
     pr.add_argument("root", type=Path)
     pr.add_argument("--out", type=Path, default=Path("runs/data_preview.png"))
@@ -213,6 +231,34 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data.latent_cache import LatentCacheError, build_latent_cache
+
+    if args.batch_size < 1 or args.num_workers < 0 or (args.window_step is not None and args.window_step < 1):
+        return fail(ValueError("--batch-size and --window-step must be >= 1, --num-workers >= 0"))
+    devices = args.devices
+    if devices is not None and devices.isdigit():
+        devices = int(devices)
+    start = time.perf_counter()
+    try:
+        index = build_latent_cache(
+            args.config, args.out, args.window_step, args.batch_size, args.num_workers, args.accelerator,
+            devices, args.num_nodes, args.overwrite,
+        )  # fmt: skip
+    except (LatentCacheError, OSError, ValueError) as err:
+        return fail(err)
+    if index is not None:
+        for key, reason in sorted(index["failed"].items()):
+            print(f"not encoded: {key}: {reason}")
+        print(
+            f"wrote {len(index['latents'])} windows and {len(index['texts'])} prompts to {args.out} in "
+            f"{time.perf_counter() - start:.1f} s; train with --data.init_args.latent_cache={args.out} "
+            "--model.init_args.from_cache=true (experiments/3dimo_from_cache.yaml)"
+        )
+    return 0
+
+
 def _preview_clips(args: argparse.Namespace) -> int:
     from dimo.commands import fail
     from dimo.data.manifest import load_manifest
@@ -279,5 +325,6 @@ def main(argv: Sequence[str]) -> int:
         "validate": _validate,
         "preview": _preview,
         "optimize": _optimize,
+        "cache": _cache,
     }
     return commands[args.cmd](args)

@@ -89,6 +89,11 @@ class ViewRichDataModule(LightningDataModule):
             object-store URL written by ``python -m dimo.cli data optimize``) instead of ``root``'s
             videos; their spec must match this DataModule's (``dimo.data.shards``).
         shard_cache: where litdata caches remote chunks (default: its own cache folder).
+        latent_cache: a frozen-encoder cache folder (``python -m dimo.cli data cache``, 3DiMo only):
+            samples carry the cached target latents and text embeddings (``x0``, ``ref_latent``,
+            ``text``) instead of target pixels, the window is one of the cached ones, and the model
+            trains with ``from_cache: true`` (``dimo.data.latent_cache``). Clips without a cached
+            window are setup problems.
     """
 
     def __init__(
@@ -119,8 +124,11 @@ class ViewRichDataModule(LightningDataModule):
         max_retries: int = 8,
         shards: str | None = None,
         shard_cache: str | None = None,
+        latent_cache: Path | None = None,
     ) -> None:
         super().__init__()
+        if latent_cache is not None and (task != "3dimo" or shards is not None):
+            raise ValueError("latent_cache serves 3DiMo samples read from files (task 3dimo, no shards)")
         if num_frames < 1 or frame_stride < 1 or height < 1 or width < 1:
             raise ValueError("num_frames, frame_stride, height and width must be >= 1")
         if task == "hvg" and num_views < 1:
@@ -133,6 +141,9 @@ class ViewRichDataModule(LightningDataModule):
         # checkpoints are loaded with weights_only=True: keep hparams to plain types
         self.hparams["root"] = str(root)
         self.hparams["extra_roots"] = [str(r) for r in (extra_roots or [])]
+        self.hparams["latent_cache"] = None if latent_cache is None else str(latent_cache)
+        self.latent_cache = None if latent_cache is None else Path(latent_cache)
+        self._latents = None  # the opened LatentCache
         self.root = Path(root)
         self.roots = [self.root, *(Path(r) for r in (extra_roots or []))]
         self.task = task
@@ -253,6 +264,19 @@ class ViewRichDataModule(LightningDataModule):
                     pools[rec.source].append(rec)
                 else:
                     ineligible += 1
+        if self.latent_cache is not None:
+            from dimo.data.latent_cache import LatentCache
+
+            self._latents = LatentCache(self.latent_cache)
+            self._latents.check_spec(self.spec)
+            for source, pool in pools.items():
+                keep = [r for r in pool if self._latents.starts(r)]
+                problems += [
+                    Problem(r.id, "latent_cache", f"no window in the latent cache {self.latent_cache}")
+                    for r in pool
+                    if not self._latents.starts(r)
+                ]
+                pools[source] = keep
         self.pools, self.problems = pools, problems
         for p in problems:
             log.warning("skipping %s (%s): %s", p.clip_id, p.part, p.reason)
@@ -325,7 +349,7 @@ class ViewRichDataModule(LightningDataModule):
             from dimo.data.shards import ShardDataset
 
             return ShardDataset(self.shards, self.pools, self.spec, augment, self.max_retries, self.shard_cache)
-        return ClipDataset(self.pools, self.spec, augment, self.max_retries)
+        return ClipDataset(self.pools, self.spec, augment, self.max_retries, latents=self._latents)
 
     # ---- per-batch bookkeeping -------------------------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -369,7 +393,7 @@ class ViewRichDataModule(LightningDataModule):
         from dimo.data.preview import batch_grid
 
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers:
+        if not loggers or "target" not in batch:  # from the latent cache: no target pixels to draw
             return
         grid = batch_grid(batch)  # (3, H', W') in [0, 1]
         for lg in loggers:

@@ -89,8 +89,10 @@ class ClipDataset(Dataset):
         spec: SampleSpec,
         augment: AugmentConfig | None = None,
         max_retries: int = 8,
+        latents: Any = None,
     ) -> None:
         self.pools = {s: list(recs) for s, recs in pools.items()}
+        self.latents = latents  # a dimo.data.latent_cache.LatentCache: frozen encodings instead of targets
         self.spec = spec
         self.augment = DrivingAugment(augment) if augment is not None else None
         self.max_retries = max_retries
@@ -168,6 +170,12 @@ class ClipDataset(Dataset):
         spec = self.spec
         if record.num_frames < spec.span:
             raise RecordError(f"{record.id}: {record.num_frames} frames < {spec.span} needed")
+        if self.latents is not None:  # one of the cached windows (all of them: the file reader's draw)
+            starts = self.latents.starts(record)
+            if not starts:
+                raise RecordError(f"{record.id}: no window in the latent cache")
+            start = starts[int(rng.integers(0, len(starts)))]
+            return list(range(start, start + spec.span, spec.frame_stride))
         start = int(rng.integers(0, record.num_frames - spec.span + 1))
         return list(range(start, start + spec.span, spec.frame_stride))
 
@@ -226,8 +234,12 @@ class ClipDataset(Dataset):
         else:
             raise ValueError(f"unknown 3DiMo task {task!r}")
         aug_seed = int(rng.integers(0, 2**62))
-        target_u8 = self._read(record, target_view, frames)
-        drive_u8 = target_u8 if drive_view == target_view else self._read(record, drive_view, frames)
+        if self.latents is not None:  # the target is its cached latents: only the driving frames are read
+            drive_u8 = self._read(record, drive_view, frames)
+            target_u8 = None
+        else:
+            target_u8 = self._read(record, target_view, frames)
+            drive_u8 = target_u8 if drive_view == target_view else self._read(record, drive_view, frames)
         motion = self._motion(record)
 
         body_pose = torch.zeros(T, 21, 3)
@@ -254,17 +266,21 @@ class ClipDataset(Dataset):
                 joints2d = uv.float()
                 joints2d_valid = z > 1e-6
 
-        target = frames_to_tensor(target_u8)  # (T, 3, H, W)
-        driving = frames_to_tensor(drive_u8)
+        driving = frames_to_tensor(drive_u8)  # (T, 3, H, W)
         if self.augment is not None and self.augment.active:
             driving = self.augment((driving + 1) / 2, generator_seed=aug_seed) * 2 - 1
         prompt = record.views[target_view].camera_prompt
         if record.caption:
             prompt = f"{prompt} {record.caption}".strip()
+        if self.latents is not None:
+            x0, ref = self.latents.latent(record.id, target_view, frames[0])
+            pixels = {"x0": x0, "ref_latent": ref, "text": self.latents.text(prompt)}  # (C,F,h,w) (C,1,h,w) (L,D)
+        else:
+            target = frames_to_tensor(target_u8)  # (T, 3, H, W)
+            pixels = {"target": target, "reference": target[0].clone()}
         return {
             "driving": driving,
-            "target": target,
-            "reference": target[0].clone(),
+            **pixels,
             "prompt": prompt,
             "body_pose": body_pose.float(),
             "hand_pose": hand_pose.float(),

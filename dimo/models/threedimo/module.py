@@ -161,6 +161,21 @@ def _pose_rotmats(orient: torch.Tensor, body: torch.Tensor, hands: torch.Tensor)
     return torch.cat([orient[..., None, :, :], body, eye, hands], dim=-3)
 
 
+def _check_from_cache(net, vae, text_encoder, val_metrics) -> None:
+    """What ``from_cache: true`` rules out, each named in one line."""
+
+    if vae is not None or text_encoder is not None:
+        raise ValueError(
+            "from_cache: true trains without the frozen encoders: set model vae and text_encoder to null"
+        )
+    if net.is_i2v:
+        raise ValueError("from_cache: true serves T2V backbones; the I2V conditioning is not cached")
+    if list(val_metrics):
+        raise ValueError(
+            "from_cache: true has no VAE to decode samples: set val_metrics: [] (the SampleLogger logs none)"
+        )
+
+
 class ThreeDiMoModule(LightningModule):
     """3DiMo training.
 
@@ -194,6 +209,10 @@ class ThreeDiMoModule(LightningModule):
             the cached latent is the one it would compute). 0: off. Toy runs revisit the same windows.
         motion_lr_mult: learning-rate multiplier of the new 3DiMo layers (motion encoders, geometric
             decoder, injection), their own parameter group; the pretrained Wan weights keep the base rate.
+        from_cache: train from a frozen-encoder cache (``data.latent_cache``, ``dimo.data.latent_cache``):
+            batches carry ``x0``/``ref_latent``/``text`` and the VAE and text encoder are not built
+            (``vae`` and ``text_encoder`` must be null, and so must everything that decodes: no
+            ``val_metrics``; :meth:`sample_media` logs nothing). T2V backbones only.
     """
 
     def __init__(
@@ -219,15 +238,21 @@ class ThreeDiMoModule(LightningModule):
         gap_sigmas: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
         latent_cache_size: int = 0,
         motion_lr_mult: float = 1.0,
+        from_cache: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
             ignore=["net", "vae", "text_encoder", "optimizer", "lr_scheduler", "image_encoder"]
         )
         self.net = net if net is not None else ThreeDiMoNet()
-        self.vae = vae if vae is not None else WanVAE()
-        self.text_encoder = text_encoder if text_encoder is not None else WanTextEncoder()
-        if self.text_encoder.dim != self.net.text_dim:
+        self.from_cache = from_cache
+        if from_cache:
+            _check_from_cache(self.net, vae, text_encoder, val_metrics)
+            self.vae, self.text_encoder = None, None  # never built: the batches carry their encodings
+        else:
+            self.vae = vae if vae is not None else WanVAE()
+            self.text_encoder = text_encoder if text_encoder is not None else WanTextEncoder()
+        if self.text_encoder is not None and self.text_encoder.dim != self.net.text_dim:
             raise ValueError(
                 f"text encoder width {self.text_encoder.dim} != backbone text_dim {self.net.text_dim}"
             )
@@ -272,8 +297,9 @@ class ThreeDiMoModule(LightningModule):
         self.metrics_val_gen = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_static = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_frame0 = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
-        self.vae.to(DTYPES[frozen_dtype])
-        self.text_encoder.to(DTYPES[frozen_dtype])
+        for frozen in (self.vae, self.text_encoder):
+            if frozen is not None:
+                frozen.to(DTYPES[frozen_dtype])
         if train_parts == "motion":
             motion = {id(p) for p in self.net.motion_parameters()}
             for p in self.net.parameters():
@@ -395,6 +421,10 @@ class ThreeDiMoModule(LightningModule):
         """Frozen encodings of a batch: target latents ``x0``, text, and the reference conditioning
         (T2V: its latent ``ref``; I2V: the channel ``condition`` and CLIP ``image_embeds``)."""
 
+        if self.from_cache:  # encoded once by `dimo.cli data cache` (dimo.data.latent_cache)
+            if "x0" not in batch:
+                raise ValueError("from_cache: true needs batches from a DataModule with latent_cache set")
+            return {"x0": batch["x0"], "text": batch["text"], "ref": batch["ref_latent"]}
         if self.net.is_i2v:
             x0 = self.vae.encode(batch["target"].transpose(1, 2))  # (B, 16, F, h, w)
             text = self.text_encoder(list(batch["prompt"]), device=self.device)
@@ -623,6 +653,8 @@ class ThreeDiMoModule(LightningModule):
 
         from dimo.viz import labelled_grid, labelled_video, to_unit
 
+        if self.vae is None:  # from_cache: no decoder, nothing to show
+            return {}
         n = min(num_samples, batch["driving"].shape[0])
         small = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
         generated = self.generate(small) if generated is None else generated[:n]

@@ -1,0 +1,180 @@
+"""Frozen-encoder cache (dimo.data.latent_cache): build through Lightning predict, train from it.
+
+The cache run must give the online run's loss on the same sample and noise, must not build the VAE or
+the text encoder, and must keep the mixture/resume machinery (the same sampler draws the same keys).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dimo.cli import run_lightning
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = ROOT / "experiments" / "3dimo.yaml"
+FROM_CACHE = ROOT / "experiments" / "3dimo_from_cache.yaml"
+
+
+@pytest.fixture(scope="module")
+def small_root(tmp_path_factory):
+    from dimo.data.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("cache_toy")
+    cfg = SynthConfig(num_internet=1, num_ue5=1, num_multiview=0, num_frames=10, height=32, width=32,
+                      ue5_trajectories=(2, 2))  # fmt: skip
+    synthesize(root, cfg)
+    return root
+
+
+@pytest.fixture(scope="module")
+def overlay(small_root, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache_cfg") / "root.yaml"
+    path.write_text(
+        f"data:\n  init_args:\n    root: {small_root}\n    weights: {{internet: 1.0, ue5: 1.0}}\n"
+        "    cross_view: 0.5\n    val_batches: 1\n    augment: {enabled: false}\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache(overlay, tmp_path_factory):
+    from dimo.data.latent_cache import build_latent_cache
+
+    out = tmp_path_factory.mktemp("cache") / "latents"
+    index = build_latent_cache([BASE, overlay], out, window_step=1, accelerator="cpu", devices=1)
+    return out, index
+
+
+def _cli(args: list[str], tmp_path: Path):
+    return run_lightning(
+        [*args, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"], run=False
+    )
+
+
+def test_index_names_every_window_and_prompt(cache, small_root):
+    from dimo.data.latent_cache import LatentCache
+    from dimo.data.manifest import load_manifest
+
+    out, index = cache
+    records, _ = load_manifest(small_root)
+    views = sum(len(r.views) for r in records)
+    assert len(index["latents"]) == views * (10 - 9 + 1)  # every start of a 9-frame window
+    assert index["failed"] == {}
+    assert not list(out.glob("index-r*.json")) and not list(out.glob(".*tmp"))
+    reader = LatentCache(out)
+    rec = next(r for r in records if r.source == "ue5")
+    assert reader.starts(rec) == [0, 1]
+    x0, ref = reader.latent(rec.id, 1, 1)
+    assert x0.shape[1] == 3 and ref.shape[1] == 1 and x0.shape[0] == ref.shape[0]  # 9 frames -> 3 latent
+    text = reader.text(rec.views[1].camera_prompt)
+    assert text.shape == (index["max_length"], index["text_dim"])
+
+
+def test_cache_loss_equals_online_loss_and_no_encoder_is_built(cache, overlay, tmp_path, monkeypatch):
+    out, _ = cache
+    online = _cli(["--config", str(BASE), "--config", str(overlay)], tmp_path / "a")
+
+    from dimo.models.threedimo import frozen
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a frozen encoder was built in a from-cache run")
+
+    monkeypatch.setattr(frozen.WanVAE, "__init__", refuse)
+    monkeypatch.setattr(frozen.WanTextEncoder, "__init__", refuse)
+    args = ["--config", str(BASE), "--config", str(overlay), "--config", str(FROM_CACHE),
+            f"--data.init_args.latent_cache={out}"]  # fmt: skip
+    cached = _cli(args, tmp_path / "b")
+    monkeypatch.undo()
+    assert cached.model.vae is None and cached.model.text_encoder is None
+    assert not any("vae" in k or "text_encoder" in k for k in cached.model.state_dict())
+    cached.model.net.load_state_dict(online.model.net.state_dict())
+
+    dm_a, dm_b = online.datamodule, cached.datamodule
+    dm_a.setup("fit"), dm_b.setup("fit")
+    keys = [k for _ in range(3) for k in dm_a.stream.draw()]
+    assert {k.task for k in keys} >= {"cross_view"} or len(keys) >= 4
+    ds_a, ds_b = dm_a.train_dataset(), dm_b.train_dataset()
+    from torch.utils.data import default_collate
+
+    batch_a = default_collate([ds_a[k] for k in keys[:4]])
+    batch_b = default_collate([ds_b[k] for k in keys[:4]])
+    assert "target" not in batch_b and "x0" in batch_b
+    torch.testing.assert_close(batch_a["driving"], batch_b["driving"], rtol=0, atol=0)
+    assert batch_a["prompt"] == batch_b["prompt"]
+    for m in (online.model, cached.model):
+        m.eval()
+    with torch.no_grad():
+        la = online.model._losses(batch_a, torch.Generator().manual_seed(5))
+        lb = cached.model._losses(batch_b, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(lb["loss_diffusion"], la["loss_diffusion"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(lb["loss"], la["loss"], rtol=1e-4, atol=1e-6)
+    # and it is not equal by construction: another sample's latents change the loss
+    swapped = dict(batch_b, x0=batch_b["x0"].roll(1, 0))
+    with torch.no_grad():
+        lc = cached.model._losses(swapped, torch.Generator().manual_seed(5))
+    assert abs(float(lc["loss_diffusion"]) - float(la["loss_diffusion"])) > 1e-3
+
+
+def test_fit_and_resume_from_cache(cache, overlay, tmp_path):
+    out, _ = cache
+    common = ["--config", str(BASE), "--config", str(overlay), "--config", str(FROM_CACHE),
+              f"--data.init_args.latent_cache={out}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+              "--trainer.val_check_interval=2",
+              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
+              f"--checkpoint.dirpath={tmp_path / 'ckpt'}", "--checkpoint.every_n_train_steps=2"]  # fmt: skip
+    run_lightning(["fit", *common, "--trainer.max_steps=2"])
+    ckpt = tmp_path / "ckpt" / "last.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2
+    assert not any(k.startswith(("vae.", "text_encoder.")) for k in state["state_dict"])
+    assert state["ViewRichDataModule"]["mixture"]["position"] == 2
+    cli = run_lightning(["fit", *common, "--trainer.max_steps=3", f"--ckpt_path={ckpt}"])
+    assert cli.trainer.global_step == 3
+
+
+def test_bad_cache_is_one_line(cache, overlay, tmp_path):
+    from dimo.data.datamodule import ViewRichDataModule
+    from dimo.data.latent_cache import LatentCacheError
+
+    out, _ = cache
+    dm = ViewRichDataModule(root=overlay.parent, latent_cache=tmp_path / "nowhere")
+    with pytest.raises(LatentCacheError, match="has no index.json") as err:
+        dm._latents = None
+        from dimo.data.latent_cache import LatentCache
+
+        LatentCache(tmp_path / "nowhere")
+    assert "\n" not in str(err.value)
+    from dimo.data.manifest import load_manifest  # noqa: F401
+
+    dm = ViewRichDataModule(root=Path(str(_root_of(overlay))), num_frames=5, latent_cache=out)
+    with pytest.raises(LatentCacheError, match="was built for") as err:
+        dm.setup("fit")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="latent_cache serves 3DiMo"):
+        ViewRichDataModule(task="hvg", latent_cache=out)
+
+
+def test_model_and_data_must_agree(cache, overlay, tmp_path):
+    from dimo.lightning_cli import check_model_data
+
+    out, _ = cache
+    args = ["--config", str(BASE), "--config", str(overlay), "--config", str(FROM_CACHE),
+            f"--data.init_args.latent_cache={out}"]  # fmt: skip
+    cli = _cli(args, tmp_path)
+    check_model_data(cli.model, cli.datamodule)
+    cli.datamodule.latent_cache = None
+    with pytest.raises(ValueError, match="needs data latent_cache"):
+        check_model_data(cli.model, cli.datamodule)
+    with pytest.raises(ValueError, match="set model vae and text_encoder to null"):
+        _cli([*args, "--model.init_args.text_encoder=dimo.models.threedimo.WanTextEncoder"], tmp_path)
+    with pytest.raises(ValueError, match="val_metrics"):
+        _cli([*args, "--model.init_args.val_metrics=[psnr]"], tmp_path)
+
+
+def _root_of(overlay: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(overlay.read_text())["data"]["init_args"]["root"]
