@@ -1,4 +1,4 @@
-"""``python -m dimo.cli data {synth,import,validate,preview,optimize} ...``: build, import, check and look at datasets.
+"""``python -m dimo.cli data {synth,import,validate,preview,optimize,keypoints} ...``: build, import, check and look at datasets.
 
 * ``synth --out DIR [--seed N --clips-per-source N --frames N --size H W --force]`` builds the
   toy-human dataset (skips when ``DIR`` already has a manifest, unless ``--force``);
@@ -8,6 +8,8 @@
   ``docs/data.md``), validates every clip it writes and reports what it could not use;
 * ``optimize ROOT --out DIR_OR_URL [--task --num-frames --size ...]`` writes litdata streaming shards
   of decoded sample windows (``dimo.data.shards``) that the DataModule reads with ``shards:``;
+* ``keypoints ROOT [--detector DIR --overwrite]`` runs a 2D keypoint detector (``dimo.pose``) over every view
+  and records the ``keypoints2d`` files in the manifest;
 * ``preview ROOT --out grid.png [--task 3dimo|hvg]`` writes the grid the DataModule logs to TensorBoard;
   ``--clips N`` / ``--clip ID`` instead draw 2D keypoints and bone maps over the frames of clips.
 """
@@ -82,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     op.add_argument("--workers", type=int, default=1)
     op.add_argument("--chunk-bytes", default="64MB")
     op.add_argument("--overwrite", action="store_true")
+    kp = sub.add_parser(
+        "keypoints", help="detect 2D keypoints for every view and record them in the manifest"
+    )
+    kp.add_argument("root", type=Path)
+    kp.add_argument("--detector", type=Path, default=Path("pretrained/toy-detector"),
+                    help="detector folder: the toy detector (make toy-detector) or a ViTPose save_pretrained folder")  # fmt: skip
+    kp.add_argument("--overwrite", action="store_true", help="redo views that already name a keypoint file")
     pr = sub.add_parser("preview", help="write a PNG grid of one batch")
     pr.add_argument("root", type=Path)
     pr.add_argument("--out", type=Path, default=Path("runs/data_preview.png"))
@@ -271,6 +280,24 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keypoints(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data.keypoints import KeypointError
+    from dimo.data.video import VideoError
+    from dimo.pose.detect import detect_dataset, load_detector
+    from dimo.pose.toy_detector import DetectorError
+
+    try:
+        start = time.perf_counter()
+        n = detect_dataset(
+            args.root, load_detector(args.detector), overwrite=args.overwrite, log=lambda _: None
+        )
+    except (DetectorError, KeypointError, VideoError, FileNotFoundError) as err:
+        return fail(err)
+    print(f"wrote {n} keypoint file(s) under {args.root} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     commands = {
@@ -279,5 +306,6 @@ def main(argv: Sequence[str]) -> int:
         "validate": _validate,
         "preview": _preview,
         "optimize": _optimize,
+        "keypoints": _keypoints,
     }
     return commands[args.cmd](args)
