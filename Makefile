@@ -164,3 +164,10 @@ toy-detector: setup
 	$(PY) -m dimo.pose.train_toy --out $(TOY_DETECTOR) $(TOY_ARGS)
 keypoints: setup data
 	$(PY) -m dimo.cli data keypoints $(DATA_ROOT) --detector $(TOY_DETECTOR)
+
+# 3D lifting on held-out toy clips (docs/pose.md): fixed-depth and SMPLify-like baselines on projected and
+# detected 2D keypoints -> benchmarks/results/lifting-toy.{json,md} (MPJPE, PA-MPJPE, T_root in mm).
+LIFT_ARGS ?= --clips-per-source 2
+.PHONY: eval-lifting
+eval-lifting: setup
+	$(PY) -m dimo.pose.eval_lifting --detector $(TOY_DETECTOR) $(LIFT_ARGS)

@@ -203,7 +203,7 @@ def test_dataset_uses_keypoints_for_hand_crops_without_cameras(toy_root, tmp_pat
 
 
 def test_data_keypoints_command_writes_the_format(toy_root, tmp_path):
-    from dimo.cli import main
+    from dimo.commands.data import main
     from dimo.data.keypoints import load_keypoints2d
     from dimo.data.manifest import load_manifest
 
@@ -211,11 +211,11 @@ def test_data_keypoints_command_writes_the_format(toy_root, tmp_path):
     shutil.copytree(toy_root, root)
     torch.manual_seed(0)
     ToyKeypointDetector(ToyHeatmapNet(PRESETS["tiny"])).save_pretrained(tmp_path / "det")
-    assert main(["data", "keypoints", str(root), "--detector", str(tmp_path / "det")]) == 0
+    assert main(["keypoints", str(root), "--detector", str(tmp_path / "det")]) == 0
     records, problems = load_manifest(root)
     assert not problems
     for rec in records:
         for view in rec.views:
             kp, sc = load_keypoints2d(rec.path(view.keypoints2d), rec.num_frames)
             assert kp.shape == (rec.num_frames, 133, 2)
-    assert main(["data", "keypoints", str(root), "--detector", str(tmp_path / "nowhere")]) == 2
+    assert main(["keypoints", str(root), "--detector", str(tmp_path / "nowhere")]) == 2

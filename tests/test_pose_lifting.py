@@ -77,3 +77,42 @@ def test_lifting_evaluation_rows(toy_root):
     md = to_markdown(rows, {"sequences": 14, "clips": 6, "seed": 0, "frames_per_clip": 12, "size": 32,
                             "frames": 168, "command": "test", "date": "today"})  # fmt: skip
     assert "| fixed_depth | projected |" in md and "MVLift (paper, AIST++) | 67.6 | 110.7 | 79.2" in md
+
+
+def test_data_label_writes_pseudo_motion_for_clips_without_it(toy_root, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    import numpy as np
+
+    from dimo.commands.data import main
+    from dimo.data.keypoints import save_keypoints2d
+    from dimo.data.manifest import load_manifest, load_motion, write_manifest
+    from dimo.data.validate import validate_record
+    from dimo.eval.pose import pa_mpjpe
+    from dimo.pose.joints import smplx_to_wholebody
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    records = load_manifest(root)[0]
+    rec = next(r for r in records if r.source == "internet")
+    gt = load_motion(rec)
+    K, R, t = (
+        torch.from_numpy(np.ascontiguousarray(a)).float() for a in rec.views[0].cameras(rec.num_frames)
+    )
+    uv, _ = project(torch.from_numpy(gt["joints"]), K, R, t)
+    kp, sc = smplx_to_wholebody(uv, torch.ones(rec.num_frames, 55))  # a perfect "detector"
+    save_keypoints2d(root / "kp.npz", kp, sc)
+    bare = replace(rec, motion=None, views=(replace(rec.views[0], keypoints2d="kp.npz"),))
+    write_manifest(root, [bare if r.id == rec.id else r for r in records])
+    assert main(["label", str(root), "--iters", "150"]) == 0
+    new = next(r for r in load_manifest(root)[0] if r.id == rec.id)
+    assert (new.motion.body, new.motion.hands, new.motion.joints3d) == ("pseudo", "missing", "pseudo")
+    motion = load_motion(new)
+    problems = validate_record(new, decode=False)  # incl. joints == FK(parameters) to 1 mm
+    assert not problems, problems
+    # the pseudo body stands upright in dimo's y-up world, and its shape matches the truth up to similarity
+    assert (motion["joints"][:, 15, 1] > motion["joints"][:, 7, 1]).all()  # head above the ankle
+    err = pa_mpjpe(torch.from_numpy(motion["joints"]), torch.from_numpy(gt["joints"]), joints=EVAL_JOINTS)
+    assert err.item() < 120.0, err
+    assert main(["label", str(root), "--fov-deg", "0"]) == 2

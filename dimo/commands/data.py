@@ -1,4 +1,4 @@
-"""``python -m dimo.cli data {synth,import,validate,preview,optimize,keypoints} ...``: build, import, check and look at datasets.
+"""``python -m dimo.cli data {synth,import,validate,preview,optimize,keypoints,label} ...``: build, import, check and look at datasets.
 
 * ``synth --out DIR [--seed N --clips-per-source N --frames N --size H W --force]`` builds the
   toy-human dataset (skips when ``DIR`` already has a manifest, unless ``--force``);
@@ -10,6 +10,8 @@
   of decoded sample windows (``dimo.data.shards``) that the DataModule reads with ``shards:``;
 * ``keypoints ROOT [--detector DIR --overwrite]`` runs a 2D keypoint detector (``dimo.pose``) over every view
   and records the ``keypoints2d`` files in the manifest;
+* ``label ROOT [--fov-deg F]`` lifts the keypoints of clips without motion to pseudo 3D motion
+  (``dimo.pose.label``; manifest flags ``pseudo``);
 * ``preview ROOT --out grid.png [--task 3dimo|hvg]`` writes the grid the DataModule logs to TensorBoard;
   ``--clips N`` / ``--clip ID`` instead draw 2D keypoints and bone maps over the frames of clips.
 """
@@ -91,6 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     kp.add_argument("--detector", type=Path, default=Path("pretrained/toy-detector"),
                     help="detector folder: the toy detector (make toy-detector) or a ViTPose save_pretrained folder")  # fmt: skip
     kp.add_argument("--overwrite", action="store_true", help="redo views that already name a keypoint file")
+    lb = sub.add_parser(
+        "label", help="pseudo 3D motion (flag pseudo) for clips without motion, lifted from keypoints2d"
+    )
+    lb.add_argument("root", type=Path)
+    lb.add_argument(
+        "--fov-deg", type=float, default=40.0, help="vertical field of view assumed for uncalibrated views"
+    )
+    lb.add_argument("--iters", type=int, default=300, help="optimisation steps of the per-frame fit")
     pr = sub.add_parser("preview", help="write a PNG grid of one batch")
     pr.add_argument("root", type=Path)
     pr.add_argument("--out", type=Path, default=Path("runs/data_preview.png"))
@@ -298,6 +308,24 @@ def _keypoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data.keypoints import KeypointError
+    from dimo.pose.label import label_dataset
+
+    if not 0 < args.fov_deg < 180 or args.iters < 1:
+        return fail(
+            ValueError(f"--fov-deg must be in (0, 180) and --iters >= 1, got {args.fov_deg} and {args.iters}")
+        )
+    try:
+        start = time.perf_counter()
+        n = label_dataset(args.root, fov_deg=args.fov_deg, iters=args.iters, log=lambda _: None)
+    except (KeypointError, ValueError, FileNotFoundError) as err:
+        return fail(err)
+    print(f"labelled {n} clip(s) under {args.root} with pseudo motion in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     commands = {
@@ -307,5 +335,6 @@ def main(argv: Sequence[str]) -> int:
         "preview": _preview,
         "optimize": _optimize,
         "keypoints": _keypoints,
+        "label": _label,
     }
     return commands[args.cmd](args)

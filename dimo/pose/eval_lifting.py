@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dimo.pose.eval_lifting", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lifting-toy"))
     p.add_argument("--detector", type=Path, default=Path("pretrained/toy-detector"))
-    p.add_argument("--clips-per-source", type=int, default=4)
+    p.add_argument("--clips-per-source", type=int, default=2)
     p.add_argument("--frames", type=int, default=20)
     args = p.parse_args(argv)
     from dimo.data.synth import synthesize

@@ -109,8 +109,13 @@ def smplify_lift(
     prior_weight: float = 2e-3,
     sigma_px: float = 10.0,
     prior: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Per-frame skeleton fit (module docstring): ``conf (T, 55)`` weights in [0, 1] -> ``(T, 55, 3)``."""
+    return_params: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-frame skeleton fit (module docstring): ``conf (T, 55)`` weights in [0, 1] -> ``(T, 55, 3)``.
+
+    With ``return_params`` also the fitted ``global_orient (T, 3)``, ``body_pose (T, 21, 3)``,
+    ``transl (T, 3)`` (camera frame) and the ``rest_joints (55, 3)`` they pose.
+    """
 
     T = uv.shape[0]
     uv, conf, K = uv.float(), conf.float(), K.float()
@@ -162,4 +167,13 @@ def smplify_lift(
         per, _ = losses()
         best = per.argmin(0)  # (T,) which start fits better
         j = forward_kinematics(pose_to_rotmats(orient, body), rest, transl)  # (2, T, 55, 3)
-        return j[best, torch.arange(T)]
+        pick = (best, torch.arange(T))
+        if return_params:
+            params = {
+                "global_orient": orient[pick],
+                "body_pose": body[pick],
+                "transl": transl[pick],
+                "rest_joints": rest,
+            }
+            return j[pick], params
+        return j[pick]
