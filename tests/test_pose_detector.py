@@ -57,6 +57,9 @@ def test_heatmap_decoding_is_subpixel(rng):
     xy, score = decode_heatmaps(heat)
     assert (xy - uv).abs().max() < 1e-3  # pixels: exact for a Gaussian peak
     assert torch.allclose(score, heat.flatten(2).amax(-1))
+    # the detector's spatial logits: log-softmax is the same parabola, the score a probability mass
+    xy, score = decode_heatmaps(heat.clamp_min(1e-30).log(), logits=True)
+    assert (xy - uv).abs().max() < 1e-3 and (score > 0.85).all() and (score <= 1).all()
     # a peak at the border clamps the window instead of wrapping
     xy, _ = decode_heatmaps(gaussian_heatmaps(torch.tensor([[[0.5, 63.5]]]), 64, 1.25))
     assert 0 <= xy[0, 0, 0] < 1.5 and 62 < xy[0, 0, 1] <= 64

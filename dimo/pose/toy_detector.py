@@ -5,9 +5,12 @@ It is the toy world's stand-in for ViTPose (DESIGN.md 3.5): same input (a person
 ``model.safetensors``) and loaded with :meth:`ToyKeypointDetector.from_pretrained`.
 
 Network (hand-written because no library ships a pose network this small; a three-level U-Net with
-skip connections): 64x64 RGB -> one heatmap per joint of :data:`dimo.pose.joints.TOY_JOINTS` (16 body
-+ 30 finger joints) at the input resolution. Targets are Gaussians (``sigma`` px) at the projected
-3D joints; decoding takes the arg-max and refines it with a log-domain parabola (sub-pixel); the score is the peak value clipped to [0, 1].
+skip connections): 64x64 RGB -> one map of spatial logits per joint of
+:data:`dimo.pose.joints.TOY_JOINTS` (16 body + 30 finger joints) at the input resolution. Training
+targets are normalised Gaussians (``sigma`` px) at the projected 3D joints under a per-joint spatial
+softmax cross-entropy (a plain heatmap MSE collapses to all-zero maps on this data: measured, loss
+stuck at pi for 800 steps); decoding takes the arg-max and refines it with a log-domain parabola
+(sub-pixel); the score is the probability mass within 2 px of the peak.
 Frames of another size are resized to the network size and the keypoints scaled back.
 """
 
@@ -106,21 +109,23 @@ def gaussian_heatmaps(uv: torch.Tensor, size: int, sigma: float) -> torch.Tensor
     return gy[..., :, None] * gx[..., None, :]
 
 
-def decode_heatmaps(heat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, J, H, W)`` -> pixel ``uv (B, J, 2)`` and ``score (B, J)`` (the peak value clipped to [0, 1]).
+def decode_heatmaps(heat: torch.Tensor, logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, J, H, W)`` -> pixel ``uv (B, J, 2)`` and ``score (B, J)`` in [0, 1].
 
     Arg-max, then a parabola through the log-heatmap at the peak and its two neighbours on each axis
     (the separable form of DARK's log-domain Taylor step, Zhang et al. 2020): exact for a Gaussian
-    peak, the offset clamped to half a pixel.
+    peak, the offset clamped to half a pixel. ``logits=True``: ``heat`` are per-joint spatial logits
+    (the toy detector's output); the log-heatmap is their log-softmax and the score is the probability
+    mass within 2 px of the peak. Otherwise ``heat`` is a heatmap and the score its clipped peak value.
     """
 
     b, j, h, w = heat.shape
     flat = heat.flatten(2)
     peak, idx = flat.max(-1)  # (B, J)
     py, px = idx // w, idx % w
-    logh = heat.clamp_min(1e-6).log().flatten(2)
+    logh = flat.log_softmax(-1) if logits else heat.clamp_min(1e-6).log().flatten(2)
 
-    def offset(center: torch.Tensor, step: int, ok: torch.Tensor) -> torch.Tensor:
+    def offset(step: int, ok: torch.Tensor) -> torch.Tensor:
         i0 = idx[..., None]
         lm = logh.gather(2, (i0 - step).clamp(0, h * w - 1))[..., 0]
         l0 = logh.gather(2, i0)[..., 0]
@@ -129,11 +134,19 @@ def decode_heatmaps(heat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = torch.where(ok & (curv < -1e-9), 0.5 * (lm - lp) / curv.clamp(max=-1e-9), torch.zeros_like(l0))
         return d.clamp(-0.5, 0.5)
 
-    dx = offset(px, 1, (px > 0) & (px < w - 1))
-    dy = offset(py, w, (py > 0) & (py < h - 1))
+    dx = offset(1, (px > 0) & (px < w - 1))
+    dy = offset(w, (py > 0) & (py < h - 1))
     x = px.to(heat.dtype) + 0.5 + dx
     y = py.to(heat.dtype) + 0.5 + dy
-    return torch.stack([x, y], -1), peak.clamp(0, 1)
+    if logits:
+        prob = logh.exp().reshape(b, j, h, w)
+        yy = torch.arange(h, device=heat.device)[:, None]
+        xx = torch.arange(w, device=heat.device)[None, :]
+        near = ((yy - py[..., None, None]).abs() <= 2) & ((xx - px[..., None, None]).abs() <= 2)
+        score = (prob * near).sum((-1, -2))
+    else:
+        score = peak
+    return torch.stack([x, y], -1), score.clamp(0, 1)
 
 
 class ToyKeypointDetector:
@@ -201,7 +214,7 @@ class ToyKeypointDetector:
                 )
             p = next(self.net.parameters())
             heat = self.net(chunk.to(p))
-            xy, score = decode_heatmaps(heat.float().cpu())
+            xy, score = decode_heatmaps(heat.float().cpu(), logits=True)
             xy = xy * torch.tensor([W / s, H / s])
             uv[i : i + batch_size, ids] = xy
             sc[i : i + batch_size, ids] = score
