@@ -108,7 +108,9 @@ def test_committed_toy_detector_quality_on_held_out_clips(held_out):
     assert report["held_out_synth_seed"] == 0 and report["train_synth_seed"] != 0
     assert sum(f.stat().st_size for f in COMMITTED.iterdir()) < 2e6
     res = evaluate_detector(ToyKeypointDetector.from_pretrained(COMMITTED), held_out)
-    assert res["body"]["pck"] >= 0.40 and res["body"]["px"] <= 7.5  # report.json: 0.51 and 5.4 px on 1260 frames
+    assert (
+        res["body"]["pck"] >= 0.40 and res["body"]["px"] <= 7.5
+    )  # report.json: 0.51 and 5.4 px on 1260 frames
     assert res["hands"]["pck"] >= 0.35 and res["hands"]["px"] <= 14.0  # report.json: 0.47 and 11.0 px
     torch.manual_seed(0)
     untrained = evaluate_detector(ToyKeypointDetector(ToyHeatmapNet(PRESETS["toy"])), held_out)
