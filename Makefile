@@ -152,4 +152,22 @@ GEN_ARGS ?=
 generate: setup data
 	test -f $(GEN_CKPT) || $(MAKE) train-stage1
 	$(PY) -m dimo.cli generate --model 3dimo --checkpoint $(GEN_CKPT) --reference $(GEN_REFERENCE) \
-		--driving $(GEN_DRIVING) --prompt "$(GEN_PROMPT)" --out $(GEN_OUT) $(GEN_ARGS)
+		--driving $(GEN_DRIVING) --prompt "$(GEN_PROMPT)" --out $(GEN_OUT) \
+		$(if $(wildcard $(TOY_DETECTOR)/model.safetensors),--detector $(TOY_DETECTOR)) $(GEN_ARGS)
+
+# Toy 2D keypoint detector (docs/data.md "2D keypoints"): a small heatmap network trained on toy renders with exact
+# projected joints, deterministic from --seed, written to pretrained/toy-detector (committed; report.json holds
+# held-out PCK@0.05 and pixel error). `make keypoints` runs it over data/toy and records keypoints2d files.
+TOY_DETECTOR ?= pretrained/toy-detector
+.PHONY: toy-detector keypoints
+toy-detector: setup
+	$(PY) -m dimo.pose.train_toy --out $(TOY_DETECTOR) $(TOY_ARGS)
+keypoints: setup data
+	$(PY) -m dimo.cli data keypoints $(DATA_ROOT) --detector $(TOY_DETECTOR)
+
+# 3D lifting on held-out toy clips (docs/pose.md): fixed-depth and SMPLify-like baselines on projected and
+# detected 2D keypoints -> benchmarks/results/lifting-toy.{json,md} (MPJPE, PA-MPJPE, T_root in mm).
+LIFT_ARGS ?= --clips-per-source 2
+.PHONY: eval-lifting
+eval-lifting: setup
+	$(PY) -m dimo.pose.eval_lifting --detector $(TOY_DETECTOR) $(LIFT_ARGS)

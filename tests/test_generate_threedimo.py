@@ -265,3 +265,40 @@ def test_export_bad_input(assets, tmp_path, capsys) -> None:
     assert (busy / "keep.txt").read_text() == "mine" and not (tmp_path / "a").exists()
     assert export_main([str(tmp_path / "missing.ckpt"), str(tmp_path / "b")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_detected_hand_keypoints_place_the_hand_crops(pipe, assets, tmp_path) -> None:
+    """joints2d from a detector change the hand crops, hence the output; the CLI records the detector."""
+
+    from dimo.commands.generate import main
+    from dimo.pipelines.errors import GenerateError
+    from dimo.pose.toy_detector import PRESETS, ToyHeatmapNet, ToyKeypointDetector
+
+    ref, drv = _inputs(assets, frames=9)
+    kw = dict(num_inference_steps=2, progress=False)
+    base = pipe(ref, drv, PROMPT, generator=_gen(), **kw)
+    j2d = torch.full((9, 55, 2), 8.0)
+    valid = torch.zeros(9, 55, dtype=torch.bool)
+    valid[:, [20, 21, *range(25, 55)]] = True
+    with_kp = pipe(ref, drv, PROMPT, generator=_gen(), joints2d=j2d, joints2d_valid=valid, **kw)
+    assert not torch.equal(base, with_kp)
+    with pytest.raises(GenerateError, match="joints2d must be"):
+        pipe(ref, drv, PROMPT, generator=_gen(), joints2d=j2d[:, :22], **kw)
+    torch.manual_seed(0)
+    ToyKeypointDetector(ToyHeatmapNet(PRESETS["tiny"])).save_pretrained(tmp_path / "det")
+    out = tmp_path / "out.mp4"
+    args = ["--model", "3dimo", "--reference", str(assets["reference"]), "--driving", str(assets["driving"])]
+    args += [
+        "--prompt",
+        PROMPT,
+        "--steps",
+        "1",
+        "--no-progress",
+        "--window",
+        "5",
+        "--checkpoint",
+        str(assets["ckpt"]),
+    ]
+    assert main([*args, "--detector", str(tmp_path / "det"), "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["detector"] == str((tmp_path / "det").resolve())
+    assert main([*args, "--detector", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.mp4")]) == 2

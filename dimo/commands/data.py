@@ -1,4 +1,4 @@
-"""``python -m dimo.cli data {synth,import,validate,preview,optimize,cache} ...``: build, import, check and look at datasets.
+"""``python -m dimo.cli data {synth,import,validate,preview,optimize,cache,keypoints,label} ...``: build, import, check and look at datasets.
 
 * ``synth --out DIR [--seed N --clips-per-source N --frames N --size H W --force]`` builds the
   toy-human dataset (skips when ``DIR`` already has a manifest, unless ``--force``);
@@ -11,6 +11,10 @@
 * ``cache --config <training configs> --out DIR`` pre-encodes the frozen VAE latents of fixed windows
   and the prompts' text embeddings (Lightning predict, sharded over devices) for 3DiMo training from
   the cache (``dimo.data.latent_cache``);
+* ``keypoints ROOT [--detector DIR --overwrite]`` runs a 2D keypoint detector (``dimo.pose``) over every view
+  and records the ``keypoints2d`` files in the manifest;
+* ``label ROOT [--fov-deg F]`` lifts the keypoints of clips without motion to pseudo 3D motion
+  (``dimo.pose.label``; manifest flags ``pseudo``);
 * ``preview ROOT --out grid.png [--task 3dimo|hvg]`` writes the grid the DataModule logs to TensorBoard;
   ``--clips N`` / ``--clip ID`` instead draw 2D keypoints and bone maps over the frames of clips.
 """
@@ -100,6 +104,21 @@ def _parser() -> argparse.ArgumentParser:
     ca.add_argument("--devices", default=None, help="default: the config's trainer.devices")
     ca.add_argument("--num-nodes", type=int, default=None)
     ca.add_argument("--overwrite", action="store_true")
+    kp = sub.add_parser(
+        "keypoints", help="detect 2D keypoints for every view and record them in the manifest"
+    )
+    kp.add_argument("root", type=Path)
+    kp.add_argument("--detector", type=Path, default=Path("pretrained/toy-detector"),
+                    help="detector folder: the toy detector (make toy-detector) or a ViTPose save_pretrained folder")  # fmt: skip
+    kp.add_argument("--overwrite", action="store_true", help="redo views that already name a keypoint file")
+    lb = sub.add_parser(
+        "label", help="pseudo 3D motion (flag pseudo) for clips without motion, lifted from keypoints2d"
+    )
+    lb.add_argument("root", type=Path)
+    lb.add_argument(
+        "--fov-deg", type=float, default=40.0, help="vertical field of view assumed for uncalibrated views"
+    )
+    lb.add_argument("--iters", type=int, default=300, help="optimisation steps of the per-frame fit")
     pr = sub.add_parser("preview", help="write a PNG grid of one batch")
     pr.add_argument("root", type=Path)
     pr.add_argument("--out", type=Path, default=Path("runs/data_preview.png"))
@@ -317,6 +336,42 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keypoints(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data.keypoints import KeypointError
+    from dimo.data.video import VideoError
+    from dimo.pose.detect import detect_dataset, load_detector
+    from dimo.pose.toy_detector import DetectorError
+
+    try:
+        start = time.perf_counter()
+        n = detect_dataset(
+            args.root, load_detector(args.detector), overwrite=args.overwrite, log=lambda _: None
+        )
+    except (DetectorError, KeypointError, VideoError, FileNotFoundError) as err:
+        return fail(err)
+    print(f"wrote {n} keypoint file(s) under {args.root} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from dimo.commands import fail
+    from dimo.data.keypoints import KeypointError
+    from dimo.pose.label import label_dataset
+
+    if not 0 < args.fov_deg < 180 or args.iters < 1:
+        return fail(
+            ValueError(f"--fov-deg must be in (0, 180) and --iters >= 1, got {args.fov_deg} and {args.iters}")
+        )
+    try:
+        start = time.perf_counter()
+        n = label_dataset(args.root, fov_deg=args.fov_deg, iters=args.iters, log=lambda _: None)
+    except (KeypointError, ValueError, FileNotFoundError) as err:
+        return fail(err)
+    print(f"labelled {n} clip(s) under {args.root} with pseudo motion in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     commands = {
@@ -326,5 +381,7 @@ def main(argv: Sequence[str]) -> int:
         "preview": _preview,
         "optimize": _optimize,
         "cache": _cache,
+        "keypoints": _keypoints,
+        "label": _label,
     }
     return commands[args.cmd](args)

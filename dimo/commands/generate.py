@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g3.add_argument("--overlap", type=int, default=1, help="latent frames shared by neighbouring windows")
     g3.add_argument("--num-frames", type=int, help="use at most this many driving frames")
+    g3.add_argument(
+        "--detector",
+        type=Path,
+        help="2D keypoint detector folder (toy detector or ViTPose): its hand keypoints place the hand crops",
+    )
     gh = p.add_argument_group("hvg")
     gh.add_argument("--motion", type=Path, help="motion file in the clip format (.npz) (hvg)")
     gh.add_argument(
@@ -189,6 +194,18 @@ def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
         pipe.enable_vae_tiling()
     if args.vae_slicing:
         pipe.enable_vae_slicing()
+    joints2d = joints2d_valid = None
+    if args.detector is not None:
+        from dimo.pipelines.io import to_uint8
+        from dimo.pose.detect import load_detector
+        from dimo.pose.joints import wholebody_to_smplx
+        from dimo.pose.toy_detector import DetectorError
+
+        try:
+            kp, sc = load_detector(args.detector)(to_uint8(driving))  # on the frames the encoders see
+        except DetectorError as err:
+            raise GenerateError(str(err)) from None
+        joints2d, _, joints2d_valid = wholebody_to_smplx(kp, sc)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     start = time.time()
     video = pipe(
@@ -204,9 +221,12 @@ def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
         overlap=args.overlap,
         generator=gen,
         progress=args.progress,
+        joints2d=joints2d,
+        joints2d_valid=joints2d_valid,
     )  # (T, 3, H, W)
     sidecar = {
         "model": "3dimo",
+        "detector": None if args.detector is None else str(args.detector.resolve()),
         "checkpoint": None if args.checkpoint is None else str(args.checkpoint.resolve()),
         "pretrained": None if args.pretrained is None else str(args.pretrained.resolve()),
         "config": _run_config(args),

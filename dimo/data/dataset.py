@@ -156,7 +156,9 @@ class ClipDataset(Dataset):
             return
         if key.source not in self._warned:
             self._warned.add(key.source)
-            log.warning("every tried clip of source %r failed to load; drawing from the other sources", key.source)
+            log.warning(
+                "every tried clip of source %r failed to load; drawing from the other sources", key.source
+            )
         for flat in rng.choice(total, size=min(total, budget), replace=False):
             flat = int(flat)
             for s, c in others:
@@ -198,6 +200,25 @@ class ClipDataset(Dataset):
             record.height, record.width, self.spec.height, self.spec.width, self.spec.crop
         )
         return adjust_intrinsics(K[frames], record.height, record.width, plan), R[frames], t[frames]
+
+    def _keypoint_joints(
+        self, record: ClipRecord, view: int, frames: list[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SMPL-X ``joints2d (T, 55, 2)`` in sample pixels and ``valid (T, 55)`` from the view's keypoint file."""
+
+        from dimo.data.keypoints import load_keypoints2d
+        from dimo.pose.joints import wholebody_to_smplx
+
+        if record.height is None or record.width is None:
+            raise RecordError(f"{record.id}: keypoints2d need the record's height and width")
+        kp, sc = load_keypoints2d(record.path(record.views[view].keypoints2d), record.num_frames)
+        uv, _, valid = wholebody_to_smplx(kp[frames], sc[frames])
+        plan = resize_crop_plan(
+            record.height, record.width, self.spec.height, self.spec.width, self.spec.crop
+        )
+        scale = torch.tensor([plan.scaled_w / record.width, plan.scaled_h / record.height])
+        uv = uv * scale - torch.tensor([float(plan.left), float(plan.top)])
+        return uv.float(), valid
 
     def build(self, record: ClipRecord, task: str, rng: np.random.Generator) -> dict[str, Any]:
         if task == "hvg":
@@ -265,6 +286,9 @@ class ClipDataset(Dataset):
                 uv, z = project(torch.from_numpy(motion["joints"][frames]), K, R, t)  # (T, 55, 2), (T, 55)
                 joints2d = uv.float()
                 joints2d_valid = z > 1e-6
+        if not joints2d_valid.any() and record.views[drive_view].keypoints2d is not None:
+            # no cameras or no 3D joints: the view's detected 2D keypoints place the hand crops
+            joints2d, joints2d_valid = self._keypoint_joints(record, drive_view, frames)
 
         driving = frames_to_tensor(drive_u8)  # (T, 3, H, W)
         if self.augment is not None and self.augment.active:

@@ -44,15 +44,63 @@ def _check(pred: Tensor, target: Tensor) -> None:
 
 
 def _reduce(err: Tensor, mask: Tensor | None, reduction: Reduction) -> Tensor:
-    """``err (..., J)`` -> per-sample mean over joints ``(...)`` or the overall mean."""
+    """``err (..., J)`` -> per-sample mean over valid joints ``(...)`` or the mean over all valid joints.
 
-    if mask is None:
-        per = err.mean(dim=-1)
-        return per.mean() if reduction == "mean" else per
-    m = mask.to(err.dtype)
+    ``"mean"`` averages per joint (every valid joint weighs the same, however many its frame has); a
+    sample with no valid joint is NaN under ``"none"`` and contributes nothing under ``"mean"``; no
+    valid joint at all gives NaN (never a silent 0 mm).
+    """
+
+    m = torch.ones_like(err) if mask is None else mask.to(err.dtype).expand_as(err)
     if reduction == "mean":
-        return (err * m).sum() / m.sum().clamp_min(1)
-    return (err * m).sum(dim=-1) / m.sum(dim=-1).clamp_min(1)
+        return (err * m).sum() / m.sum()
+    return (err * m).sum(dim=-1) / m.sum(dim=-1)
+
+
+def _mpjpe_errors(
+    pred: Tensor,
+    target: Tensor,
+    root: RootSpec,
+    joints: Sequence[int] | None,
+    mask: Tensor | None,
+    unit_scale: float,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-joint root-aligned errors ``(..., J')`` (float64) and the matching mask."""
+
+    _check(pred, target)
+    p, t = pred.double(), target.double()
+    p, t = p - _root(p, root), t - _root(t, root)
+    err = (p - t).norm(dim=-1) * unit_scale  # (..., J)
+    if joints is not None:
+        err = err[..., list(joints)]
+        mask = mask[..., list(joints)] if mask is not None else None
+    return err, mask
+
+
+def _pa_errors(
+    pred: Tensor,
+    target: Tensor,
+    joints: Sequence[int] | None,
+    mask: Tensor | None,
+    per_frame: bool,
+    unit_scale: float,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-joint errors after similarity Procrustes ``(..., J')`` (float64) and the matching mask."""
+
+    _check(pred, target)
+    if joints is not None:
+        pred, target = pred[..., list(joints), :], target[..., list(joints), :]
+        mask = mask[..., list(joints)] if mask is not None else None
+    if per_frame:
+        aligned = procrustes_align(pred, target)
+    else:
+        if pred.ndim < 3:
+            raise ValueError("per_frame=False needs a frames axis: (..., T, J, 3)")
+        shape = pred.shape
+        flat_p = pred.reshape(*shape[:-3], shape[-3] * shape[-2], 3)
+        flat_t = target.reshape(*shape[:-3], shape[-3] * shape[-2], 3)
+        aligned = procrustes_align(flat_p, flat_t).reshape(shape)
+    return (aligned - target.double()).norm(dim=-1) * unit_scale, mask
 
 
 def mpjpe(
@@ -75,13 +123,7 @@ def mpjpe(
         reduction: ``"mean"`` (scalar) or ``"none"`` (``(...)``, mean over joints per sample).
     """
 
-    _check(pred, target)
-    p, t = pred.double(), target.double()
-    p, t = p - _root(p, root), t - _root(t, root)
-    err = (p - t).norm(dim=-1) * unit_scale  # (..., J)
-    if joints is not None:
-        err = err[..., list(joints)]
-        mask = mask[..., list(joints)] if mask is not None else None
+    err, mask = _mpjpe_errors(pred, target, root, joints, mask, unit_scale)
     return _reduce(err, mask, reduction).to(pred.dtype)
 
 
@@ -136,20 +178,7 @@ def pa_mpjpe(
         reduction: ``"mean"`` or ``"none"`` (``(...)`` per frame).
     """
 
-    _check(pred, target)
-    if joints is not None:
-        pred, target = pred[..., list(joints), :], target[..., list(joints), :]
-        mask = mask[..., list(joints)] if mask is not None else None
-    if per_frame:
-        aligned = procrustes_align(pred, target)
-    else:
-        if pred.ndim < 3:
-            raise ValueError("per_frame=False needs a frames axis: (..., T, J, 3)")
-        shape = pred.shape
-        flat_p = pred.reshape(*shape[:-3], shape[-3] * shape[-2], 3)
-        flat_t = target.reshape(*shape[:-3], shape[-3] * shape[-2], 3)
-        aligned = procrustes_align(flat_p, flat_t).reshape(shape)
-    err = (aligned - target.double()).norm(dim=-1) * unit_scale  # (..., J)
+    err, mask = _pa_errors(pred, target, joints, mask, per_frame, unit_scale)
     return _reduce(err, mask, reduction).to(pred.dtype)
 
 
@@ -196,7 +225,10 @@ class PoseMetrics(Metric):
     """MPJPE, PA-MPJPE and root trajectory error accumulated over batches (sum-reduced across ranks).
 
     ``update(pred (B, T, J, 3), target (B, T, J, 3), mask (B, T, J) | None)``; ``compute()`` returns
-    ``{"mpjpe": mm, "pa_mpjpe": mm, "root_traj": mm}`` (per-frame means, root trajectory per sequence).
+    ``{"mpjpe": mm, "pa_mpjpe": mm, "root_traj": mm}``. MPJPE and PA-MPJPE are means over valid joints
+    (the same per-joint averaging as ``mpjpe(..., reduction="mean")`` on all the data at once, so a frame
+    with fewer valid joints weighs less and a fully masked frame weighs nothing); the root trajectory
+    error is a mean over sequences.
     """
 
     full_state_update = False
@@ -206,24 +238,25 @@ class PoseMetrics(Metric):
         super().__init__(**kwargs)
         self.root = root
         self.joints = list(joints) if joints is not None else None
-        for name in ("mpjpe_sum", "pa_sum", "frames", "traj_sum", "sequences"):
+        for name in ("mpjpe_sum", "pa_sum", "joints_valid", "traj_sum", "sequences"):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> None:
         if pred.ndim != 4:
             raise ValueError(f"expected (B, T, J, 3), got {tuple(pred.shape)}")
-        m = mpjpe(pred, target, self.root, self.joints, mask, reduction="none").double()  # (B, T)
-        pa = pa_mpjpe(pred, target, self.joints, mask, reduction="none").double()  # (B, T)
+        err, m = _mpjpe_errors(pred, target, self.root, self.joints, mask, 1000.0)  # (B, T, J')
+        pa, _ = _pa_errors(pred, target, self.joints, mask, True, 1000.0)  # (B, T, J')
+        valid = torch.ones_like(err) if m is None else m.to(err.dtype).expand_as(err)
         tr = root_trajectory_error(pred, target, self.root, reduction="none").double()  # (B,)
-        self.mpjpe_sum += m.sum()
-        self.pa_sum += pa.sum()
-        self.frames += m.numel()
+        self.mpjpe_sum += (err * valid).sum()
+        self.pa_sum += (pa * valid).sum()
+        self.joints_valid += valid.sum()
         self.traj_sum += tr.sum()
         self.sequences += tr.numel()
 
     def compute(self) -> dict[str, Tensor]:
         return {
-            "mpjpe": self.mpjpe_sum / self.frames,
-            "pa_mpjpe": self.pa_sum / self.frames,
+            "mpjpe": self.mpjpe_sum / self.joints_valid,
+            "pa_mpjpe": self.pa_sum / self.joints_valid,
             "root_traj": self.traj_sum / self.sequences,
         }

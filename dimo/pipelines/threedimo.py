@@ -282,6 +282,8 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
         overlap: int = 1,
         generator: torch.Generator | None = None,
         progress: bool = True,
+        joints2d: torch.Tensor | None = None,
+        joints2d_valid: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Generate a video.
 
@@ -296,6 +298,9 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
             window: frames per temporal window (1 + 4k; default: the training clip length, or
                 the whole video); ``overlap``: shared latent frames between windows.
             generator: noise generator (seed).
+            joints2d, joints2d_valid: optional SMPL-X 2D joints (T, 55, 2) in driving-frame pixels and
+                their validity (T, 55) (e.g. from a keypoint detector): they place E_h's hand crops;
+                without them the hand encoder sees the whole frame.
         Returns:
             (T', 3, H, W) in [-1, 1], T' = 1 + 4 * ((T - 1) // 4); frame 0 reproduces the reference.
         """
@@ -335,7 +340,13 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
         with self._on_device(self.vae) as vae:
             ref = vae.encode(reference[:, :, None].to(device))  # (1, 16, 1, h, w)
         with self._autocast():
-            z = self.net.encode_motion(driving)  # (1, T*(K_b+K_h), D), once for the whole video
+            if joints2d is not None:
+                if joints2d.shape[0] < t or joints2d.shape[1:] != (55, 2):
+                    raise GenerateError(f"joints2d must be (T >= {t}, 55, 2), got {tuple(joints2d.shape)}")
+                joints2d = joints2d[:t].to(device)[None]  # (1, T, 55, 2)
+                if joints2d_valid is not None:
+                    joints2d_valid = joints2d_valid[:t].to(device)[None]  # (1, T, 55)
+            z = self.net.encode_motion(driving, joints2d, joints2d_valid)  # (1, T*(K_b+K_h), D), once
 
         num_latent = 1 + (t - 1) // c
         shape = (1, ref.shape[1], num_latent, *ref.shape[-2:])

@@ -1,0 +1,1 @@
+"""2D keypoint detectors (toy heatmap network, ViTPose via transformers) and motion lifting."""
