@@ -160,7 +160,7 @@ def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> 
         raise GenerateError(
             f"{config} has no 'model' section with a class_path; expected a LightningCLI config.yaml"
         )
-    init = dict(model.get("init_args") or {})
+    init = {k: v for k, v in (model.get("init_args") or {}).items() if k not in _RETIRED}
     init.update(compile=False, gradient_checkpointing=False)
     module = instantiate_module(ThreeDiMoModule, {"_class_path": model["class_path"], **init})
     if not isinstance(module, ThreeDiMoModule):
