@@ -144,8 +144,10 @@ def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> 
             net = dict(parts["net"])
             net["image_size"] = tuple(net["image_size"])
             hp["net"] = ThreeDiMoNet(**net)
-            hp["vae"] = WanVAE(**parts["vae"])
-            hp["text_encoder"] = WanTextEncoder(**parts["text_encoder"])
+            hp["vae"] = None if parts["vae"] is None else WanVAE(**parts["vae"])
+            hp["text_encoder"] = (
+                None if parts["text_encoder"] is None else WanTextEncoder(**parts["text_encoder"])
+            )
             if parts.get("image_encoder") is not None:
                 hp["image_encoder"] = WanImageEncoder(**parts["image_encoder"])
         return ThreeDiMoModule(**hp)

@@ -344,8 +344,9 @@ class ThreeDiMoModule(LightningModule):
 
         return {
             "net": self.net.export_config(),
-            "vae": dict(self.vae.config),
-            "text_encoder": dict(self.text_encoder.config),
+            # None when training from the latent cache (``from_cache``: the frozen encoders are never built)
+            "vae": None if self.vae is None else dict(self.vae.config),
+            "text_encoder": None if self.text_encoder is None else dict(self.text_encoder.config),
             "image_encoder": None if self.image_encoder is None else dict(self.image_encoder.config),
         }
 
