@@ -16,6 +16,9 @@ def test_prediction_bounds_the_measured_tiny_peak(kind):
     kind = kind.removesuffix("-ckpt")
     module = build_module(f"{kind}.yaml")
     if kind == "3dimo":
+        # the memory model describes the paper's full fine-tuning; the toy recipe freezes the backbone
+        for p in module.net.parameters():
+            p.requires_grad_(True)
         batch = threedimo_batch(2, 9, 64, 64)
         # the loaded backbone's own shape (the toy folder, not the preset), the toy VAE's 4x grid, 48 tokens
         net = {k: v for k, v in module.net.config.items() if k != "backbone_path"}
