@@ -47,15 +47,16 @@ EXPERIMENTS = ROOT / "experiments"
 
 
 # -- building the modules and batches -------------------------------------------------------------
-def build_module(config: str) -> torch.nn.Module:
-    """The LightningModule of an experiment YAML, built by the real CLI (no trainer run, no logger)."""
+def build_module(config: str, *overrides: str) -> torch.nn.Module:
+    """The LightningModule of an experiment YAML (+ CLI ``overrides``), built by the real CLI (no trainer
+    run, no logger)."""
 
     import tempfile
 
     from dimo.cli import run_lightning
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["--config", str(EXPERIMENTS / config), f"--trainer.default_root_dir={tmp}"]
+        args = ["--config", str(EXPERIMENTS / config), f"--trainer.default_root_dir={tmp}", *overrides]
         cli = run_lightning([*args, "--trainer.logger=false"], run=False)
     return cli.model
 

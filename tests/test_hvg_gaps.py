@@ -98,6 +98,13 @@ def test_gap_losses_and_logged_gaps_follow_the_formula(tmp_path):
     for name in ("pose", "reference"):
         expected = (want[f"{name}_swapped"].sum() - own) / own  # ratio of sums over samples x sigmas
         assert float(m[f"val/{name}_gap"]) == pytest.approx(float(expected), rel=1e-4)
+        for i, s in enumerate(SIGMAS):  # the same ratio at each sigma alone
+            own_s = want["own"][:, i].sum()
+            expected = (want[f"{name}_swapped"][:, i].sum() - own_s) / own_s
+            # (a small gap is a difference of near-equal losses: compared to 1e-6 absolute)
+            assert float(m[f"val/{name}_gap_sigma{s:g}"]) == pytest.approx(
+                float(expected), rel=1e-4, abs=1e-6
+            )
 
 
 def test_a_model_blind_to_the_bone_maps_has_zero_pose_gap():

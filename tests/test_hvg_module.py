@@ -107,6 +107,35 @@ def test_pose_modulator_has_its_own_learning_rate():
         _module(pose_lr_mult=0.0)
 
 
+def test_backbone_learning_rate_multiplier_and_freezing():
+    from dimo.models.hvg.module import backbone_parameters
+
+    module = _module(backbone_lr_mult=0.1)
+    names = [n for n, _ in backbone_parameters(module.unet)]
+    assert any(n.startswith("reference_net.") for n in names) and "conv_in.weight" in names
+    assert not any(
+        n.startswith(("pose_modulator.", "camera_embedding.")) or ".view_attn." in n for n in names
+    )
+    rest, pose, backbone = module.configure_optimizers().param_groups
+    assert backbone["lr"] == pytest.approx(1e-4) and rest["lr"] == pytest.approx(1e-3)
+    # (the ReferenceNet's unused mid-block tail is frozen by the network itself)
+    want = {id(p) for _, p in backbone_parameters(module.unet) if p.requires_grad}
+    assert {id(p) for p in backbone["params"]} == want
+    new = {id(p) for p in rest["params"] + pose["params"]}
+    assert new and new.isdisjoint(id(p) for p in backbone["params"])
+
+    frozen = _module(backbone_lr_mult=0.0)  # only HVG's new layers train
+    groups = frozen.configure_optimizers().param_groups
+    assert len(groups) == 2
+    trainable = {n for n, p in frozen.unet.named_parameters() if p.requires_grad}
+    assert trainable and trainable.isdisjoint(n for n, _ in backbone_parameters(frozen.unet))
+    assert {id(p) for g in groups for p in g["params"]} == {
+        id(p) for p in frozen.unet.parameters() if p.requires_grad
+    }
+    with pytest.raises(ValueError, match="backbone_lr_mult"):
+        _module(backbone_lr_mult=-1.0)
+
+
 def test_generate_long_grid_with_progressive_sampler():
     seed_everything(0)
     module = _module(

@@ -54,7 +54,13 @@ from dimo.models.common import (
 )
 from dimo.models.hvg.conditioning import render_pose_maps
 from dimo.models.hvg.config import HVGConfig
-from dimo.models.hvg.network import build_image_encoder, build_unet, build_vae
+from dimo.models.hvg.network import (
+    build_image_encoder,
+    build_unet,
+    build_vae,
+    is_hvg_key,
+    strip_checkpoint_prefix,
+)
 from dimo.models.hvg.sampling import ProgressiveSampler
 
 #: Seed of the gap protocol's generator for validation batch k: ``noise_seed * 31 + GAP_SEED_OFFSET + k``.
@@ -90,6 +96,10 @@ class HVGModule(LightningModule):
         gap_sigmas: the fixed noise levels of the conditioning-use gaps (``val/pose_gap``,
             ``val/reference_gap``, see :meth:`conditioning_losses`); empty: no gaps.
         pose_lr_mult: learning-rate multiplier of the pose modulator (its own parameter group).
+        backbone_lr_mult: learning-rate multiplier of the weights SVD-xt provides (the base UNet and the
+            ReferenceNet copied from it; their own parameter group); ``0`` freezes them, so only HVG's
+            new layers (pose modulator, view attention, camera embedding) train. 1 = the paper's full
+            fine-tuning.
         gradient_checkpointing: recompute the UNet's and ReferenceNet's res blocks, whole
             spatio-temporal transformers (spatial, view, temporal attention), samplers and the pose
             modulator in backward (:meth:`~dimo.models.hvg.network.HVGUNet.enable_gradient_checkpointing`;
@@ -122,6 +132,7 @@ class HVGModule(LightningModule):
         val_metric_batches: int = 1,
         gap_sigmas: Sequence[float] = (0.4, 2.0, 10.0),
         pose_lr_mult: float = 1.0,
+        backbone_lr_mult: float = 1.0,
         gradient_checkpointing: bool = False,
         attention_backend: AttentionBackend = "auto",
     ) -> None:
@@ -182,9 +193,20 @@ class HVGModule(LightningModule):
         if not (pose_lr_mult > 0 and math.isfinite(pose_lr_mult)):
             raise ValueError(f"pose_lr_mult must be finite and > 0, got {pose_lr_mult}")
         self.pose_lr_mult = pose_lr_mult
+        if not (backbone_lr_mult >= 0 and math.isfinite(backbone_lr_mult)):
+            raise ValueError(f"backbone_lr_mult must be finite and >= 0, got {backbone_lr_mult}")
+        self.backbone_lr_mult = backbone_lr_mult
+        if backbone_lr_mult == 0:
+            for _, p in backbone_parameters(self.unet):
+                p.requires_grad_(False)
         # summed per-(sample, sigma) losses of the gap protocol over a validation epoch (DDP-synced)
+        # (per gap sigma i: key f"{condition}_s{i}")
         self.gap_sums = torch.nn.ModuleDict(
-            {k: SumMetric() for k in ("own", "pose_swapped", "reference_swapped")}
+            {
+                f"{k}_s{i}": SumMetric()
+                for k in ("own", "pose_swapped", "reference_swapped")
+                for i in range(len(self.gap_sigmas))
+            }
         )
         if init_from is not None:
             self._init_from(Path(init_from))
@@ -211,10 +233,16 @@ class HVGModule(LightningModule):
 
     def configure_optimizers(self):
         pose = [p for p in self.unet.pose_modulator.parameters() if p.requires_grad]
-        ids = {id(p) for p in pose}
+        backbone = []  # its own group only when its LR differs (the default keeps two groups)
+        if self.backbone_lr_mult != 1.0:
+            backbone = [p for _, p in backbone_parameters(self.unet) if p.requires_grad]
+        ids = {id(p) for p in pose + backbone}
         rest = [p for p in self.unet.parameters() if p.requires_grad and id(p) not in ids]
-        opt = self.optimizer_factory([{"params": rest}, {"params": pose}])
+        groups = [{"params": rest}, {"params": pose}] + ([{"params": backbone}] if backbone else [])
+        opt = self.optimizer_factory(groups)
         opt.param_groups[1]["lr"] *= self.pose_lr_mult  # before any scheduler reads initial_lr
+        if backbone:
+            opt.param_groups[2]["lr"] *= self.backbone_lr_mult
         if self.lr_scheduler_factory is None:
             return opt
         return {
@@ -323,8 +351,9 @@ class HVGModule(LightningModule):
         if self.gap_sigmas:
             losses = self.conditioning_losses(batch, batch_idx)
             if losses is not None:
-                for k, m in self.gap_sums.items():
-                    m.update(losses[k].sum())
+                for k, x in losses.items():
+                    for i in range(x.shape[1]):
+                        self.gap_sums[f"{k}_s{i}"].update(x[:, i].sum())
         out = {"loss": loss}
         if batch_idx < self.val_metric_batches and len(self.metrics_val):
             out["generated"] = self._update_metrics(self.metrics_val, "val", batch, batch_idx)
@@ -333,14 +362,23 @@ class HVGModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.gap_sigmas:
             return
-        sums = {k: m.compute() for k, m in self.gap_sums.items()}  # summed over ranks
+        per = {k: m.compute() for k, m in self.gap_sums.items()}  # summed over ranks
         for m in self.gap_sums.values():
             m.reset()
-        if not float(sums["own"]) > 0:
+        n = len(self.gap_sigmas)
+        sums = {
+            k: torch.stack([per[f"{k}_s{i}"] for i in range(n)])
+            for k in ("own", "pose_swapped", "reference_swapped")
+        }  # (S,)
+        if not float(sums["own"].sum()) > 0:
             return  # no validation sample had a donor from another clip
         for name in ("pose", "reference"):
-            gap = relative_gap(sums[f"{name}_swapped"], sums["own"])
+            gap = relative_gap(sums[f"{name}_swapped"].sum(), sums["own"].sum())
             self.log(f"val/{name}_gap", gap, sync_dist=False, rank_zero_only=False)
+            for i, s in enumerate(self.gap_sigmas):  # the same gap at each noise level alone
+                if float(sums["own"][i]) > 0:
+                    gap_s = relative_gap(sums[f"{name}_swapped"][i], sums["own"][i])
+                    self.log(f"val/{name}_gap_sigma{s:g}", gap_s, sync_dist=False, rank_zero_only=False)
 
     @torch.no_grad()
     def conditioning_losses(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
@@ -523,6 +561,16 @@ class HVGModule(LightningModule):
         grid = torch.cat(cols, dim=-1)  # (V, T, 3, H, C*W)
         grid = grid.permute(1, 2, 0, 3, 4).reshape(t, 3, v * h, grid.shape[-1])
         return ((grid.float().cpu() + 1) / 2).clamp(0, 1)
+
+
+def backbone_parameters(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The UNet's parameters that SVD-xt provides: base UNet keys and the ReferenceNet (a copy of them)."""
+
+    return [
+        (n, p)
+        for n, p in unet.named_parameters()
+        if not is_hvg_key(strip_checkpoint_prefix(n)) or n.startswith("reference_net.")
+    ]
 
 
 def donor_indices(clip_ids: Sequence[str] | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
