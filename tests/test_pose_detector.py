@@ -25,14 +25,7 @@ from dimo.pose.toy_detector import (
 COMMITTED = Path(__file__).resolve().parents[1] / "pretrained" / "toy-detector"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions: on a busy 2-core machine a second OpenMP thread only spin-waits (10x slower)."""
-
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_joint_mapping_round_trip_and_slots(rng):

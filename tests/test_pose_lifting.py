@@ -12,13 +12,7 @@ from dimo.geometry.cameras import intrinsics, project
 from dimo.geometry.skeleton import forward_kinematics, pose_to_rotmats, rest_joints
 from dimo.pose.lifting import EVAL_JOINTS, ROOT, fixed_depth_lift, smplify_lift, toy_pose_prior
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _posed_in_camera(T: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
