@@ -131,39 +131,15 @@ def test_spec_mismatch_missing_shards_and_broken_chunks(toy_root, shards_3dimo, 
 def test_cli_optimize(toy_root, tmp_path, capsys):
     from dimo.cli import main
 
+    args = ["data", "optimize", str(toy_root), "--out", str(tmp_path / "s"), "--num-frames", "8"]
+    args += ["--size", "32", "32"]
     with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "data",
-                "optimize",
-                str(toy_root),
-                "--out",
-                str(tmp_path / "s"),
-                "--num-frames",
-                "8",
-                "--size",
-                "32",
-                "32",
-            ]
-        )
+        main(args)
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "internet: 2 clips, 2 windows" in out
     with pytest.raises(SystemExit) as e:
-        main(
-            [
-                "data",
-                "optimize",
-                str(toy_root),
-                "--out",
-                str(tmp_path / "s"),
-                "--num-frames",
-                "8",
-                "--size",
-                "32",
-                "32",
-            ]
-        )
+        main(args)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "already holds shards" in err and err.count("\n") == 1
     assert np.isfinite(1.0)

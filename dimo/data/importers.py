@@ -414,18 +414,18 @@ def import_multiview(
     if not seqs:
         raise ImportError_(f"no cameras.json in {src} or its subfolders (layout: docs/data.md)")
     _prepare_out(out, overwrite)
-    report = ImportReport(out)
-    for seq in seqs:
-        clip_id = _clip_id(seq.relative_to(src)) if seq != src else _clip_id(Path(src.name))
-        try:
-            rec, notes = _import_capture(seq, out, clip_id, convention, source, fps, labels, model_dir, fix)
-        except (VideoError, EstimatorError, ImportError_, OSError, ValueError) as err:
-            report.skipped.append((str(seq), str(err)))
-            log(f"skipped {seq}: {err}")
-            continue
-        _accept(report, rec, notes, str(seq), log)
-    report.write()
-    return report
+    return _import_sequences(
+        out,
+        seqs,
+        lambda seq: _import_capture(
+            seq,
+            out,
+            _clip_id(seq.relative_to(src)) if seq != src else _clip_id(Path(src.name)),
+            convention, source, fps, labels, model_dir, fix,
+        ),  # fmt: skip
+        (VideoError, EstimatorError, ImportError_, OSError, ValueError),
+        log,
+    )
 
 
 def _load_json(path: Path) -> Any:
@@ -591,13 +591,33 @@ def import_mvhumannet(
     if not seqs:
         raise ImportError_(f"no camera_extrinsics.json in {src} or its subfolders (not an MVHumanNet layout)")
     _prepare_out(out, overwrite)
+    return _import_sequences(
+        out,
+        seqs,
+        lambda seq: _import_mvh(
+            seq, out, f"mvhumannet_{seq.name}", image_dir, image_scale, fps, camera_scale, max_frames
+        ),
+        (VideoError, EstimatorError, ImportError_, OSError, ValueError, KeyError),
+        log,
+    )
+
+
+def _import_sequences(
+    out: Path,
+    seqs: list[Path],
+    import_one: Callable[[Path], tuple[Any, list[str]]],
+    errors: tuple[type[BaseException], ...],
+    log: Callable[[str], None],
+) -> ImportReport:
+    """One record per sequence folder; a sequence that fails with ``errors`` is skipped and reported."""
+
     report = ImportReport(out)
     for seq in seqs:
-        clip_id = f"mvhumannet_{seq.name}"
         try:
-            rec, notes = _import_mvh(seq, out, clip_id, image_dir, image_scale, fps, camera_scale, max_frames)
-        except (VideoError, EstimatorError, ImportError_, OSError, ValueError, KeyError) as err:
-            report.skipped.append((str(seq), f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err)))
+            rec, notes = import_one(seq)
+        except errors as err:
+            why = f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err)
+            report.skipped.append((str(seq), why))
             log(f"skipped {seq}: {err}")
             continue
         _accept(report, rec, notes, str(seq), log)
