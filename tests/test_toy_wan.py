@@ -24,6 +24,7 @@ def _micro_config(**overrides) -> ToyWanConfig:
         heldout_clips_per_source=1,
         frames=9,
         vae_steps=2,
+        vae_decoder_steps=2,
         transformer_steps=2,
         vae_base_dim=8,
         log_every=1,
@@ -166,3 +167,35 @@ def test_committed_toy_transformer_brings_a_prior(tmp_path):
         oracle = (((x_t - static) / sigma)[:, :, 1:] - target).square().mean().item()
     assert ours < 0.5 * rand, (ours, rand)
     assert ours < 3.0 * oracle, (ours, oracle)
+
+
+def test_decoder_refinement_keeps_the_latent_space_and_the_transformer(tmp_path):
+    """The decoder phase trains the decoder alone: encoder, latent statistics and transformer are the
+    folder's own, so everything pretrained on those latents stays valid."""
+
+    from safetensors.torch import load_file
+
+    from dimo.toy.wan import refine_toy_wan_decoder
+
+    cfg = _micro_config(
+        transformer_layers=1, transformer_heads=2, transformer_head_dim=16, transformer_ffn=32
+    )
+    build_toy_wan(tmp_path / "wan", cfg, work=tmp_path / "work")
+    vae_file = tmp_path / "wan" / "vae" / "diffusion_pytorch_model.safetensors"
+    tf_file = tmp_path / "wan" / "transformer" / "diffusion_pytorch_model.safetensors"
+    before, tf_before = load_file(vae_file), load_file(tf_file)
+    stats = json.loads((tmp_path / "wan" / "vae" / "config.json").read_text())["latents_std"]
+    cfg.vae_decoder_steps, cfg.vae_decoder_lr = 3, 1e-2
+    report = refine_toy_wan_decoder(tmp_path / "wan", cfg, work=tmp_path / "work")
+    after, tf_after = load_file(vae_file), load_file(tf_file)
+    assert after.keys() == before.keys()
+    encoder = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder = [k for k in before if k.startswith("decoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+    assert all(torch.equal(tf_before[k], tf_after[k]) for k in tf_before)
+    assert json.loads((tmp_path / "wan" / "vae" / "config.json").read_text())["latents_std"] == stats
+    saved = json.loads((tmp_path / "wan" / "toy_report.json").read_text())
+    assert saved["vae"] == report["vae"] and saved["config"]["vae_decoder_steps"] == 3
+    with pytest.raises(FileNotFoundError, match="no toy Wan VAE to refine"):
+        refine_toy_wan_decoder(tmp_path / "nowhere", cfg)

@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="reuse the vae/ of this toy Wan folder and train only the transformer",
     )
+    w.add_argument(
+        "--refine-decoder",
+        action="store_true",
+        help="only run the decoder phase on the existing folder's VAE (encoder, latent statistics and "
+        "transformer are kept; see dimo.toy.wan.refine_toy_wan_decoder)",
+    )
+    w.add_argument("--decoder-steps", type=int, default=None)
     w.add_argument("--force", action="store_true", help="rebuild when the folder exists")
     return p
 
@@ -35,8 +42,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if args.cmd == "wan":
-        from dimo.toy.wan import ToyWanConfig, build_toy_wan
+        from dimo.toy.wan import ToyWanConfig, build_toy_wan, refine_toy_wan_decoder
 
+        if args.refine_decoder:
+            cfg = ToyWanConfig(seed=args.seed)
+            if args.decoder_steps is not None:
+                cfg.vae_decoder_steps = args.decoder_steps
+            report = refine_toy_wan_decoder(args.out, cfg)
+            print(json.dumps(report["vae"], indent=1))
+            return 0
         if (args.out / "model_index.json").is_file() and not args.force:
             print(f"{args.out} exists (pass --force to rebuild)")
             return 0
@@ -45,6 +59,8 @@ def main(argv: Sequence[str]) -> int:
             cfg.vae_steps = args.vae_steps
         if args.transformer_steps is not None:
             cfg.transformer_steps = args.transformer_steps
+        if args.decoder_steps is not None:
+            cfg.vae_decoder_steps = args.decoder_steps
         report = build_toy_wan(args.out, cfg, vae_from=args.vae_from)
         print(json.dumps({k: report[k] for k in ("vae", "transformer", "total_seconds")}, indent=1))
     return 0

@@ -31,7 +31,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +62,7 @@ from dimo.models.hvg.network import (
     strip_checkpoint_prefix,
 )
 from dimo.models.hvg.sampling import ProgressiveSampler
+from dimo.models.lora import LoRASettings, add_lora, is_lora_parameter
 
 #: Seed of the gap protocol's generator for validation batch k: ``noise_seed * 31 + GAP_SEED_OFFSET + k``.
 GAP_SEED_OFFSET = 15_485_863
@@ -106,6 +107,11 @@ class HVGModule(LightningModule):
             same gradients).
         attention_backend: SDPA backend of the UNet's attention (incl. view attention, ReferenceNet)
             only; ``auto`` = PyTorch's choice (:mod:`dimo.models.attention`).
+        train_parts: ``full`` (the paper: every UNet weight trains, scaled by ``backbone_lr_mult``) or
+            ``lora``: the weights SVD-xt provides (base UNet and ReferenceNet) are frozen and carry
+            LoRA adapters (``lora``), which train with HVG's new layers.
+        lora: the adapters (:class:`~dimo.models.lora.LoRASettings`: rank, alpha, targets, dropout)
+            on the SVD-provided layers; required by ``train_parts: lora``, ignored otherwise.
     """
 
     def __init__(
@@ -135,8 +141,13 @@ class HVGModule(LightningModule):
         backbone_lr_mult: float = 1.0,
         gradient_checkpointing: bool = False,
         attention_backend: AttentionBackend = "auto",
+        train_parts: Literal["full", "lora"] = "full",
+        lora: LoRASettings | None = None,
     ) -> None:
         super().__init__()
+        lora = LoRASettings.coerce(lora)
+        if train_parts == "lora" and lora is None:
+            raise ValueError("train_parts: lora needs model.init_args.lora (rank, alpha, targets)")
         # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
         # load_from_checkpoint passes the dicts back, which are accepted here.
         self.net_config = HVGConfig(**net) if isinstance(net, dict) else (net or HVGConfig())
@@ -152,10 +163,18 @@ class HVGModule(LightningModule):
             pretrained=None if pretrained is None else str(pretrained),
             init_from=None if init_from is None else str(init_from),
             val_metrics=list(val_metrics),
+            lora=None if lora is None else lora.as_dict(),
         )
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.pretrained = pretrained
         self.unet = build_unet(self.net_config, pretrained)
+        self.train_parts = train_parts
+        if train_parts == "lora":  # after the pretrained weights; lora_B = 0: the UNet starts unchanged
+            provided = {n for n, _ in backbone_parameters(self.unet)}
+            add_lora(self.unet, lora, only=lambda name: f"{name}.weight" in provided)
+            lora_ids = {id(p) for n, p in self.unet.named_parameters() if is_lora_parameter(n)}
+            for n, p in self.unet.named_parameters():  # adapters and HVG's new layers train
+                p.requires_grad_(id(p) in lora_ids or _unwrapped(n) not in provided)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         scope_attention_backend([self.unet], attention_backend)  # not the frozen VAE / CLIP
@@ -564,13 +583,21 @@ class HVGModule(LightningModule):
 
 
 def backbone_parameters(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """The UNet's parameters that SVD-xt provides: base UNet keys and the ReferenceNet (a copy of them)."""
+    """The UNet's parameters that SVD-xt provides: base UNet keys and the ReferenceNet (a copy of them);
+    never LoRA adapter weights (peft's ``...base_layer.weight`` names count as the layer's own)."""
 
     return [
         (n, p)
         for n, p in unet.named_parameters()
-        if not is_hvg_key(strip_checkpoint_prefix(n)) or n.startswith("reference_net.")
+        if not is_lora_parameter(n)
+        and (not is_hvg_key(_unwrapped(strip_checkpoint_prefix(n))) or n.startswith("reference_net."))
     ]
+
+
+def _unwrapped(name: str) -> str:
+    """A parameter name without peft's ``base_layer.`` wrapper level."""
+
+    return name.replace(".base_layer.", ".")
 
 
 def donor_indices(clip_ids: Sequence[str] | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:

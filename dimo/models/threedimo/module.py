@@ -184,8 +184,9 @@ class ThreeDiMoModule(LightningModule):
         vae: frozen Wan VAE.
         text_encoder: frozen UMT5 text encoder (must output ``net``'s text width).
         flow: flow-matching settings (shift, sigma sampling).
-        train_parts: ``full`` (Wan weights train too, as in the paper) or ``motion`` (only the new
-            3DiMo layers: encoders, decoder, injection; the Wan weights are frozen).
+        train_parts: ``full`` (Wan weights train too, as in the paper), ``motion`` (only the new
+            3DiMo layers: encoders, decoder, injection; the Wan weights are frozen) or ``lora`` (the
+            new layers plus LoRA adapters on the frozen Wan weights; needs ``net.lora``).
         geo_weight: initial geometric-loss weight (the stage scheduler overrides it every step).
         frozen_dtype: compute dtype of the frozen VAE and text encoder.
         gradient_checkpointing: checkpoint every Wan block and every motion-encoder layer.
@@ -221,7 +222,7 @@ class ThreeDiMoModule(LightningModule):
         vae: WanVAE | None = None,
         text_encoder: WanTextEncoder | None = None,
         flow: FlowMatching | None = None,
-        train_parts: Literal["full", "motion"] = "full",
+        train_parts: Literal["full", "motion", "lora"] = "full",
         geo_weight: float = 0.1,
         frozen_dtype: FrozenDType = "float32",
         gradient_checkpointing: bool = False,
@@ -300,10 +301,16 @@ class ThreeDiMoModule(LightningModule):
         for frozen in (self.vae, self.text_encoder):
             if frozen is not None:
                 frozen.to(DTYPES[frozen_dtype])
-        if train_parts == "motion":
-            motion = {id(p) for p in self.net.motion_parameters()}
-            for p in self.net.parameters():
-                p.requires_grad_(id(p) in motion)
+        if train_parts == "lora" and self.net.lora is None:
+            raise ValueError(
+                "train_parts: lora needs adapters on the backbone: set model.init_args.net.init_args.lora "
+                "(rank, alpha, targets)"
+            )
+        trained = {id(p) for p in self.net.motion_parameters()}
+        if train_parts == "lora":
+            trained |= {id(p) for p in self.net.lora_parameters()}
+        for p in self.net.parameters():  # explicit in every mode (peft freezes what it wraps)
+            p.requires_grad_(train_parts == "full" or id(p) in trained)
         if gradient_checkpointing:
             self.net.transformer.enable_gradient_checkpointing()
             for encoder in (self.net.encoders.body, self.net.encoders.hands):

@@ -18,6 +18,14 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dimo.models.lora import (
+    LoRASettings,
+    add_lora,
+    is_lora_parameter,
+    load_adapters,
+    read_adapter_config,
+    save_adapters,
+)
 from dimo.models.threedimo.backbone import (
     WAN_PRESETS,
     MissingWeightsError,
@@ -32,6 +40,7 @@ __all__ = ["ThreeDiMoNet"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+_BACKBONE = "transformer.transformer."  # state-dict prefix of the pretrained Wan weights
 
 
 def _check_net_sizes(args: dict) -> None:
@@ -80,6 +89,10 @@ class ThreeDiMoNet(nn.Module):
         body_tokens, hand_tokens: K_b, K_h latent tokens per frame (paper: 5).
         geo_hidden, geo_layers: geometric decoder MLP width and hidden layers.
         temporal_compression: VAE temporal stride (Wan: 4).
+        lora: LoRA adapters on the Wan transformer (:class:`~dimo.models.lora.LoRASettings`: rank,
+            alpha, targets, dropout), injected after the pretrained weights are loaded; None: none.
+            Part of the architecture (checkpoints and exports rebuild them); what trains is the
+            module's ``train_parts`` (``lora``: adapters + the new 3DiMo layers only).
     """
 
     def __init__(
@@ -101,8 +114,10 @@ class ThreeDiMoNet(nn.Module):
         geo_hidden: int = 256,
         geo_layers: int = 2,
         temporal_compression: int = 4,
+        lora: LoRASettings | None = None,
     ) -> None:
         super().__init__()
+        lora = LoRASettings.coerce(lora)
         if backbone not in WAN_PRESETS:
             raise ValueError(f"unknown backbone preset {backbone!r}; expected one of {sorted(WAN_PRESETS)}")
         _check_net_sizes(locals())
@@ -110,6 +125,8 @@ class ThreeDiMoNet(nn.Module):
             name: (str(value) if isinstance(value, Path) else value)
             for name, value in _call_args(self.__init__, locals()).items()
         }
+        self.config["lora"] = None if lora is None else lora.as_dict()  # JSON, like every other value
+        self.lora = lora
         kwargs = dict(
             motion_dim=motion_dim,
             injection=injection,
@@ -138,6 +155,8 @@ class ThreeDiMoNet(nn.Module):
             hand_tokens,
         )
         self.geo_decoder = GeometricDecoder(body_tokens + hand_tokens, motion_dim, geo_hidden, geo_layers)
+        if lora is not None:  # after the pretrained weights: B = 0, so the backbone starts unchanged
+            add_lora(self.transformer.transformer, lora)
 
     @property
     def text_dim(self) -> int:
@@ -158,6 +177,46 @@ class ThreeDiMoNet(nn.Module):
 
         new = [p for n, p in self.transformer.named_parameters() if not n.startswith("transformer.")]
         return [*self.encoders.parameters(), *self.geo_decoder.parameters(), *new]
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        """The LoRA adapter weights on the Wan transformer (empty without ``lora``)."""
+
+        return [p for n, p in self.named_parameters() if is_lora_parameter(n)]
+
+    def adapter_keys(self) -> list[str]:
+        """State-dict keys of everything that is not the pretrained Wan backbone: the new 3DiMo layers
+        and the LoRA adapters (what :meth:`save_adapters` writes)."""
+
+        return [k for k in self.state_dict() if not k.startswith(_BACKBONE) or is_lora_parameter(k)]
+
+    def save_adapters(self, folder: Path | str) -> Path:
+        """Write the trained weights alone (:meth:`adapter_keys`; the Wan backbone stays in its own
+        pretrained folder) with the config that rebuilds this network around them."""
+
+        if self.lora is None:
+            raise ValueError("this network has no LoRA adapters (net.lora is null); export the whole network")
+        config = dict(self.export_config(), backbone_config=self.transformer.wan_config())
+        return save_adapters(self, self.adapter_keys(), folder, config, {"class": "ThreeDiMoNet"})
+
+    @classmethod
+    def from_adapters(cls, folder: Path | str, backbone_path: Path | str) -> ThreeDiMoNet:
+        """The pretrained Wan transformer at ``backbone_path`` plus an adapter folder, loaded strictly;
+        the backbone must have the config the adapters were trained on."""
+
+        config = read_adapter_config(folder)
+        trained_on = config.pop("backbone_config")
+        config.update(backbone_path=Path(backbone_path), backbone_config=None)
+        config["image_size"] = tuple(config["image_size"])
+        net = cls(**config)
+        have = json.loads(json.dumps(net.transformer.wan_config()))
+        if have != json.loads(json.dumps(trained_on)):
+            diff = sorted(k for k in set(have) | set(trained_on) if have.get(k) != trained_on.get(k))
+            raise MissingWeightsError(
+                f"the Wan transformer at {backbone_path} is not the one the adapters in {folder} were "
+                f"trained on (config differs in {diff[:5]})"
+            )
+        load_adapters(net, net.adapter_keys(), folder)
+        return net
 
     def encode_motion(
         self,
