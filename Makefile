@@ -118,6 +118,15 @@ toy-pretrained: toy-pretrained-wan toy-pretrained-svd
 toy-pretrained-wan: setup
 	$(PY) -m dimo.cli toy wan --out $(PRETRAINED)/toy-wan2.1 $(TOY_ARGS)
 
+# Toy ablations (issue #13, docs/ablations.md): paired stage-1 runs per arm (same seeds and data), results
+# table + JSON + plots in benchmarks/results/ablations/. `make ablations ONLY=a` runs one (keys a, b, k;
+# c, d, e are listed as not run yet). Each ablation is about 20-30 CPU-minutes on 2 cores.
+ONLY ?=
+ABLATION_ARGS ?=
+.PHONY: ablations
+ablations: setup data
+	$(PY) benchmarks/ablations.py $(if $(ONLY),--only $(ONLY)) $(ABLATION_ARGS)
+
 # Score generated videos against references (mp4 or frame folders, matched by name); weights are read
 # from $(DIMO_WEIGHTS_DIR) (never downloaded). Example:
 #   make eval GENERATED=runs/gen REFERENCE=data/ref METRICS="fid fvd lpips_alex ssim psnr"

@@ -203,3 +203,45 @@ def test_hvg_lora_trains_adapters_and_new_layers_only_and_rebuilds_from_hparams(
     torch.testing.assert_close(_hvg_loss(again), _hvg_loss(lora))
     with pytest.raises(ValueError, match="init_args.lora"):
         tiny_hvg_module(train_parts="lora")
+
+
+def test_a_bad_lora_value_fails_before_anything_runs(tmp_path, capsys):
+    from dimo.cli import run_lightning
+
+    base = [
+        "--config",
+        str(REPO / "experiments/3dimo.yaml"),
+        "--config",
+        str(REPO / "experiments/3dimo_lora.yaml"),
+    ]
+    args = [*base, f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+    with pytest.raises(ValueError, match="lora.rank must be a positive integer, got 0"):
+        run_lightning([*args, "--model.init_args.net.init_args.lora.rank=0"], run=False)
+
+
+def test_hvg_adapters_are_saved_and_loaded_alone(tmp_path):
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from dimo.models.hvg import HVGConfig, HVGModule
+    from dimo.models.hvg.network import build_image_encoder, build_vae
+
+    torch.manual_seed(0)
+    cfg = HVGConfig()
+    UNetSpatioTemporalConditionModel(**cfg.unet_kwargs()).save_pretrained(tmp_path / "svd" / "unet")
+    build_vae(cfg).save_pretrained(tmp_path / "svd" / "vae")
+    build_image_encoder(cfg).save_pretrained(tmp_path / "svd" / "image_encoder")
+    module = HVGModule(net=cfg, pretrained=tmp_path / "svd", train_parts="lora", lora=LORA, cfg_drop_prob=0.0)
+    _nudge([p for p in module.unet.parameters() if p.requires_grad])
+    out = module.save_adapters(tmp_path / "adapters")
+    from safetensors.torch import load_file
+
+    saved = load_file(out / ADAPTER_WEIGHTS)
+    assert any("lora_B" in k for k in saved) and not any(k.endswith("base_layer.weight") for k in saved)
+    back = HVGModule.from_adapters(out, tmp_path / "svd")
+    torch.testing.assert_close(_hvg_loss(back), _hvg_loss(module), rtol=0, atol=0)
+    saved.pop(next(iter(saved)))
+    from safetensors.torch import save_file
+
+    save_file(saved, out / ADAPTER_WEIGHTS)
+    with pytest.raises(MissingWeightsError, match="missing 1"):
+        HVGModule.from_adapters(out, tmp_path / "svd")

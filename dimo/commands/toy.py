@@ -35,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
         "transformer are kept; see dimo.toy.wan.refine_toy_wan_decoder)",
     )
     w.add_argument("--decoder-steps", type=int, default=None)
+    w.add_argument("--threads", type=int, default=None, help="torch threads (default: 2)")
+    w.add_argument(
+        "--work", type=Path, default=None, help="folder for the synthesised toy clips (kept and reused)"
+    )
     w.add_argument("--force", action="store_true", help="rebuild when the folder exists")
     return p
 
@@ -48,7 +52,9 @@ def main(argv: Sequence[str]) -> int:
             cfg = ToyWanConfig(seed=args.seed)
             if args.decoder_steps is not None:
                 cfg.vae_decoder_steps = args.decoder_steps
-            report = refine_toy_wan_decoder(args.out, cfg)
+            if args.threads is not None:
+                cfg.threads = args.threads
+            report = refine_toy_wan_decoder(args.out, cfg, work=args.work)
             print(json.dumps(report["vae"], indent=1))
             return 0
         if (args.out / "model_index.json").is_file() and not args.force:
@@ -61,6 +67,8 @@ def main(argv: Sequence[str]) -> int:
             cfg.transformer_steps = args.transformer_steps
         if args.decoder_steps is not None:
             cfg.vae_decoder_steps = args.decoder_steps
-        report = build_toy_wan(args.out, cfg, vae_from=args.vae_from)
+        if args.threads is not None:
+            cfg.threads = args.threads
+        report = build_toy_wan(args.out, cfg, work=args.work, vae_from=args.vae_from)
         print(json.dumps({k: report[k] for k in ("vae", "transformer", "total_seconds")}, indent=1))
     return 0

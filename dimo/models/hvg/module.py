@@ -62,7 +62,14 @@ from dimo.models.hvg.network import (
     strip_checkpoint_prefix,
 )
 from dimo.models.hvg.sampling import ProgressiveSampler
-from dimo.models.lora import LoRASettings, add_lora, is_lora_parameter
+from dimo.models.lora import (
+    LoRASettings,
+    add_lora,
+    is_lora_parameter,
+    load_adapters,
+    read_adapter_config,
+    save_adapters,
+)
 
 #: Seed of the gap protocol's generator for validation batch k: ``noise_seed * 31 + GAP_SEED_OFFSET + k``.
 GAP_SEED_OFFSET = 15_485_863
@@ -249,6 +256,29 @@ class HVGModule(LightningModule):
         sd = checkpoint["state_dict"]
         if not any(k.startswith(_FROZEN) for k in sd):
             restore_prefixes(sd, self, _FROZEN)
+
+    # ---- adapters alone (train_parts: lora) -------------------------------------------------------
+    def adapter_keys(self) -> list[str]:
+        """UNet state-dict keys that are not SVD-provided weights: LoRA adapters and HVG's new layers."""
+
+        provided = {_unwrapped(n) for n, _ in backbone_parameters(self.unet)}
+        return [k for k in self.unet.state_dict() if is_lora_parameter(k) or _unwrapped(k) not in provided]
+
+    def save_adapters(self, folder: str | Path) -> Path:
+        """Write the adapters and HVG's new layers alone (the SVD weights stay in ``pretrained``)."""
+
+        if self.train_parts != "lora":
+            raise ValueError("this module has no LoRA adapters (train_parts is not lora); export it whole")
+        config = {k: v for k, v in self.hparams.items() if k not in ("pretrained", "init_from")}
+        return save_adapters(self.unet, self.adapter_keys(), folder, config, {"class": "HVGModule"})
+
+    @classmethod
+    def from_adapters(cls, folder: str | Path, pretrained: str | Path) -> HVGModule:
+        """The SVD-xt folder ``pretrained`` plus an adapter folder, loaded strictly."""
+
+        module = cls(**read_adapter_config(folder), pretrained=Path(pretrained))
+        load_adapters(module.unet, module.adapter_keys(), folder)
+        return module
 
     def configure_optimizers(self):
         pose = [p for p in self.unet.pose_modulator.parameters() if p.requires_grad]
