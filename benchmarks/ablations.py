@@ -108,7 +108,9 @@ def git_revision() -> str:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
         )
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        )
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -192,7 +194,10 @@ def run_ablation(ab: Ablation, args, out: Path) -> dict:
             cmd = fit_command(ab, overlay, seed, args, run_root, name)
             t0 = time.perf_counter()
             print(f"[ablations] {ab.key}/{arm} seed {seed}: running ({args.steps} steps)", flush=True)
-            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            # one intra-op thread per run unless asked otherwise: on a shared 2-core machine two
+            # OpenMP threads per process spin against each other (measured: ~20x slower per step)
+            threads = str(args.threads)
+            env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -298,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per run (OMP_NUM_THREADS)")
     p.add_argument("--data", type=Path, default=REPO / "data" / "toy")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablations")
     args = p.parse_args(argv)
