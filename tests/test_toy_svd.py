@@ -106,7 +106,7 @@ def test_vae_training_crops_are_aligned_windows_of_the_clip():
     corners = set()
     for i in range(n):
         # locate the crop's first pixel in window i; every frame and channel must match that window
-        (top, left), = torch.nonzero(x[i, 0, 0] == crops[i, 0, 0, 0, 0]).tolist()
+        ((top, left),) = torch.nonzero(x[i, 0, 0] == crops[i, 0, 0, 0, 0]).tolist()
         assert top % 4 == 0 and left % 4 == 0  # on the VAE's 4x latent grid
         assert torch.equal(crops[i], x[i, :, :, top : top + 8, left : left + 8])
         corners.add((top, left))
