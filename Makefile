@@ -92,9 +92,9 @@ train: train-stage1
 	$(MAKE) train-stage2
 	$(MAKE) train-stage3
 
-# Toy SVD-xt folder (docs/hvg.md, DESIGN.md 3.5): `make toy-pretrained-svd` trains a tiny 4x VAE (800 steps, ~23 dB; the 28 dB
-# held-out target is not reached yet, docs/hvg.md), a random tiny CLIP and an I2V-pretrained tiny SVD UNet on toy clips and writes them
-# in the real SVD-xt layout to pretrained/toy-svd-xt (committed; deterministic from --seed; ~1 core, minutes).
+# Toy SVD-xt folder (docs/hvg.md, DESIGN.md 3.5): `make toy-pretrained-svd` trains a tiny 4x VAE (4000 steps on 32x32 crops, 26.5 dB;
+# the 28 dB held-out target is not reached yet, docs/hvg.md), a random tiny CLIP and an I2V-pretrained tiny SVD UNet (1000 steps) on toy
+# clips and writes them in the real SVD-xt layout to pretrained/toy-svd-xt (committed; deterministic from --seed; one thread, ~19 CPU-minutes).
 TOY_SVD ?= pretrained/toy-svd-xt
 .PHONY: toy-pretrained-svd
 toy-pretrained-svd: setup

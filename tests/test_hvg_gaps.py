@@ -152,3 +152,33 @@ def test_validation_logs_gaps_static_baseline_and_labelled_samples(tmp_path):
     # rows: reference | normal | depth | generated | target, columns: V x T, plus label margins
     assert grid.height > 5 * H and grid.width > V * T * H
     assert acc.Images("val/samples_video")[0].encoded_image_string[:6] in (b"GIF89a", b"GIF87a")
+
+
+def test_gap_protocol_repeats_exactly_between_validations(toy_root):
+    """Fixed protocol (issue #11): the same validation samples, noise and sigmas at every validation,
+    whatever training did in between (global RNG, training batches drawn)."""
+
+    from dimo.data.datamodule import ViewRichDataModule
+
+    dm = ViewRichDataModule(
+        root=toy_root, synthesize_if_missing=False, task="hvg", num_views=2, num_frames=2, height=32,
+        width=32, batch_size=2, weights={"multiview": 1.0}, val_batches=2, seed=0, log_preview=False,
+    )  # fmt: skip
+    dm.setup("fit")
+    keys = dm.val_keys()
+    next(iter(dm.train_dataloader()))  # training draws in between
+    assert dm.val_keys() == keys
+
+    module = _module()
+    with torch.no_grad():
+        torch.nn.init.normal_(module.unet.pose_modulator.proj_out.weight, std=0.2)
+    batch = _batch(3)
+    first = module.conditioning_losses(batch, 1)
+    torch.manual_seed(123)  # the global RNG moves (as training moves it)
+    torch.randn(1000)
+    module._loss(batch, torch.Generator().manual_seed(5))  # a training-style loss call in between
+    again = module.conditioning_losses(batch, 1)
+    for k in first:
+        torch.testing.assert_close(again[k], first[k], rtol=0, atol=0)
+    other = module.conditioning_losses(batch, 2)  # another validation batch gets its own noise
+    assert not torch.equal(other["own"], first["own"])

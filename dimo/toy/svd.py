@@ -38,7 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ToySVDConfig", "build", "load_clips", "reconstruction_psnr"]
+__all__ = ["ToySVDConfig", "build", "load_clips", "random_crop", "reconstruction_psnr"]
+
+VAE_FACTOR = 4  # spatial downsampling of the tiny VAE preset (dimo.models.hvg.config.VAE_PRESETS)
 
 
 @dataclass
@@ -53,14 +55,18 @@ class ToySVDConfig:
     num_frames: int = 20
     size: int = 64
     clip_frames: int = 4  # frames per VAE / UNet training window (the tiny UNet's num_frames)
-    vae_max_steps: int = 800
-    vae_check_every: int = 200
+    # The VAE is convolutional: it trains on random vae_crop x vae_crop crops of the windows (one crop
+    # per window, on the VAE's 4x grid), 4x cheaper per step at 32 than whole 64x64 frames, so the
+    # same CPU time buys 4x the steps (measured, single thread: 0.2 s / step against 0.8)
+    vae_crop: int = 32
+    vae_max_steps: int = 4000
+    vae_check_every: int = 500
     psnr_margin: float = 0.5  # train until target_psnr + margin on the held-out clips
     vae_clips_per_step: int = 2
-    vae_lr: float = 2e-3
+    vae_lr: float = 3e-3
     kl_weight: float = 1e-6
     target_psnr: float = 28.0
-    unet_steps: int = 400
+    unet_steps: int = 1000
     unet_batch: int = 4
     unet_lr: float = 3e-4
     cfg_drop_prob: float = 0.1
@@ -73,6 +79,8 @@ class ToySVDConfig:
             raise ValueError("clip counts and step counts must be >= 1")
         if self.num_frames < self.clip_frames or self.clip_frames < 1:
             raise ValueError("need num_frames >= clip_frames >= 1")
+        if not (0 < self.vae_crop <= self.size and self.vae_crop % VAE_FACTOR == 0):
+            raise ValueError(f"vae_crop must be a multiple of {VAE_FACTOR} in (0, size], got {self.vae_crop}")
 
 
 # ---- data --------------------------------------------------------------------------------------------
@@ -98,6 +106,21 @@ def _windows(videos: list[torch.Tensor], n: int, frames: int, gen: torch.Generat
     return torch.stack(out)
 
 
+def random_crop(x: torch.Tensor, size: int, gen: torch.Generator, grid: int = VAE_FACTOR) -> torch.Tensor:
+    """One random ``size`` x ``size`` crop per window of ``x`` (N, T, C, H, W), the same for every frame
+    of a window, its corner on a ``grid``-pixel lattice (the VAE's latent cells): (N, T, C, size, size)."""
+
+    n, _, _, h, w = x.shape
+    if size == h == w:
+        return x
+    out = []
+    for i in range(n):
+        top = int(torch.randint((h - size) // grid + 1, (1,), generator=gen)) * grid
+        left = int(torch.randint((w - size) // grid + 1, (1,), generator=gen)) * grid
+        out.append(x[i, :, :, top : top + size, left : left + size])
+    return torch.stack(out)
+
+
 # ---- VAE ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def reconstruction_psnr(vae, videos: list[torch.Tensor], clip_frames: int) -> float:
@@ -116,17 +139,32 @@ def reconstruction_psnr(vae, videos: list[torch.Tensor], clip_frames: int) -> fl
     return float(np.mean(scores))
 
 
-def train_vae(cfg: ToySVDConfig, train: list[torch.Tensor], heldout: list[torch.Tensor], log=print):
-    """Train the tiny VAE (one-cycle schedule over ``vae_max_steps``), stopping early once its held-out
-    PSNR reaches ``target_psnr + psnr_margin`` (checked every ``vae_check_every`` steps). Returns
-    (vae, history)."""
+def make_vae():
+    """A fresh tiny :class:`~diffusers.AutoencoderKLTemporalDecoder` (from the global RNG) whose last
+    temporal conv (``decoder.time_conv_out``, a 3-tap conv over frames) starts as the identity over
+    time, so the untrained decoder is a per-frame decoder (diffusers' random init mixes each frame's
+    colours with its neighbours')."""
 
     from diffusers import AutoencoderKLTemporalDecoder
 
     from dimo.models.hvg.config import VAE_PRESETS
 
-    torch.manual_seed(cfg.seed)
     vae = AutoencoderKLTemporalDecoder(**VAE_PRESETS["tiny"])
+    with torch.no_grad():
+        w = vae.decoder.time_conv_out.weight  # (3, 3, k, 1, 1): out, in, time
+        w.zero_()
+        w[:, :, w.shape[2] // 2, 0, 0] = torch.eye(w.shape[0])
+        vae.decoder.time_conv_out.bias.zero_()
+    return vae
+
+
+def train_vae(cfg: ToySVDConfig, train: list[torch.Tensor], heldout: list[torch.Tensor], log=print):
+    """Train the tiny VAE (one-cycle schedule over ``vae_max_steps``), stopping early once its held-out
+    PSNR reaches ``target_psnr + psnr_margin`` (checked every ``vae_check_every`` steps). Returns
+    (vae, history)."""
+
+    torch.manual_seed(cfg.seed)
+    vae = make_vae()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -135,7 +173,8 @@ def train_vae(cfg: ToySVDConfig, train: list[torch.Tensor], heldout: list[torch.
     history = []
     for step in range(1, cfg.vae_max_steps + 1):
         vae.train()
-        x = _windows(train, cfg.vae_clips_per_step, cfg.clip_frames, gen).flatten(0, 1)  # (N*T, 3, H, W)
+        x = _windows(train, cfg.vae_clips_per_step, cfg.clip_frames, gen)
+        x = random_crop(x, cfg.vae_crop, gen).flatten(0, 1)  # (N*T, 3, crop, crop)
         post = vae.encode(x).latent_dist
         # decode the mode, as HVG does (a sampled latent starts as unit noise and stalls learning)
         y = vae.decode(post.mode(), num_frames=cfg.clip_frames).sample
