@@ -91,14 +91,16 @@ ABLATIONS: dict[str, Ablation] = {
         "HVG bone maps vs skeleton maps",
         "bone maps beat skeleton maps (paper: PSNR 22.13 vs 18.52, FVD 152.1 vs 277.5)",
         {},
-        not_run="waits for the toy HVG recipe to show val/pose_gap >= 10% (issue #11)",
+        not_run="not built yet: the HVG recipe now learns its bone maps (val/pose_gap 15% at step 400), "
+        "but the runner reads 3DiMo stage-1 runs only and there is no skeleton-map arm overlay yet",
     ),
     "e": Ablation(
         "e",
         "HVG view attention",
         "view attention improves multi-view consistency",
         {},
-        not_run="waits for the toy HVG recipe (issue #11) and a multi-view consistency metric of samples",
+        not_run="needs a multi-view consistency metric of generated views (the toy HVG samples are still "
+        "noisy, issue #11)",
     ),
 }
 

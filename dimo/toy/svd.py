@@ -59,7 +59,7 @@ class ToySVDConfig:
     # per window, on the VAE's 4x grid), 4x cheaper per step at 32 than whole 64x64 frames, so the
     # same CPU time buys 4x the steps (measured, single thread: 0.2 s / step against 0.8)
     vae_crop: int = 32
-    vae_max_steps: int = 4000
+    vae_max_steps: int = 6000
     vae_check_every: int = 500
     psnr_margin: float = 0.5  # train until target_psnr + margin on the held-out clips
     vae_clips_per_step: int = 2
