@@ -39,6 +39,7 @@ __all__ = [
     "load_adapters",
     "read_adapter_config",
     "save_adapters",
+    "unwrapped_name",
 ]
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -132,6 +133,12 @@ def is_lora_parameter(name: str) -> bool:
     return any(
         f".{part}." in f".{name}." for part in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
     )
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter name as it was before injection (without peft's ``base_layer.`` wrapper level)."""
+
+    return name.replace(".base_layer.", ".")
 
 
 def save_adapters(

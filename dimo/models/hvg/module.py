@@ -69,6 +69,7 @@ from dimo.models.lora import (
     load_adapters,
     read_adapter_config,
     save_adapters,
+    unwrapped_name,
 )
 
 #: Seed of the gap protocol's generator for validation batch k: ``noise_seed * 31 + GAP_SEED_OFFSET + k``.
@@ -181,7 +182,7 @@ class HVGModule(LightningModule):
             add_lora(self.unet, lora, only=lambda name: f"{name}.weight" in provided)
             lora_ids = {id(p) for n, p in self.unet.named_parameters() if is_lora_parameter(n)}
             for n, p in self.unet.named_parameters():  # adapters and HVG's new layers train
-                p.requires_grad_(id(p) in lora_ids or _unwrapped(n) not in provided)
+                p.requires_grad_(id(p) in lora_ids or unwrapped_name(n) not in provided)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         scope_attention_backend([self.unet], attention_backend)  # not the frozen VAE / CLIP
@@ -261,8 +262,10 @@ class HVGModule(LightningModule):
     def adapter_keys(self) -> list[str]:
         """UNet state-dict keys that are not SVD-provided weights: LoRA adapters and HVG's new layers."""
 
-        provided = {_unwrapped(n) for n, _ in backbone_parameters(self.unet)}
-        return [k for k in self.unet.state_dict() if is_lora_parameter(k) or _unwrapped(k) not in provided]
+        provided = {unwrapped_name(n) for n, _ in backbone_parameters(self.unet)}
+        return [
+            k for k in self.unet.state_dict() if is_lora_parameter(k) or unwrapped_name(k) not in provided
+        ]
 
     def save_adapters(self, folder: str | Path) -> Path:
         """Write the adapters and HVG's new layers alone (the SVD weights stay in ``pretrained``)."""
@@ -620,14 +623,8 @@ def backbone_parameters(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Param
         (n, p)
         for n, p in unet.named_parameters()
         if not is_lora_parameter(n)
-        and (not is_hvg_key(_unwrapped(strip_checkpoint_prefix(n))) or n.startswith("reference_net."))
+        and (not is_hvg_key(unwrapped_name(strip_checkpoint_prefix(n))) or n.startswith("reference_net."))
     ]
-
-
-def _unwrapped(name: str) -> str:
-    """A parameter name without peft's ``base_layer.`` wrapper level."""
-
-    return name.replace(".base_layer.", ".")
 
 
 def donor_indices(clip_ids: Sequence[str] | None, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
