@@ -25,7 +25,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,6 +45,11 @@ class Ablation:
     extra_metrics: tuple[str, ...] = ("val/loss_own_motion", "val/no_motion_gap")
     base: tuple[str, ...] = BASE_3DIMO
     not_run: str | None = None  # why this ablation has no arms here yet
+    steps: int = 600  # training steps per run (``--steps`` overrides for every ablation)
+    val_every: int = 200
+    # sampled validation metrics (few-step generations): off unless the metric needs them
+    sampled: bool = False
+    flags: tuple[str, ...] = field(default_factory=tuple)  # more CLI flags, the same for every arm
 
 
 ABLATIONS: dict[str, Ablation] = {
@@ -132,25 +138,35 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def run_length(ab: Ablation, args) -> tuple[int, int]:
+    """Steps and validation interval of every run of ``ab`` (the command line overrides both)."""
+
+    return args.steps or ab.steps, args.val_every or ab.val_every
+
+
 def fit_command(ab: Ablation, overlay: str, seed: int, args, run_root: Path, name: str) -> list[str]:
+    steps, val_every = run_length(ab, args)
     cmd = [sys.executable, "-m", "dimo.cli", "fit"]
     for cfg in (*ab.base, overlay):
         cmd += ["--config", str(REPO / cfg)]
-    return cmd + [
+    cmd += [
         f"--seed_everything={seed}",
-        f"--trainer.max_steps={args.steps}",
-        f"--trainer.val_check_interval={args.val_every}",
+        f"--trainer.max_steps={steps}",
+        f"--trainer.val_check_interval={val_every}",
         "--trainer.enable_progress_bar=false",
         f"--trainer.logger.init_args.save_dir={run_root}",
         f"--trainer.logger.init_args.name={name}",
         f"--trainer.logger.init_args.version=seed{seed}",
-        # nothing but the logged curves is needed: no checkpoints, no sample media, no sampled metrics
+        # nothing but the logged curves is needed: no checkpoints, no sample media
         "--checkpoint.save_top_k=0",
         "--checkpoint.save_last=false",
-        f"--samples.every_n_steps={10 * args.steps + 1}",
-        "--model.init_args.val_metric_batches=0",
+        f"--samples.every_n_steps={10 * steps + 1}",
         f"--data.init_args.root={args.data}",
+        *ab.flags,
     ]
+    if not ab.sampled:
+        cmd.append("--model.init_args.val_metric_batches=0")
+    return cmd
 
 
 def summarise(values: list[float]) -> dict:
@@ -180,54 +196,79 @@ def verdict(ab: Ablation, final: dict[str, dict]) -> str:
     return min(verdicts, key=["not reproduced", "within noise", "reproduced"].index)
 
 
+def run_one(ab: Ablation, arm: str, overlay: str, seed: int, args, run_root: Path) -> dict:
+    """One training run of one arm and seed, through the CLI in a subprocess; its logged curves."""
+
+    name = f"{ab.key}_{arm}"
+    run_dir = run_root / name / f"seed{seed}"
+    cmd = fit_command(ab, overlay, seed, args, run_root, name)
+    t0 = time.perf_counter()
+    print(f"[ablations] {ab.key}/{arm} seed {seed}: running ({run_length(ab, args)[0]} steps)", flush=True)
+    # one intra-op thread per run unless asked otherwise: on a shared 2-core machine two OpenMP
+    # threads per process spin against each other (measured: ~20x slower per step); --jobs runs
+    # several single-threaded runs side by side instead
+    threads = str(args.threads)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RunFailed(f"{ab.key}/{arm} seed {seed} failed: {' | '.join(tail)}")
+    scalars = read_scalars(run_dir)
+    if ab.metric not in scalars:
+        raise RunFailed(f"{run_dir} logged no {ab.metric}")
+    curve = {
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "scalars": {k: scalars[k] for k in (ab.metric, *ab.extra_metrics) if k in scalars},
+    }
+    last = scalars[ab.metric][-1]
+    print(
+        f"[ablations] {ab.key}/{arm} seed {seed}: {ab.metric} {last[1]:.4f} at step {last[0]} "
+        f"({curve['seconds']:.0f} s)",
+        flush=True,
+    )
+    return curve
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
 def run_ablation(ab: Ablation, args, out: Path) -> dict:
     run_root = out / "runs"
-    arms: dict[str, dict] = {}
+    arms_run = {a: o for a, o in ab.arms.items() if not args.arms or a in args.arms}
+    jobs = [(arm, overlay, seed) for arm, overlay in arms_run.items() for seed in args.seeds]
+    for arm, _, seed in jobs:  # checked before anything runs: a run folder is never overwritten
+        run_dir = run_root / f"{ab.key}_{arm}" / f"seed{seed}"
+        if run_dir.exists():
+            raise SystemExit(f"error: {run_dir} exists; move it away or pass another --out")
     start = time.perf_counter()
-    for arm, overlay in ab.arms.items():
-        if args.arms and arm not in args.arms:
-            continue
-        curves = []
-        for seed in args.seeds:
-            name = f"{ab.key}_{arm}"
-            run_dir = run_root / name / f"seed{seed}"
-            if run_dir.exists():
-                raise SystemExit(f"error: {run_dir} exists; move it away or pass another --out")
-            cmd = fit_command(ab, overlay, seed, args, run_root, name)
-            t0 = time.perf_counter()
-            print(f"[ablations] {ab.key}/{arm} seed {seed}: running ({args.steps} steps)", flush=True)
-            # one intra-op thread per run unless asked otherwise: on a shared 2-core machine two
-            # OpenMP threads per process spin against each other (measured: ~20x slower per step)
-            threads = str(args.threads)
-            env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                raise SystemExit(f"error: {ab.key}/{arm} seed {seed} failed: {' | '.join(tail)}")
-            scalars = read_scalars(run_dir)
-            if ab.metric not in scalars:
-                raise SystemExit(f"error: {run_dir} logged no {ab.metric}")
-            curves.append(
-                {
-                    "seed": seed,
-                    "seconds": round(time.perf_counter() - t0, 1),
-                    "scalars": {k: scalars[k] for k in (ab.metric, *ab.extra_metrics) if k in scalars},
-                }
-            )
-            last = scalars[ab.metric][-1]
-            print(
-                f"[ablations] {ab.key}/{arm} seed {seed}: {ab.metric} {last[1]:.4f} at step {last[0]} "
-                f"({curves[-1]['seconds']:.0f} s)",
-                flush=True,
-            )
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futures = [pool.submit(run_one, ab, arm, overlay, seed, args, run_root) for arm, overlay, seed in jobs]
+        try:
+            done = [f.result() for f in futures]
+        except RunFailed as e:
+            for f in futures:
+                f.cancel()
+            raise SystemExit(f"error: {e}") from None
+    arms: dict[str, dict] = {}
+    for arm, overlay in arms_run.items():
+        curves = [c for (a, _, _), c in zip(jobs, done) if a == arm]
         steps = [s for s, _ in curves[0]["scalars"][ab.metric]]
         per_step = {str(s): summarise([dict(c["scalars"][ab.metric])[s] for c in curves]) for s in steps}
+        extras = {
+            k: summarise([c["scalars"][k][-1][1] for c in curves])
+            for k in ab.extra_metrics
+            if all(k in c["scalars"] for c in curves)
+        }
         arms[arm] = {
             "overlay": overlay,
             "runs": curves,
             "per_step": per_step,
             "final": per_step[str(steps[-1])],
+            "final_extra": extras,
         }
+    steps, val_every = run_length(ab, args)
     result = {
         "key": ab.key,
         "title": ab.title,
@@ -238,7 +279,9 @@ def run_ablation(ab: Ablation, args, out: Path) -> dict:
         "arms": arms,
         "verdict": verdict(ab, {a: v["final"] for a, v in arms.items()}) if len(arms) > 1 else "one arm run",
         "wall_seconds": round(time.perf_counter() - start, 1),
-        "steps": args.steps,
+        "jobs": args.jobs,
+        "steps": steps,
+        "val_every": val_every,
         "seeds": list(args.seeds),
     }
     plot(result, out / f"{ab.key}.png")
@@ -277,23 +320,28 @@ def markdown(results: dict, revision: str) -> str:
         "",
         f"Written by `benchmarks/ablations.py` at git revision `{revision}`. Protocol: docs/ablations.md.",
         "",
-        "| # | claim | metric | arm: mean ± std (n) at the last validation | verdict | wall |",
-        "|---|---|---|---|---|---|",
+        "| # | claim | metric | arm: mean ± std (n) at the last validation | verdict | also at the last validation | wall |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, ab in ABLATIONS.items():
         r = results.get(key)
         if ab.not_run:
-            lines.append(f"| {key} | {ab.claim} | - | not run: {ab.not_run} | - | - |")
+            lines.append(f"| {key} | {ab.claim} | - | not run: {ab.not_run} | - | - | - |")
         elif r is None:
-            lines.append(f"| {key} | {ab.claim} | {ab.metric} | not run in this invocation | - | - |")
+            lines.append(f"| {key} | {ab.claim} | {ab.metric} | not run in this invocation | - | - | - |")
         else:
             cells = "; ".join(
                 f"{arm}: {v['final']['mean']:.4f} ± {v['final']['std']:.4f} ({v['final']['n']})"
                 for arm, v in r["arms"].items()
             )
+            also = "; ".join(
+                f"{arm} {name.removeprefix('val/')} {x['mean']:.4g} ± {x['std']:.2g}"
+                for arm, v in r["arms"].items()
+                for name, x in v.get("final_extra", {}).items()
+            )
             lines.append(
                 f"| {key} | {r['claim']} | {r['metric']} (step {r['steps']}) | {cells} | {r['verdict']} | "
-                f"{r['wall_seconds'] / 60:.1f} min |"
+                f"{also or '-'} | {r['wall_seconds'] / 60:.1f} min ({r.get('jobs', 1)} runs at a time) |"
             )
     return "\n".join(lines) + "\n"
 
@@ -303,9 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="ablation keys (default: all with arms)")
     p.add_argument("--arms", nargs="*", default=None, help="run only these arms (tests, quick looks)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: per ablation)")
+    p.add_argument("--val-every", type=int, default=None, help="validation interval (default: per ablation)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per run (OMP_NUM_THREADS)")
+    p.add_argument(
+        "--jobs", type=int, default=2, help="runs side by side (default 2: one single-threaded run per core)"
+    )
     p.add_argument("--data", type=Path, default=REPO / "data" / "toy")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablations")
     args = p.parse_args(argv)
