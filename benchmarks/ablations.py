@@ -89,8 +89,14 @@ ABLATIONS: dict[str, Ablation] = {
         "c",
         "3DiMo view-rich stages",
         "the view-rich stages make motion view-agnostic (paper: stage 1 only FVD 305.4)",
-        {},
-        not_run="needs a cross-view motion gap (drive with view A, target view B), not implemented yet",
+        {
+            "stages123": "experiments/ablation_3dimo_stages123.yaml",
+            "stage1_only": "experiments/ablation_3dimo_stage1_only.yaml",
+        },
+        metric="val/cross_view_motion_gap",
+        expect_best="stages123",
+        extra_metrics=("val/motion_gap", "val/cross_view_loss_own_motion", "val/loss_own_motion"),
+        base=("experiments/3dimo.yaml",),  # the overlays carry their own stage lists
     ),
     "d": Ablation(
         "d",
@@ -244,7 +250,9 @@ def run_ablation(ab: Ablation, args, out: Path) -> dict:
             raise SystemExit(f"error: {run_dir} exists; move it away or pass another --out")
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_one, ab, arm, overlay, seed, args, run_root) for arm, overlay, seed in jobs]
+        futures = [
+            pool.submit(run_one, ab, arm, overlay, seed, args, run_root) for arm, overlay, seed in jobs
+        ]
         try:
             done = [f.result() for f in futures]
         except RunFailed as e:

@@ -133,3 +133,57 @@ def test_latent_cache_returns_what_the_vae_computes_and_skips_known_windows():
     assert calls[-1][0] == 1  # only the miss was encoded
     torch.testing.assert_close(x0c[1], x0[0])  # the hit is clip_a's cached latent
     assert len(module._latent_cache) == 3
+
+
+def test_cross_view_loader_feeds_its_own_gap_and_leaves_the_plain_one_alone(tmp_path: Path):
+    from dimo.models.threedimo.module import CROSS_VIEW_BATCH_OFFSET
+
+    seed_everything(0)
+    module = _live(_module(sample_steps=1, val_metric_batches=0))
+    plain = DataLoader([_batch(b=2), _batch(b=2, seed=1)], batch_size=None)
+    cross = DataLoader([_batch(b=2, seed=2)], batch_size=None)
+    trainer = tiny_trainer(tmp_path)
+    logged = trainer.validate(module, [plain, cross], verbose=False)
+    keys = {k for d in logged for k in d}
+    assert not any("dataloader_idx" in k for k in keys), sorted(keys)  # one name per metric
+    logged = {k: float(v) for d in logged for k, v in d.items()}
+    only_plain = sum(module.conditioning_losses(b, i) for i, b in enumerate(plain))
+    assert logged["val/loss_own_motion"] == pytest.approx(float(only_plain[0] / only_plain[3]), rel=1e-5)
+    c = module.conditioning_losses(next(iter(cross)), CROSS_VIEW_BATCH_OFFSET)
+    own, other = float(c[0] / c[3]), float(c[1] / c[3])
+    assert logged["val/cross_view_loss_own_motion"] == pytest.approx(own, rel=1e-5)
+    assert logged["val/cross_view_motion_gap"] == pytest.approx((other - own) / own, abs=1e-6)
+    assert logged["val/cross_view_motion_gap"] != pytest.approx(logged["val/motion_gap"], rel=1e-3)
+
+
+def test_datamodule_cross_view_batches_drive_from_another_view(toy_root):
+    from dimo.data.datamodule import ViewRichDataModule
+
+    dm = ViewRichDataModule(
+        root=toy_root,
+        task="3dimo",
+        num_frames=5,
+        height=32,
+        width=32,
+        batch_size=2,
+        val_batches=1,
+        val_cross_view_batches=2,
+        weights={"internet": 1.0},
+        log_preview=False,
+        seed=0,
+    )
+    plain, cross = dm.val_dataloader()
+    (batch,) = list(plain)
+    assert set(batch["task"]) == {"reconstruction"}
+    assert torch.equal(batch["driving"], batch["target"])  # no augmentation in validation
+    batches = list(cross)
+    assert len(batches) == 2
+    for b in batches:
+        assert set(b["task"]) == {"cross_view"} and set(b["source"]) <= {"ue5", "multiview"}
+        for i in range(2):  # another camera of the same moment: never the target's pixels
+            assert not torch.equal(b["driving"][i], b["target"][i])
+    assert [k for b in batches for k in b["target_key"]] == [
+        k for b in dm.val_dataloader()[1] for k in b["target_key"]
+    ]  # fixed keys: every validation sees the same samples
+    with pytest.raises(ValueError, match="3dimo only"):
+        ViewRichDataModule(root=toy_root, task="hvg", val_cross_view_batches=1)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from dimo.data.augment import AugmentConfig
 from dimo.data.dataset import ClipDataset, SampleSpec, ineligible_reason, usable_reason
 from dimo.data.manifest import MANIFEST_NAME, SOURCES, ClipRecord, Problem, load_manifest
-from dimo.data.mixture import MixtureSampler, MixtureStream, SampleKey
+from dimo.data.mixture import MULTIVIEW_SOURCES, MixtureSampler, MixtureStream, SampleKey
 from dimo.data.synth import SynthConfig
 from dimo.data.video import CropMode
 
@@ -79,6 +79,10 @@ class ViewRichDataModule(LightningDataModule):
         augment: driving-frame augmentation strengths (3DiMo training only).
         batches_per_epoch: training batches per epoch (the stream itself is endless).
         val_batches: fixed validation batches (no augmentation), 0 for none.
+        val_cross_view_batches: fixed cross-view validation batches (3DiMo only, default 0 for none):
+            a second validation loader (``dataloader_idx`` 1) of samples from the multi-view sources
+            that are all cross-view (driving frames from one view, target and reference from
+            another), for the cross-view motion gap (``val/cross_view_motion_gap``, docs/3dimo.md).
         seed: stream seed; ``None`` uses ``seed_everything``'s seed (``PL_GLOBAL_SEED``) or 0.
         synthesize_if_missing: build the toy dataset at ``root`` when it has no manifest; ``None``
             (default): only when ``root`` is the built-in toy root ``data/toy``.
@@ -117,6 +121,7 @@ class ViewRichDataModule(LightningDataModule):
         augment: AugmentConfig | None = None,
         batches_per_epoch: int = 100,
         val_batches: int = 2,
+        val_cross_view_batches: int = 0,
         seed: int | None = None,
         synthesize_if_missing: bool | None = None,
         synth: SynthConfig | None = None,
@@ -137,6 +142,8 @@ class ViewRichDataModule(LightningDataModule):
             raise ValueError(
                 "batch_size and batches_per_epoch must be >= 1, num_workers and val_batches >= 0"
             )
+        if val_cross_view_batches < 0 or (val_cross_view_batches and task != "3dimo"):
+            raise ValueError("val_cross_view_batches must be >= 0, and is for task 3dimo only")
         self.save_hyperparameters(ignore=["augment", "synth"])
         # checkpoints are loaded with weights_only=True: keep hparams to plain types
         self.hparams["root"] = str(root)
@@ -156,6 +163,7 @@ class ViewRichDataModule(LightningDataModule):
         )
         self.augment = augment if augment is not None else AugmentConfig()
         self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
+        self.val_cross_view_batches = val_cross_view_batches
         self.synthesize_if_missing, self.synth = synthesize_if_missing, synth or SynthConfig()
         self.log_preview, self.max_retries = log_preview, max_retries
         self.shards, self.shard_cache = shards, shard_cache
@@ -340,15 +348,35 @@ class ViewRichDataModule(LightningDataModule):
         stream.bind({s: len(v) for s, v in self.pools.items()}, self.batch_size)
         return [k for _ in range(self.val_batches) for k in stream.draw()]
 
-    def val_dataloader(self) -> DataLoader:
+    def val_cross_view_keys(self) -> list[SampleKey]:
+        """Fixed cross-view validation keys: the multi-view sources with clips, every sample cross-view."""
+
+        self.setup("validate")
+        weights = {s: 1.0 for s in MULTIVIEW_SOURCES if self.pools.get(s)}
+        if not weights:
+            raise RuntimeError(
+                f"val_cross_view_batches needs clips from a multi-view source {MULTIVIEW_SOURCES}; "
+                f"{[str(r) for r in self.roots]} has none"
+            )
+        stream = MixtureStream(weights, 1.0, seed=self.stream.seed + 2 * 104_729, hvg=False)
+        stream.bind({s: len(v) for s, v in self.pools.items()}, self.batch_size)
+        return [k for _ in range(self.val_cross_view_batches) for k in stream.draw()]
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
         self.setup("validate")  # no-op once set up; lets plain (Trainer-less) use work too
-        return self._loader(_FixedKeys(self._dataset(None), self.val_keys()))
+        plain = self._loader(_FixedKeys(self._dataset(None), self.val_keys()))
+        if not self.val_cross_view_batches:
+            return plain
+        # dataloader_idx 1: the cross-view protocol's batches (ThreeDiMoModule.validation_step)
+        return [plain, self._loader(_FixedKeys(self._dataset(None), self.val_cross_view_keys()))]
 
     def _dataset(self, augment: AugmentConfig | None) -> ClipDataset:
         if self.shards is not None:
             from dimo.data.shards import ShardDataset
 
-            return ShardDataset(self.shards, self.pools, self.spec, augment, self.max_retries, self.shard_cache)
+            return ShardDataset(
+                self.shards, self.pools, self.spec, augment, self.max_retries, self.shard_cache
+            )
         return ClipDataset(self.pools, self.spec, augment, self.max_retries, latents=self._latents)
 
     # ---- per-batch bookkeeping -------------------------------------------------------------------

@@ -29,7 +29,10 @@ target, columns frames, and a video ``val/samples_video``) are logged by
 
 Conditioning-use evidence (:meth:`ThreeDiMoModule.conditioning_losses`, at every validation): the
 loss on a fixed sigma grid with fixed noise, with each sample's own driving frames, with another
-clip's, and with no motion; ``val/motion_gap = (other - own) / own`` is the relative increase.
+clip's, and with no motion; ``val/motion_gap = (other - own) / own`` is the relative increase. With
+the DataModule's ``val_cross_view_batches`` the same protocol runs on cross-view samples (driving
+frames from one view, target from another): ``val/cross_view_motion_gap`` (and
+``val/cross_view_loss_own_motion`` ...), the ablation of the view-rich stages (docs/ablations.md (c)).
 
 Video metrics (``val_metrics``, harness names from :mod:`dimo.eval.harness`, default PSNR/SSIM/L1):
 on the first ``val_metric_batches`` validation batches a few-step sample of the whole batch is scored
@@ -65,6 +68,9 @@ __all__ = [
     "other_clip_index",
     "relative_gap",
 ]
+
+#: batch-index offset of the cross-view validation batches in the motion-gap protocol's noise seed
+CROSS_VIEW_BATCH_OFFSET = 10_000
 
 #: checkpoint key of :meth:`ThreeDiMoModule.parts_config` (beside Lightning's ``hyper_parameters``,
 #: which LightningCLI merges into the run config on ``--ckpt_path``: the YAML keeps owning the parts)
@@ -272,6 +278,7 @@ class ThreeDiMoModule(LightningModule):
             raise ValueError(f"gap_sigmas must lie in (0, 1], got {list(gap_sigmas)}")
         self.gap_sigmas = tuple(float(x) for x in gap_sigmas)
         self._gap_sums: torch.Tensor | None = None
+        self._cross_gap_sums: torch.Tensor | None = None
         if latent_cache_size < 0:
             raise ValueError(f"latent_cache_size must be >= 0, got {latent_cache_size}")
         from collections import OrderedDict
@@ -547,12 +554,19 @@ class ThreeDiMoModule(LightningModule):
         self.log("train/geo_weight", self.geo_weight, batch_size=b)
         return out["loss"]  # the learning rate is logged once, by the CLI's LearningRateMonitor
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor] | None:
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, torch.Tensor] | None:
+        if dataloader_idx == 1:  # the DataModule's cross-view batches: only the motion-gap protocol
+            gap = self.conditioning_losses(batch, CROSS_VIEW_BATCH_OFFSET + batch_idx)
+            if gap is not None:
+                self._cross_gap_sums = gap if self._cross_gap_sums is None else self._cross_gap_sums + gap
+            return None
         out = self._losses(batch, self._generator(offset=1 + batch_idx))
         b = batch["driving"].shape[0]
         for key in ("loss_diffusion", "loss_geo", "mpjpe_geo"):
             if key in out:
-                self.log(f"val/{key}", out[key], batch_size=b, sync_dist=True)
+                self.log(f"val/{key}", out[key], batch_size=b, sync_dist=True, add_dataloader_idx=False)
         gap = self.conditioning_losses(batch, batch_idx)
         if gap is not None:
             self._gap_sums = gap if self._gap_sums is None else self._gap_sums + gap
@@ -571,22 +585,40 @@ class ThreeDiMoModule(LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._gap_sums = None
+        self._cross_gap_sums = None
 
     def on_validation_epoch_end(self) -> None:
-        """``val/motion_gap`` from the epoch's summed fixed-grid losses (ratio of means, all ranks)."""
+        """``val/motion_gap`` from the epoch's summed fixed-grid losses (ratio of means, all ranks), and
+        ``val/cross_view_motion_gap`` from the cross-view batches when the DataModule has them."""
 
-        sums = self._gap_sums if self._gap_sums is not None else torch.zeros(4, device=self.device)
+        self._log_gap(self._gap_sums, "val/")
+        self._log_gap(self._cross_gap_sums, "val/cross_view_")
+        self._gap_sums = self._cross_gap_sums = None
+
+    def _log_gap(self, sums: torch.Tensor | None, prefix: str) -> None:
+        # every rank takes part in the reduction, also one that saw no sample with a partner
+        if sums is None and prefix == "val/cross_view_" and not self._has_cross_view_loader():
+            return
+        sums = sums if sums is not None else torch.zeros(4, device=self.device)
         if self._trainer is not None and self.trainer.world_size > 1:
             sums = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum")
-        self._gap_sums = None
         if float(sums[3]) == 0:
             return
         own, swapped, none = (sums[:3] / sums[3]).tolist()
-        self.log("val/loss_own_motion", own, sync_dist=False, rank_zero_only=True)
-        self.log("val/loss_other_motion", swapped, sync_dist=False, rank_zero_only=True)
-        self.log("val/loss_no_motion", none, sync_dist=False, rank_zero_only=True)
-        self.log("val/motion_gap", float(relative_gap(own, swapped)), prog_bar=True, rank_zero_only=True)
-        self.log("val/no_motion_gap", float(relative_gap(own, none)), rank_zero_only=True)
+        self.log(f"{prefix}loss_own_motion", own, sync_dist=False, rank_zero_only=True)
+        self.log(f"{prefix}loss_other_motion", swapped, sync_dist=False, rank_zero_only=True)
+        self.log(f"{prefix}loss_no_motion", none, sync_dist=False, rank_zero_only=True)
+        self.log(
+            f"{prefix}motion_gap",
+            float(relative_gap(own, swapped)),
+            prog_bar=prefix == "val/",
+            rank_zero_only=True,
+        )
+        self.log(f"{prefix}no_motion_gap", float(relative_gap(own, none)), rank_zero_only=True)
+
+    def _has_cross_view_loader(self) -> bool:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return bool(getattr(dm, "val_cross_view_batches", 0))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self._losses(batch, self._generator(offset=1 + batch_idx))
@@ -610,7 +642,11 @@ class ThreeDiMoModule(LightningModule):
         g, r = generated.float().clamp(-1, 1), target.float()
         for metric in metrics.values():
             metric.update(g, r)
-        self.log_dict({f"{split}/{k}{suffix}": m for k, m in metrics.items()}, batch_size=g.shape[0])
+        self.log_dict(
+            {f"{split}/{k}{suffix}": m for k, m in metrics.items()},
+            batch_size=g.shape[0],
+            add_dataloader_idx=False,
+        )
 
     # -- sampling -------------------------------------------------------------------------------
     @torch.no_grad()
