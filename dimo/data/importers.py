@@ -141,14 +141,18 @@ class VLMCaptioner:
                 "Qwen2.5-VL-7B-Instruct with config.json and weights; nothing is downloaded)"
             )
         if not (folder / "config.json").is_file():
-            raise ImportError_(f"captioner folder {folder} has no config.json: not a transformers model folder")
+            raise ImportError_(
+                f"captioner folder {folder} has no config.json: not a transformers model folder"
+            )
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         try:
             self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
             self.model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True).eval()
         except (OSError, ValueError, KeyError) as err:
-            raise ImportError_(f"captioner folder {folder} could not be loaded by transformers: {err}") from None
+            raise ImportError_(
+                f"captioner folder {folder} could not be loaded by transformers: {err}"
+            ) from None
         self.num_frames, self.max_new_tokens = num_frames, max_new_tokens
 
     def __call__(self, video: Path, num_frames: int) -> str:
@@ -158,12 +162,16 @@ class VLMCaptioner:
 
         idx = np.unique(np.linspace(0, num_frames - 1, min(self.num_frames, num_frames)).round().astype(int))
         frames = read_frames(video, idx.tolist())  # (N, H, W, 3) uint8
-        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}]
+        messages = [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}
+        ]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
         inputs = self.processor(text=[text], videos=[list(frames)], return_tensors="pt")
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        answer = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+        answer = self.processor.batch_decode(
+            out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )[0]
         return clean_prompt(answer)
 
 
@@ -215,7 +223,9 @@ def import_videos(
             continue
         seen.add(clip_id)
         try:
-            rec, notes = _import_one_video(video, out, clip_id, prompt_default, captioner, labels, model_dir, fix)
+            rec, notes = _import_one_video(
+                video, out, clip_id, prompt_default, captioner, labels, model_dir, fix
+            )
         except (VideoError, EstimatorError, KeypointError, ImportError_, OSError) as err:
             report.skipped.append((str(rel), str(err)))
             log(f"skipped {rel}: {err}")
@@ -330,7 +340,7 @@ def _rig_center(Rs, ts) -> np.ndarray:
 
 
 def _static_prompts(cams: dict[str, dict], joints: np.ndarray | None) -> dict[str, str]:
-    """"<view>. The camera remains static." per camera, the view named around the subject."""
+    """ "<view>. The camera remains static." per camera, the view named around the subject."""
 
     import torch
 
@@ -421,7 +431,12 @@ def import_multiview(
             seq,
             out,
             _clip_id(seq.relative_to(src)) if seq != src else _clip_id(Path(src.name)),
-            convention, source, fps, labels, model_dir, fix,
+            convention,
+            source,
+            fps,
+            labels,
+            model_dir,
+            fix,
         ),  # fmt: skip
         (VideoError, EstimatorError, ImportError_, OSError, ValueError),
         log,
@@ -442,7 +457,7 @@ def _import_capture(seq, out, clip_id, convention, source, fps, labels, model_di
     conv = convention or spec.get("convention")
     if conv not in ("world_to_camera", "camera_to_world"):
         raise ImportError_(
-            f"{seq / 'cameras.json'}: declare \"convention\": \"world_to_camera\" or \"camera_to_world\" "
+            f'{seq / "cameras.json"}: declare "convention": "world_to_camera" or "camera_to_world" '
             "(or pass --convention)"
         )
     units = spec.get("units", "m")
@@ -476,14 +491,16 @@ def _write_capture(seq, out, clip_id, cams, source, fps, labels, model_dir, fix,
             continue
         if m.is_dir():
             if not fps:
-                raise ImportError_(f"{m}: image folders need a frame rate (\"fps\" in cameras.json or --fps)")
+                raise ImportError_(f'{m}: image folders need a frame rate ("fps" in cameras.json or --fps)')
             placed = _frames_from_images(m, clip_dir / f"view_{i:02d}.mp4", float(fps))
             facts = inspect_video(placed)
         else:
             placed, facts, vnotes = _place_video(m, clip_dir / f"view_{i:02d}", fix)
             notes += [f"camera {name}: {n}" for n in vnotes]
         if cam["dist"].size and np.abs(cam["dist"]).max() > 1e-6:
-            notes.append(f"camera {name}: lens distortion {cam['dist'].round(4).tolist()} ignored (pinhole model)")
+            notes.append(
+                f"camera {name}: lens distortion {cam['dist'].round(4).tolist()} ignored (pinhole model)"
+            )
         K = cam["K"]
         if "image_scale" in cam:
             K = K.copy()
@@ -528,7 +545,7 @@ def _write_capture(seq, out, clip_id, cams, source, fps, labels, model_dir, fix,
             v["camera_prompt"] = " ".join(p.split())
         elif _moves(cams[v["name"]], T):
             raise ImportError_(
-                f"{seq}: camera {v['name']} moves; give its prompt (\"<view>. The camera <motion>.\") in "
+                f'{seq}: camera {v["name"]} moves; give its prompt ("<view>. The camera <motion>.") in '
                 "prompts.json (dimo names static cameras only)"
             )
         else:
@@ -554,7 +571,9 @@ def _camera_scale(path: Path) -> float:
         value = restricted_pickle_load(path)
         value = float(np.asarray(value).reshape(-1)[0])
     except Exception as err:  # noqa: BLE001 - refused globals, corrupt pickles
-        raise ImportError_(f"{path}: cannot read the camera scale safely ({err}); pass --camera-scale") from None
+        raise ImportError_(
+            f"{path}: cannot read the camera scale safely ({err}); pass --camera-scale"
+        ) from None
     if not (math.isfinite(value) and value > 0):
         raise ImportError_(f"{path}: camera scale must be a positive number, got {value}")
     return value
@@ -648,7 +667,10 @@ def _import_mvh(seq, out, clip_id, image_dir, image_scale, fps, camera_scale, ma
         m = re.match(r"(\d+)", p.name)
         return int(m.group(1)) if m else None
 
-    per_cam = {n: {frame_no(p): p for p in (images / n).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES} for n in cams}
+    per_cam = {
+        n: {frame_no(p): p for p in (images / n).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        for n in cams
+    }
     common = sorted(set.intersection(*(set(k for k in d if k is not None) for d in per_cam.values())))
     smpl_dir = seq / "smplx" / "smpl"
     if smpl_dir.is_dir():  # keep the frames that have a fit: fit k <-> image frame (k + 1) * 5
@@ -667,7 +689,9 @@ def _import_mvh(seq, out, clip_id, image_dir, image_scale, fps, camera_scale, ma
         for i, f in enumerate(common):
             target = d / f"{i:06d}{per_cam[n][f].suffix.lower()}"
             if not target.exists():
-                os.link(per_cam[n][f], target) if _same_fs(per_cam[n][f], d) else shutil.copyfile(per_cam[n][f], target)
+                os.link(per_cam[n][f], target) if _same_fs(per_cam[n][f], d) else shutil.copyfile(
+                    per_cam[n][f], target
+                )
         media[n] = d
     motion = None
     if smpl_dir.is_dir() and all(f in fits for f in common):

@@ -221,7 +221,9 @@ def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
         raise RecordError(f"num_frames must be an integer in [1, {MAX_FRAMES}], got {num_frames!r}")
     for key in ("height", "width"):
         value = raw.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1 << 16):
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1 << 16
+        ):
             raise RecordError(f"{key} must be an integer in [1, 65536], got {value!r}")
     views_raw = raw["views"]
     if not isinstance(views_raw, list) or not views_raw:
@@ -297,7 +299,9 @@ def load_manifest(root: str | os.PathLike) -> tuple[list[ClipRecord], list[Probl
             try:
                 line = raw_line.decode("utf-8")
             except UnicodeDecodeError as err:
-                problems.append(Problem(label, "record", f"not UTF-8 text ({err.reason} at byte {err.start})"))
+                problems.append(
+                    Problem(label, "record", f"not UTF-8 text ({err.reason} at byte {err.start})")
+                )
                 continue
             if not line.strip():
                 continue
