@@ -505,3 +505,140 @@ def test_moving_cameras_need_their_prompts(toy_root, tmp_path):
     for mine, theirs in zip(got.views, rec.views):
         np.testing.assert_allclose(mine.R, theirs.R, atol=1e-6)
     assert validate_root(tmp_path / "out2").ok
+
+
+# ---- rendered trajectories (import renders) ------------------------------------------------------
+_GL = np.diag([1.0, -1.0, -1.0])
+
+
+def _renders(toy_root, seq: Path, index: int = 0, *, convention="camera_to_world", units="cm", axes="opengl",
+             fmt="json"):  # fmt: skip
+    """A toy ue5 clip written as a render sequence: per trajectory a video and a per-frame camera file
+    (camera-to-world 4x4 in centimetres with Blender/OpenGL camera axes, or world-to-camera R, t)."""
+
+    rec = [r for r in load_manifest(toy_root)[0] if r.source == "ue5"][index]
+    scale = {"m": 1.0, "cm": 100.0, "mm": 1000.0}[units]
+    (seq / "videos").mkdir(parents=True)
+    (seq / "cameras").mkdir()
+    for v in rec.views:
+        K, R, t = (np.array(a) for a in v.cameras(rec.num_frames))
+        if axes == "opengl":
+            R, t = _GL @ R, t @ _GL
+        if convention == "camera_to_world":
+            M = np.tile(np.eye(4), (rec.num_frames, 1, 1))
+            M[:, :3, :3] = np.swapaxes(R, 1, 2)
+            M[:, :3, 3] = -np.einsum("tji,tj->ti", R, t) * scale
+            cam = {"frames": [{"transform_matrix": m.tolist(), "K": k.tolist()} for m, k in zip(M, K)]}
+        else:
+            cam = {"K": K.tolist(), "R": R.tolist(), "t": (t * scale).tolist()}
+        if fmt == "npz":
+            np.savez(seq / "cameras" / f"{v.name}.npz", **{k: np.asarray(x) for k, x in cam.items()})
+        else:
+            (seq / "cameras" / f"{v.name}.json").write_text(json.dumps(cam))
+        shutil.copy(rec.path(v.video), seq / "videos" / f"{v.name}.mp4")
+    motion = load_motion(rec)
+    np.savez(seq / "motion.npz", **{k: motion[k] for k in ("global_orient", "body_pose", "hand_pose", "transl",
+                                                           "rest_joints", "joints")})  # fmt: skip
+    meta = {"fps": rec.fps, "convention": convention, "units": units, "camera_axes": axes,
+            "subject": [0.0, 0.9 * scale, 0.0], "facing": [0.0, 0.0, 1.0], "caption": "a toy person"}  # fmt: skip
+    (seq / "metadata.json").write_text(json.dumps(meta))
+    return rec
+
+
+def test_import_renders_writes_ue5_clips_with_prompts_from_the_trajectories(toy_root, tmp_path):
+    from dimo.cli import main
+    from dimo.data.datamodule import ViewRichDataModule
+
+    src = tmp_path / "renders"
+    toy = {
+        "shot_a": _renders(toy_root, src / "shot_a", 0),
+        "shot_b": _renders(
+            toy_root, src / "shot_b", 1, convention="world_to_camera", units="m", axes="opencv", fmt="npz"
+        ),  # fmt: skip
+    }
+    for seq in toy:  # the prompts must come from the camera paths, not from anything the sequence says
+        assert not (src / seq / "prompts.json").exists()
+    assert main_code(main, ["data", "import", "renders", str(src), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "import_report.json").read_text())
+    assert report["clips"] == ["shot_a", "shot_b"] and report["skipped"] == []
+    assert validate_root(tmp_path / "out").ok
+    records, problems = load_manifest(tmp_path / "out")
+    assert problems == []
+    for rec in records:
+        theirs = toy[rec.id]
+        assert rec.source == "ue5" and rec.num_frames == theirs.num_frames and rec.caption == "a toy person"
+        assert [v.name for v in rec.views] == sorted(v.name for v in theirs.views)
+        by_name = {v.name: v for v in theirs.views}
+        for mine in rec.views:
+            K, R, t = mine.cameras(rec.num_frames)
+            K0, R0, t0 = by_name[mine.name].cameras(rec.num_frames)
+            np.testing.assert_allclose(R, R0, atol=1e-5)
+            np.testing.assert_allclose(t, t0, atol=1e-4)  # cm -> m, camera-to-world inverted, GL axes
+            np.testing.assert_allclose(K, K0, atol=1e-4)
+            # the prompt computed from the path equals the generator's prompt for that path
+            assert mine.camera_prompt == by_name[mine.name].camera_prompt, (rec.id, mine.name)
+        motion = load_motion(rec)
+        assert rec.motion.body == rec.motion.hands == rec.motion.joints3d == "gt"
+        np.testing.assert_allclose(motion["joints"], load_motion(theirs)["joints"], atol=1e-6)
+    prompts = {f"{v.camera_prompt} a toy person" for r in records for v in r.views}
+    dm = ViewRichDataModule(root=tmp_path / "out", task="3dimo", weights={"ue5": 1.0}, cross_view=1.0,
+                            num_frames=4, height=32, width=32, batch_size=2)  # fmt: skip
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    assert batch["target"].shape == (2, 4, 3, 32, 32) and dm.skipped_draws == 0
+    assert set(batch["task"]) == {"cross_view"} and set(batch["source"]) == {"ue5"}
+    assert not torch.equal(batch["driving"], batch["target"]) and set(batch["prompt"]) <= prompts
+
+
+def _break(seq: Path, how: str) -> str:
+    """Break one thing in a render sequence (world-to-camera, metres, JSON) -> the phrase the report must say."""
+
+    first = sorted((seq / "cameras").iterdir())[0]
+    cam = json.loads(first.read_text())
+    if how == "missing_camera_file":
+        first.unlink()
+        return "no camera file"
+    if how == "frame_count":
+        cam["R"], cam["t"] = cam["R"][:-1], cam["t"][:-1]
+        phrase = "frame-count mismatch"
+    elif how == "not_a_rotation":
+        cam["R"] = (np.asarray(cam["R"]) * 1.5).tolist()
+        phrase = "not a rotation matrix"
+    elif how == "focal":
+        K = np.asarray(cam["K"])
+        K[..., 0, 0] = 0.0
+        cam["K"] = K.tolist()
+        phrase = "focal lengths"
+    elif how == "non_finite":
+        cam["t"][3][0] = float("nan")
+        phrase = "non-finite"
+    else:  # camera-to-world matrices declared world-to-camera
+        R, t = np.asarray(cam["R"]), np.asarray(cam["t"])
+        for f in sorted((seq / "cameras").iterdir()):
+            c = json.loads(f.read_text())
+            R, t = np.asarray(c["R"]), np.asarray(c["t"])
+            c["R"], c["t"] = np.swapaxes(R, 1, 2).tolist(), (-np.einsum("tji,tj->ti", R, t)).tolist()
+            f.write_text(json.dumps(c))
+        return "look camera-to-world"
+    first.write_text(json.dumps(cam))
+    return phrase
+
+
+@pytest.mark.parametrize(
+    "how", ["missing_camera_file", "frame_count", "not_a_rotation", "focal", "non_finite", "camera_to_world"]
+)
+def test_import_renders_rejects_bad_cameras_naming_the_sequence(toy_root, tmp_path, how):
+    from dimo.data.importers import import_renders
+
+    _renders(toy_root, tmp_path / "src" / "good", 0, convention="world_to_camera", units="m", axes="opencv")
+    _renders(toy_root, tmp_path / "src" / "shot7", 1, convention="world_to_camera", units="m", axes="opencv")
+    phrase = _break(tmp_path / "src" / "shot7", how)
+    report = import_renders(tmp_path / "src", tmp_path / "out")
+    assert [r.id for r in report.records] in (["good"], ["good", "shot7"])
+    bad = [(label, why) for label, why in report.skipped if "shot7" in label]
+    assert bad and all(why.startswith("sequence shot7: ") for _, why in bad), report.skipped
+    assert any(phrase in why for _, why in bad), bad
+    if how != "camera_to_world":  # a trajectory-level finding names its file
+        assert any("/shot7/cameras/" in label or "/shot7/videos/" in label for label, _ in bad)
+    for line in json.loads((tmp_path / "out" / "import_report.json").read_text())["skipped"]:
+        assert "\n" not in line["reason"]
+    assert validate_root(tmp_path / "out").ok

@@ -136,3 +136,30 @@ def test_bad_arguments_are_clear():
         cam.make_trajectory("spin", 4)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="num_frames"):
         cam.make_trajectory("static", 0)
+
+
+def test_trajectory_prompt_inverts_make_trajectory():
+    """The importer's prompt from a per-frame camera path equals the generator's prompt for that path."""
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for kind in cam.TRAJECTORY_KINDS:
+        for i in range(12):
+            degrees = {
+                "orbit": rng.uniform(60, 360),
+                "arc": rng.uniform(5, 45),
+                "pan": rng.uniform(4, 60),
+            }.get(kind)
+            traj = cam.make_trajectory(
+                kind, int(rng.integers(2, 30)), radius=float(rng.uniform(1.5, 5)),
+                azimuth=float(rng.uniform(-180, 180)), elevation=float(rng.uniform(-10, 40)), degrees=degrees,
+                direction=str(rng.choice(["left", "right"])), seed=i,
+            )  # fmt: skip
+            assert cam.trajectory_prompt(traj.K, traj.R, traj.t) == traj.prompt, (kind, i)
+    # a truck (sideways slide, no turn) is none of the kinds: no prompt is made up
+    eyes = torch.stack([torch.tensor([x, 0.9, 3.0]) for x in torch.linspace(0, 1, 8).tolist()])
+    R, t = cam.look_at(eyes, eyes - torch.tensor([0.0, 0.0, 1.0]))
+    assert cam.describe_trajectory(cam.intrinsics(64, 64).expand(8, 3, 3), R, t) is None
+    with pytest.raises(ValueError, match="none of static"):
+        cam.trajectory_prompt(cam.intrinsics(64, 64), R, t)

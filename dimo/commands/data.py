@@ -4,7 +4,7 @@
   toy-human dataset (skips when ``DIR`` already has a manifest, unless ``--force``);
 * ``validate ROOT [--no-decode]`` checks every record and file, prints a summary table and the
   problems; exit status 1 when there are problems;
-* ``import videos|multiview|mvhumannet SRC --out ROOT`` converts your own data (layouts in
+* ``import videos|multiview|renders|mvhumannet SRC --out ROOT`` converts your own data (layouts in
   ``docs/data.md``), validates every clip it writes and reports what it could not use;
 * ``optimize ROOT --out DIR_OR_URL [--task --num-frames --size ...]`` writes litdata streaming shards
   of decoded sample windows (``dimo.data.shards``) that the DataModule reads with ``shards:``;
@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     imv.add_argument("--source", choices=("multiview", "ue5"), default="multiview")
     imv.add_argument("--fps", type=float, default=None, help="frame rate of image folders")
     imv.add_argument("--model-dir", type=Path, default=None, help="SMPL-X model folder: also write 3D joints")
+    ir = isub.add_parser(
+        "renders", help="rendered trajectories with known per-frame cameras (UE5/Blender) -> ue5 clips"
+    )
+    ir.add_argument("src", type=Path)
+    ir.add_argument("--convention", choices=("world_to_camera", "camera_to_world"), default=None,
+                    help="extrinsics convention (overrides metadata.json)")  # fmt: skip
+    ir.add_argument("--fps", type=float, default=None, help="frame rate of image folders")
+    ir.add_argument("--model-dir", type=Path, default=None, help="SMPL-X model folder: also write 3D joints")
     imh = isub.add_parser("mvhumannet", help="MVHumanNet outfit folders (native layout) -> multiview clips")
     imh.add_argument("src", type=Path)
     imh.add_argument("--image-dir", default="images_lr")
@@ -66,10 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     imh.add_argument("--fps", type=float, default=5.0)
     imh.add_argument("--camera-scale", type=float, default=None, help="instead of camera_scale.pkl")
     imh.add_argument("--max-frames", type=int, default=None)
-    for q in (iv, imv, imh):
+    for q in (iv, imv, ir, imh):
         q.add_argument("--out", type=Path, required=True, help="dataset root to write")
         q.add_argument("--overwrite", action="store_true", help="replace an existing manifest in --out")
-    for q in (iv, imv):
+    for q in (iv, imv, ir):
         q.add_argument("--labels", choices=("pseudo", "gt"), default="pseudo" if q is iv else "gt",
                        help="label flag of imported motion")  # fmt: skip
         q.add_argument("--fix", choices=("auto", "never"), default="auto",
@@ -208,6 +216,11 @@ def _import(args: argparse.Namespace) -> int:
             report = imp.import_multiview(
                 args.src, args.out, convention=args.convention, source=args.source, fps=args.fps,
                 labels=args.labels, model_dir=args.model_dir, fix=args.fix, overwrite=args.overwrite, log=print,
+            )  # fmt: skip
+        elif args.kind == "renders":
+            report = imp.import_renders(
+                args.src, args.out, convention=args.convention, fps=args.fps, labels=args.labels,
+                model_dir=args.model_dir, fix=args.fix, overwrite=args.overwrite, log=print,
             )  # fmt: skip
         else:
             report = imp.import_mvhumannet(

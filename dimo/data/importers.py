@@ -28,7 +28,16 @@ import numpy as np
 
 from dimo.data.estimators import EstimatorError, convert_estimator_motion, read_array_file, save_motion
 from dimo.data.keypoints import KeypointError, read_keypoints, save_keypoints2d
-from dimo.data.manifest import MANIFEST_NAME, ClipRecord, Problem, parse_record, write_manifest
+from dimo.data.manifest import (
+    MANIFEST_NAME,
+    ClipRecord,
+    Problem,
+    RecordError,
+    check_intrinsics,
+    check_rotation,
+    parse_record,
+    write_manifest,
+)
 from dimo.data.video import VideoError, inspect_video, transcode_upright, write_video
 from dimo.safe_io import atomic_path, atomic_write_text
 
@@ -39,6 +48,7 @@ __all__ = [
     "VLMCaptioner",
     "import_multiview",
     "import_mvhumannet",
+    "import_renders",
     "import_videos",
 ]
 
@@ -319,10 +329,20 @@ def _camera_from_json(name: str, cam: dict, convention: str, scale: float) -> di
 
 
 def _rig_up(Rs: list[np.ndarray]) -> np.ndarray:
-    """World 'up' as the cameras see it: minus the mean camera y axis (OpenCV y points down)."""
+    """World 'up' as the cameras see it.
 
-    ys = np.stack([np.asarray(R).reshape(-1, 3, 3)[0, 1] for R in Rs])
-    up = -ys.mean(0)
+    Cameras without roll have a horizontal x axis: when the x axes of all cameras and frames span a
+    plane (cameras facing different ways), up is its normal, signed like minus the mean camera y axis
+    (OpenCV y points down); otherwise up is minus the mean camera y axis.
+    """
+
+    Rall = np.concatenate([np.asarray(R, dtype=np.float64).reshape(-1, 3, 3) for R in Rs])  # (N, 3, 3)
+    up = -Rall[:, 1].mean(0)
+    xs = Rall[:, 0]
+    evals, evecs = np.linalg.eigh(xs.T @ xs / len(xs))  # ascending
+    if evals[1] > 0.05 and evals[0] < 0.01 * evals[1]:  # x axes span a plane (no roll, several headings)
+        normal = evecs[:, 0]
+        up = normal if normal @ up >= 0 else -normal
     return up / max(np.linalg.norm(up), 1e-9)
 
 
@@ -339,6 +359,34 @@ def _rig_center(Rs, ts) -> np.ndarray:
     return np.linalg.lstsq(A, b, rcond=None)[0]
 
 
+def _subject_frame(Rs, ts, joints=None, subject=None, facing=None, up=None) -> tuple[np.ndarray, np.ndarray]:
+    """Where the subject stands and a world frame around it for :func:`view_name` -> (subject (3,), B (3, 3)).
+
+    ``B``'s rows are the axes of a frame with y = up and z = the subject's facing (in world
+    coordinates). Unless given: up is the cameras' mean up, the subject is the pelvis at frame 0 (or
+    where the optical axes meet), facing its hips' forward direction (or the first camera).
+    """
+
+    up = _rig_up(Rs) if up is None else np.asarray(up, dtype=np.float64) / max(np.linalg.norm(up), 1e-9)
+    if subject is None:
+        subject = joints[0, 0] if joints is not None else _rig_center(Rs, ts)
+    subject = np.asarray(subject, dtype=np.float64)
+    if facing is None:
+        if joints is not None:
+            left = joints[0, 1] - joints[0, 2]  # left hip - right hip
+            facing = np.cross(left, up)  # left x up = forward (y up, x = subject left, z forward)
+        else:
+            R0, t0 = np.asarray(Rs[0]).reshape(-1, 3, 3)[0], np.asarray(ts[0]).reshape(-1, 3)[0]
+            facing = -R0.T @ t0 - subject  # facing the first camera
+    facing = np.asarray(facing, dtype=np.float64)
+    facing = facing - up * (facing @ up)
+    # a world frame with y = up for view_name (it assumes y up)
+    y = up
+    z = facing / max(np.linalg.norm(facing), 1e-9)
+    x = np.cross(y, z)
+    return subject, np.stack([x, y, z])  # rows: new axes in old coordinates
+
+
 def _static_prompts(cams: dict[str, dict], joints: np.ndarray | None) -> dict[str, str]:
     """ "<view>. The camera remains static." per camera, the view named around the subject."""
 
@@ -347,22 +395,7 @@ def _static_prompts(cams: dict[str, dict], joints: np.ndarray | None) -> dict[st
     from dimo.geometry.cameras import view_name
 
     names = list(cams)
-    Rs, ts = [cams[n]["R"] for n in names], [cams[n]["t"] for n in names]
-    up = _rig_up(Rs)
-    if joints is not None:
-        subject = joints[0, 0]
-        left = joints[0, 1] - joints[0, 2]  # left hip - right hip
-        facing = np.cross(left, up)  # left x up = forward (y up, x = subject left, z forward)
-    else:
-        subject = _rig_center(Rs, ts)
-        R0, t0 = np.asarray(Rs[0]).reshape(-1, 3, 3)[0], np.asarray(ts[0]).reshape(-1, 3)[0]
-        facing = -R0.T @ t0 - subject  # facing the first camera
-    facing = facing - up * (facing @ up)
-    # a world frame with y = up for view_name (it assumes y up)
-    y = up
-    z = facing / max(np.linalg.norm(facing), 1e-9)
-    x = np.cross(y, z)
-    B = np.stack([x, y, z])  # rows: new axes in old coordinates
+    subject, B = _subject_frame([cams[n]["R"] for n in names], [cams[n]["t"] for n in names], joints)
     out = {}
     for n in names:
         R0, t0 = np.asarray(cams[n]["R"]).reshape(-1, 3, 3)[0], np.asarray(cams[n]["t"]).reshape(-1, 3)[0]
@@ -523,20 +556,9 @@ def _write_capture(seq, out, clip_id, cams, source, fps, labels, model_dir, fix,
     if motion_arrays is None and motion_file is not None:
         motion_arrays = read_array_file(motion_file)
     if motion_arrays is not None:
-        if "joints" in motion_arrays and "body_pose" not in motion_arrays and "poses" not in motion_arrays:
-            j = np.asarray(motion_arrays["joints"], dtype=np.float32)
-            if j.shape != (T, 55, 3):
-                raise EstimatorError(f"joints has shape {j.shape}, expected ({T}, 55, 3)")
-            arrays, flags = {"joints": j}, {"body": "missing", "hands": "missing", "joints3d": labels}
-        else:
-            conv = convert_estimator_motion(motion_arrays, T, sizes[0], labels, model_dir)
-            if conv.K is not None:
-                raise EstimatorError("a multi-view motion must be in world coordinates (no focal length)")
-            arrays, flags = conv.arrays, {"body": conv.body, "hands": conv.hands, "joints3d": conv.joints3d}
-            notes += [f"motion: {n}" for n in conv.notes]
-        save_motion(clip_dir / "motion.npz", arrays)
-        record["motion"] = {"file": f"clips/{clip_id}/motion.npz", **flags}
-        joints = arrays.get("joints")
+        record["motion"], joints = _world_motion(
+            motion_arrays, T, sizes[0], labels, model_dir, out, clip_id, notes
+        )
     names = [v["name"] for v in views]
     auto = _static_prompts({n: cams[n] for n in names}, joints)
     for v in views:
@@ -553,6 +575,36 @@ def _write_capture(seq, out, clip_id, cams, source, fps, labels, model_dir, fix,
     return parse_record(record, out), notes
 
 
+def _world_motion(motion_arrays, T, size, labels, model_dir, out, clip_id, notes):
+    """World-coordinate motion arrays -> ``clips/<id>/motion.npz`` -> (record's motion entry, joints or None).
+
+    Joints alone are kept as 3D joints; SMPL-X parameters are converted (:mod:`dimo.data.estimators`),
+    and joints given beside them (``joints (T, 55, 3)``, optional ``rest_joints (55, 3)``) are kept
+    when no model folder computes them (validation then checks them against the parameters' FK).
+    """
+
+    given = motion_arrays.get("joints")
+    if given is not None:
+        given = np.asarray(given, dtype=np.float32)
+        if given.shape != (T, 55, 3):
+            raise EstimatorError(f"joints has shape {given.shape}, expected ({T}, 55, 3)")
+    if given is not None and "body_pose" not in motion_arrays and "poses" not in motion_arrays:
+        arrays, flags = {"joints": given}, {"body": "missing", "hands": "missing", "joints3d": labels}
+    else:
+        conv = convert_estimator_motion(motion_arrays, T, size, labels, model_dir)
+        if conv.K is not None:
+            raise EstimatorError("a multi-view motion must be in world coordinates (no focal length)")
+        arrays, flags = conv.arrays, {"body": conv.body, "hands": conv.hands, "joints3d": conv.joints3d}
+        notes += [f"motion: {n}" for n in conv.notes]
+        if given is not None and "joints" not in arrays:
+            arrays["joints"], flags["joints3d"] = given, labels
+            rest = motion_arrays.get("rest_joints")
+            if rest is not None and np.shape(rest) == (55, 3):
+                arrays["rest_joints"] = np.asarray(rest, dtype=np.float32)
+    save_motion(out / "clips" / clip_id / "motion.npz", arrays)
+    return {"file": f"clips/{clip_id}/motion.npz", **flags}, arrays.get("joints")
+
+
 def _moves(cam: dict, T: int, tol_m: float = 1e-3, tol_deg: float = 0.1) -> bool:
     """Whether a camera's per-frame extrinsics change over the clip's first ``T`` frames."""
 
@@ -561,6 +613,279 @@ def _moves(cam: dict, T: int, tol_m: float = 1e-3, tol_deg: float = 0.1) -> bool
     centres = -np.einsum("tji,tj->ti", R, t)  # -R^T t
     cos = np.clip((np.einsum("tij,ij->t", R, R[0]) - 1) / 2, -1, 1)  # trace(R_t R_0^T)
     return bool(np.abs(centres - centres[0]).max() > tol_m or np.degrees(np.arccos(cos)).max() > tol_deg)
+
+
+# ---- rendered trajectories (UE5 / Blender) --------------------------------------------------------
+CAMERA_AXES = ("opencv", "opengl")  # opengl: Blender / OpenGL cameras (x right, y up, looking down -z)
+_GL_TO_CV = np.diag([1.0, -1.0, -1.0])
+
+
+def import_renders(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    convention: Literal["world_to_camera", "camera_to_world"] | None = None,
+    fps: float | None = None,
+    labels: str = "gt",
+    model_dir: str | os.PathLike | None = None,
+    fix: FixMode = "auto",
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+) -> ImportReport:
+    """Rendered trajectories with known per-frame cameras (``docs/data.md``, "renders") -> ``ue5`` clips.
+
+    One clip per sequence folder (``metadata.json``), one view per trajectory with its per-frame
+    ``K``, ``R``, ``t`` and a camera prompt computed from the path
+    (:func:`dimo.geometry.cameras.trajectory_prompt`). A trajectory that cannot be used (no camera
+    file, no media, a frame-count mismatch, non-finite values, a non-positive focal length, a
+    non-rotation ``R``, a path of no known kind) is reported by file and left out; a sequence with
+    fewer than 2 usable trajectories, or whose subject is behind a camera, is reported as a whole.
+    ``convention`` overrides the one declared in ``metadata.json``.
+    """
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise ImportError_(f"render folder {src} does not exist")
+    seqs = _sequence_dirs(src, "metadata.json")
+    if not seqs:
+        raise ImportError_(f"no metadata.json in {src} or its subfolders (layout: docs/data.md, renders)")
+    _prepare_out(out, overwrite)
+    report = ImportReport(out)
+    for seq in seqs:
+        clip_id = _clip_id(seq.relative_to(src)) if seq != src else _clip_id(Path(src.name))
+
+        def skip(path: Path, why: str, seq=seq) -> None:
+            report.skipped.append((str(path), f"sequence {seq.name}: {why}"))
+            log(f"skipped {path}: {why}")
+
+        try:
+            rec, notes = _import_render(seq, out, clip_id, convention, fps, labels, model_dir, fix, skip)
+        except (VideoError, EstimatorError, ImportError_, OSError, ValueError) as err:
+            skip(seq, str(err))
+            shutil.rmtree(out / "clips" / clip_id, ignore_errors=True)
+            continue
+        _accept(report, rec, notes, str(seq), log)
+    report.write()
+    return report
+
+
+def _trajectory_names(seq: Path) -> list[str]:
+    names = set()
+    if (seq / "videos").is_dir():
+        names |= {p.stem for p in (seq / "videos").iterdir() if p.suffix.lower() in VIDEO_SUFFIXES}
+    if (seq / "images").is_dir():
+        names |= {p.name for p in (seq / "images").iterdir() if p.is_dir()}
+    if (seq / "cameras").is_dir():
+        names |= {p.stem for p in (seq / "cameras").iterdir() if p.suffix in (".json", ".npz")}
+    return sorted(names)
+
+
+def _read_trajectory_camera(path: Path, convention, scale: float, axes: str, size: tuple[int, int]) -> dict:
+    """A per-trajectory camera file -> world-to-camera OpenCV ``K (T|1, 3, 3)``, ``R (T, 3, 3)``, ``t (T, 3)``
+    in metres. Raises :class:`ImportError_` naming the file."""
+
+    if path.suffix == ".npz":
+        try:
+            raw: dict[str, Any] = read_array_file(path)
+        except EstimatorError as err:
+            raise ImportError_(str(err)) from None
+    else:
+        raw = _load_json(path)
+        if not isinstance(raw, dict):
+            raise ImportError_(f"{path}: must be a JSON object")
+    conv = convention or raw.get("convention")
+    conv = str(conv) if isinstance(conv, np.ndarray) and conv.ndim == 0 else conv  # an .npz string
+    if conv not in ("world_to_camera", "camera_to_world"):
+        raise ImportError_(
+            f'{path}: no convention: declare "convention" in metadata.json (or pass --convention)'
+        )
+    cam: dict[str, Any] = {}
+    frames = raw.get("frames")
+    try:
+        if isinstance(frames, list) and frames:  # NeRF/Blender style: one entry per frame
+            key = next((k for k in ("transform_matrix", "matrix", "RT") if k in frames[0]), None)
+            if key is not None:
+                cam["RT"] = [f[key] for f in frames]
+            else:
+                cam["R"], cam["t"] = [f["R"] for f in frames], [f["t"] for f in frames]
+            if "K" in frames[0]:
+                cam["K"] = [f["K"] for f in frames]
+        else:
+            for key in ("R", "t", "RT", "matrix", "transform_matrix"):
+                if key in raw:
+                    cam["RT" if key == "transform_matrix" else key] = raw[key]
+        if "K" not in cam:
+            H, W = size
+            if "K" in raw:
+                cam["K"] = raw["K"]
+            elif "fl_x" in raw:
+                fx = float(raw["fl_x"])
+                cam["K"] = [[fx, 0, float(raw.get("cx", W / 2))], [0, float(raw.get("fl_y", fx)), float(raw.get("cy", H / 2))],
+                            [0, 0, 1]]  # fmt: skip
+            elif "camera_angle_x" in raw:  # horizontal field of view, radians (NeRF / Blender)
+                fx = 0.5 * W / math.tan(float(raw["camera_angle_x"]) / 2)
+                cam["K"] = [[fx, 0, W / 2], [0, fx, H / 2], [0, 0, 1]]
+        if "K" not in cam or not ({"R", "t"} <= cam.keys() or "RT" in cam or "matrix" in cam):
+            raise ImportError_(
+                f"{path}: needs intrinsics (K, fl_x/fl_y/cx/cy or camera_angle_x) and per-frame extrinsics "
+                "(R + t, matrix, or frames[].transform_matrix)"
+            )
+        c = _camera_from_json(path.name, cam, conv, scale)
+    except ImportError_ as err:
+        raise ImportError_(f"{path}: {err}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as err:
+        raise ImportError_(f"{path}: malformed camera ({type(err).__name__}: {err})") from None
+    K, R, t = c["K"], c["R"].reshape(-1, 3, 3), c["t"].reshape(-1, 3)
+    if K.shape[-2:] != (3, 3) or K.ndim not in (2, 3):
+        raise ImportError_(f"{path}: K must be 3x3 or per frame Tx3x3, got {K.shape}")
+    if axes == "opengl":  # camera axes x right, y up, z backward -> OpenCV's y down, z forward
+        R, t = _GL_TO_CV @ R, t @ _GL_TO_CV
+    try:
+        check_intrinsics(K.tolist(), f"{path}: K")
+        check_rotation(R.tolist(), f"{path}: R")
+    except RecordError as err:
+        raise ImportError_(str(err)) from None
+    return {"K": K, "R": R, "t": t}
+
+
+def _canonical_path(cam: dict, subject: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World-to-camera R, t in the frame of :func:`_subject_frame` (subject at the origin, y up)."""
+
+    R = cam["R"] @ B.T  # X_cam = R X_world + t = (R B^T)(B (X_world - s)) + (t + R s)
+    t = cam["t"] + np.einsum("tij,j->ti", cam["R"], subject)
+    return R, t
+
+
+def _import_render(seq, out, clip_id, convention, fps, labels, model_dir, fix, skip):
+    meta = _load_json(seq / "metadata.json")
+    if not isinstance(meta, dict):
+        raise ImportError_(f"{seq / 'metadata.json'}: must be a JSON object")
+    conv = convention or meta.get("convention")
+    units = meta.get("units", "m")
+    if units not in UNITS:
+        raise ImportError_(f"{seq / 'metadata.json'}: units must be one of {sorted(UNITS)}, got {units!r}")
+    axes = meta.get("camera_axes", "opencv")
+    if axes not in CAMERA_AXES:
+        raise ImportError_(f"{seq / 'metadata.json'}: camera_axes must be one of {CAMERA_AXES}, got {axes!r}")
+    fps = fps or meta.get("fps")
+    prompts = meta.get("prompts") or {}
+    names = _trajectory_names(seq)
+    if not names:
+        raise ImportError_(
+            f"{seq}: no trajectories (videos/<name>.mp4 or images/<name>/ with cameras/<name>.json)"
+        )
+    clip_dir = out / "clips" / clip_id
+    notes: list[str] = []
+    trajs: dict[str, dict] = {}
+    for i, name in enumerate(names):
+        media = _first(seq / "videos", tuple(name + s for s in VIDEO_SUFFIXES)) or _dir_or_none(
+            seq / "images" / name
+        )
+        camfile = _first(seq / "cameras", (f"{name}.json", f"{name}.npz"))
+        if media is None:
+            skip(camfile, f"trajectory {name}: no video videos/{name}.mp4 or image folder images/{name}/")
+            continue
+        if camfile is None:
+            skip(media, f"trajectory {name}: no camera file cameras/{name}.json or cameras/{name}.npz")
+            continue
+        placed = None
+        try:
+            if media.is_dir():
+                if not fps:
+                    raise ImportError_(
+                        f'{media}: image folders need a frame rate ("fps" in metadata.json or --fps)'
+                    )
+                placed = _frames_from_images(media, clip_dir / f"view_{i:02d}.mp4", float(fps))
+                facts, vnotes = inspect_video(placed), []
+            else:
+                placed, facts, vnotes = _place_video(media, clip_dir / f"view_{i:02d}", fix)
+            cam = _read_trajectory_camera(camfile, conv, UNITS[units], axes, (facts.height, facts.width))
+            n_R, n_K = len(cam["R"]), len(cam["K"]) if cam["K"].ndim == 3 else 1
+            for what, n in (("extrinsics", n_R), ("intrinsics", n_K)):
+                if n not in (1, facts.num_frames):
+                    raise ImportError_(f"{camfile}: frame-count mismatch: {n} frames of {what}, "
+                                       f"{facts.num_frames} frames in {media.name}")  # fmt: skip
+        except (VideoError, ImportError_, OSError) as err:
+            if placed is not None:
+                placed.unlink(missing_ok=True)
+            skip(camfile if str(camfile) in str(err) else media, f"trajectory {name}: {err}")
+            continue
+        notes += [f"trajectory {name}: {n}" for n in vnotes]
+        trajs[name] = {**cam, "placed": placed, "facts": facts, "camfile": camfile, "media": media}
+    counts = [tr["facts"].num_frames for tr in trajs.values()]
+    sizes = {(tr["facts"].height, tr["facts"].width) for tr in trajs.values()}
+    if len(sizes) > 1:
+        raise ImportError_(
+            f"{seq}: trajectories differ in size {sorted(sizes)}; dimo needs one size per clip"
+        )
+    if counts:
+        T = max(set(counts), key=lambda n: (counts.count(n), n))  # the most common frame count
+        for name in [n for n, tr in trajs.items() if tr["facts"].num_frames != T]:
+            tr = trajs.pop(name)
+            tr["placed"].unlink(missing_ok=True)
+            skip(tr["media"], f"trajectory {name}: frame-count mismatch: "
+                 f"{tr['facts'].num_frames} frames, the sequence's other trajectories have {T}")  # fmt: skip
+    if len(trajs) < 2:
+        raise ImportError_(f"fewer than 2 usable trajectories ({len(trajs)}); ue5 clips need 2 or more")
+    H, W = next(iter(sizes))
+    for tr in trajs.values():  # static cameras given once: one pose for every frame
+        tr["R"], tr["t"] = np.broadcast_to(tr["R"], (T, 3, 3)), np.broadcast_to(tr["t"], (T, 3))
+    rate = float(fps or next(iter(trajs.values()))["facts"].fps)
+    record: dict[str, Any] = {
+        "id": clip_id,
+        "source": "ue5",
+        "fps": rate,
+        "num_frames": T,
+        "height": H,
+        "width": W,
+    }
+    if isinstance(meta.get("caption"), str) and meta["caption"].strip():
+        record["caption"] = " ".join(meta["caption"].split())
+    motion_file = _first(seq, ("motion.npz", "motion.json", "smplx.npz", "smplx.json"))
+    joints = None
+    if motion_file is not None:
+        record["motion"], joints = _world_motion(read_array_file(motion_file), T, (H, W), labels, model_dir, out,
+                                                 clip_id, notes)  # fmt: skip
+    scale = UNITS[units]
+    subject = (
+        np.asarray(meta["subject"], dtype=np.float64) * scale if meta.get("subject") is not None else None
+    )
+    # the subject in front of every camera: a camera-to-world path declared world-to-camera fails here
+    probe_point = joints[:, 0] if joints is not None else subject
+    views_tmp = [{"video": "x", "K": tr["K"].tolist(), "R": tr["R"].tolist(), "t": tr["t"].tolist(), "name": n}
+                 for n, tr in trajs.items()]  # fmt: skip
+    if probe_point is not None:
+        from dimo.data.validate import subject_view_problems
+
+        problems = subject_view_problems(
+            parse_record({**record, "views": views_tmp, "motion": None}), probe_point
+        )
+        if problems:
+            raise ImportError_(f"{seq}: " + "; ".join(p.reason for p in problems))
+    subject, B = _subject_frame([tr["R"] for tr in trajs.values()], [tr["t"] for tr in trajs.values()], joints,
+                                subject, meta.get("facing"), meta.get("up"))  # fmt: skip
+    from dimo.geometry.cameras import trajectory_prompt
+
+    views = []
+    for name, tr in list(trajs.items()):
+        given = prompts.get(name) if isinstance(prompts, dict) else None
+        if isinstance(given, str) and given.strip():
+            prompt = " ".join(given.split())
+            notes.append(f"trajectory {name}: camera prompt from metadata.json")
+        else:
+            R, t = _canonical_path(tr, subject, B)
+            try:
+                prompt = trajectory_prompt(tr["K"], R, t, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0))
+            except ValueError as err:
+                skip(tr["camfile"], f'trajectory {name}: {err}; give its prompt in metadata.json "prompts"')
+                trajs.pop(name)
+                continue
+        views.append({"video": tr["placed"].relative_to(out).as_posix(), "name": name, "camera_prompt": prompt,
+                      "K": tr["K"].tolist(), "R": tr["R"].tolist(), "t": tr["t"].tolist()})  # fmt: skip
+    if len(views) < 2:
+        raise ImportError_(f"fewer than 2 usable trajectories ({len(views)}); ue5 clips need 2 or more")
+    record["views"] = views
+    return parse_record(record, out), notes
 
 
 # ---- MVHumanNet (native layout) -------------------------------------------------------------------

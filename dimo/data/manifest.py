@@ -54,6 +54,8 @@ __all__ = [
     "Problem",
     "RecordError",
     "ViewRecord",
+    "check_intrinsics",
+    "check_rotation",
     "load_manifest",
     "load_motion",
     "parse_record",
@@ -173,7 +175,7 @@ def _check_matrix(value: Any, shape: tuple[int, ...], num_frames: int, what: str
     return arr.tolist()
 
 
-def _check_intrinsics(K: list, what: str) -> None:
+def check_intrinsics(K: list, what: str) -> None:
     k = np.asarray(K, dtype=np.float64).reshape(-1, 3, 3)
     if not ((k[:, 0, 0] > 0).all() and (k[:, 1, 1] > 0).all()):
         raise RecordError(f"{what}: focal lengths K[0][0] and K[1][1] must be > 0")
@@ -181,7 +183,7 @@ def _check_intrinsics(K: list, what: str) -> None:
         raise RecordError(f"{what}: last row must be [0, 0, 1], got {k[0, 2].tolist()}")
 
 
-def _check_rotation(R: list, what: str) -> None:
+def check_rotation(R: list, what: str) -> None:
     r = np.asarray(R, dtype=np.float64).reshape(-1, 3, 3)
     err = np.abs(r @ np.swapaxes(r, -1, -2) - np.eye(3)).max()
     if err > 1e-3 or (np.linalg.det(r) < 0.999).any():
@@ -241,9 +243,9 @@ def parse_record(raw: dict[str, Any], root: Path = Path(".")) -> ClipRecord:
             if v.get(key) is not None:
                 cams[key] = _check_matrix(v[key], shape, num_frames, f"views[{i}].{key}")
         if "K" in cams:
-            _check_intrinsics(cams["K"], f"views[{i}].K")
+            check_intrinsics(cams["K"], f"views[{i}].K")
         if "R" in cams:
-            _check_rotation(cams["R"], f"views[{i}].R")
+            check_rotation(cams["R"], f"views[{i}].R")
         kp = v.get("keypoints2d")
         if kp is not None:
             if not isinstance(kp, str):

@@ -37,7 +37,14 @@ import torch
 from dimo.data.manifest import SOURCES, ClipRecord, MotionError, Problem, load_manifest, load_motion
 from dimo.data.video import VideoError, probe
 
-__all__ = ["FK_TOLERANCE_M", "ValidationReport", "print_report", "validate_record", "validate_root"]
+__all__ = [
+    "FK_TOLERANCE_M",
+    "ValidationReport",
+    "print_report",
+    "subject_view_problems",
+    "validate_record",
+    "validate_root",
+]
 
 FK_TOLERANCE_M = 1e-3
 
@@ -93,12 +100,24 @@ def _check_fk(motion: dict[str, np.ndarray]) -> float | None:
 def _check_subject_in_view(rec: ClipRecord, motion: dict[str, np.ndarray]) -> list[Problem]:
     """The pelvis in front of every calibrated camera (valid frames) and in the image at least once."""
 
-    if "joints" not in motion or rec.height is None or rec.width is None:
+    if "joints" not in motion:
         return []
     valid = motion.get("body_valid", np.ones(rec.num_frames, bool))
+    return subject_view_problems(rec, motion["joints"][:, 0], valid)
+
+
+def subject_view_problems(
+    rec: ClipRecord, pelvis: np.ndarray, valid: np.ndarray | None = None
+) -> list[Problem]:
+    """Findings for a subject point (pelvis, (T, 3) world metres) behind a calibrated camera of ``rec``
+    in a valid frame (with whether inverting the extrinsics would fix it) or never inside its image."""
+
+    if rec.height is None or rec.width is None:
+        return []
+    valid = np.ones(rec.num_frames, bool) if valid is None else np.asarray(valid, bool)
     if not valid.any():
         return []
-    pelvis = motion["joints"][:, 0].astype(np.float64)  # (T, 3)
+    pelvis = np.broadcast_to(np.asarray(pelvis, dtype=np.float64), (rec.num_frames, 3))  # (T, 3)
     out = []
     for i, view in enumerate(rec.views):
         if not view.calibrated:

@@ -32,15 +32,18 @@ from dimo.geometry.rotations import axis_angle_to_matrix
 __all__ = [
     "TRAJECTORY_KINDS",
     "Trajectory",
+    "TrajectoryMotion",
     "TrajectoryKind",
     "camera_centers",
     "camera_prompt",
+    "describe_trajectory",
     "intrinsics",
     "look_at",
     "make_trajectory",
     "motion_phrase",
     "project",
     "relative_rotation",
+    "trajectory_prompt",
     "view_name",
 ]
 
@@ -355,3 +358,122 @@ def make_trajectory(
     K = intrinsics(width, height, focal=focal)
     prompt = camera_prompt(eye0, kind, degrees=degrees, direction=direction, subject=tgt, facing=facing)
     return Trajectory(R=R, t=t, K=K, kind=kind, prompt=prompt, height=height, width=width)
+
+
+# ---- trajectory -> prompt (the inverse of make_trajectory) ------------------------------------------
+@dataclass(frozen=True)
+class TrajectoryMotion:
+    """What a camera path does, in :func:`motion_phrase`'s terms (``degrees`` for orbit/arc/pan)."""
+
+    kind: str
+    degrees: float | None = None
+    direction: Direction = "right"
+
+
+# thresholds of describe_trajectory (documented in docs/data.md, "renders")
+STATIC_TOL = (1e-3, 0.1, 1e-3)  # centre (fraction of the subject distance), rotation (deg), focal ratio
+SMALL_MOVE = (0.02, 3.0, 0.03)  # below all three: handheld shake (centre fraction, rotation deg, focal)
+ORBIT_MIN_DEG = 50.0  # an arc sweeping at least this far is called an orbit
+
+
+def _unwrapped_sweep(angles: torch.Tensor) -> float:
+    """Total signed change of an angle sequence (radians, (T,)), unwrapped frame to frame, in degrees."""
+
+    step = torch.remainder(angles[1:] - angles[:-1] + math.pi, 2 * math.pi) - math.pi
+    return math.degrees(float(step.sum()))
+
+
+def describe_trajectory(
+    K: torch.Tensor,
+    R: torch.Tensor,
+    t: torch.Tensor,
+    subject: torch.Tensor | tuple[float, float, float] = (0.0, 0.9, 0.0),
+) -> TrajectoryMotion | None:
+    """Classify a per-frame camera path (K, R (T, 3, 3), t (T, 3); world y up) as a trajectory kind.
+
+    The inverse of :func:`make_trajectory`, deterministic: with ``d`` the largest move of the camera
+    centre from frame 0 as a fraction of its distance to ``subject``, ``a`` the largest rotation from
+    frame 0, ``z`` the largest focal-length ratio change, and ``h`` the signed, frame-to-frame
+    unwrapped turn of the viewing direction about the up axis (+ = towards +x):
+
+    * nothing changes (``d`` < 0.1 %, ``a`` < 0.1 degree, ``z`` < 0.1 %): ``static``;
+    * the centre stays (``d`` < 2 %) and the focal length changes by >= 3 %: ``zoom_in``/``zoom_out``;
+    * the centre stays and the view turns >= 3 degrees: ``pan`` ``|h|`` degrees, to the right when
+      ``h`` < 0 (the view turns towards the camera's +x);
+    * everything small (``d`` < 2 %, ``a`` < 3 degrees, ``z`` < 3 %): ``handheld``;
+    * the centre moves, the view turns >= 3 degrees and the distance to the subject stays within 10 %:
+      ``arc`` (or ``orbit`` from 50 degrees) ``|h|`` degrees, to the right when ``h`` > 0 (the camera
+      moves towards its own +x);
+    * the centre moves along the line to the subject (within 18 degrees), the view turns < 3 degrees
+      and the distance changes >= 5 %: ``dolly_in``/``dolly_out``;
+    * anything else (a crane, a truck, a combined move): ``None``.
+    """
+
+    K, R, t = (torch.as_tensor(x, dtype=torch.float64) for x in (K, R, t))
+    T = R.shape[0]
+    K = K.expand(T, 3, 3) if K.ndim == 2 else K
+    c = camera_centers(R, t)  # (T, 3)
+    s = torch.as_tensor(subject, dtype=torch.float64)
+    dist = (c - s).norm(dim=-1)  # (T,)
+    scale = max(float(dist[0]), 1e-6)
+    d = float((c - c[0]).norm(dim=-1).max()) / scale
+    cos = ((torch.einsum("tij,ij->t", R, R[0]) - 1) / 2).clamp(-1, 1)  # trace(R_t R_0^T)
+    a = math.degrees(float(torch.arccos(cos).max()))
+    focal = K[:, 0, 0]
+    ratio = focal / focal[0]
+    z = float((ratio - 1).abs().max())
+    view = R[:, 2]  # (T, 3) viewing directions
+    h = _unwrapped_sweep(torch.atan2(view[:, 0], view[:, 2])) if T > 1 else 0.0
+    radial = float(dist[-1] / dist[0]) - 1.0
+    if d < STATIC_TOL[0] and a < STATIC_TOL[1] and z < STATIC_TOL[2]:
+        return TrajectoryMotion("static")
+    if d < SMALL_MOVE[0]:
+        if z >= SMALL_MOVE[2] and a < SMALL_MOVE[1]:
+            return TrajectoryMotion("zoom_in" if float(ratio[-1]) > 1 else "zoom_out")
+        if abs(h) >= SMALL_MOVE[1] and z < SMALL_MOVE[2]:
+            return TrajectoryMotion("pan", abs(h), "right" if h < 0 else "left")
+        if a < SMALL_MOVE[1] and z < SMALL_MOVE[2]:
+            return TrajectoryMotion("handheld")
+        return None
+    if z >= SMALL_MOVE[2]:
+        return None
+    if abs(h) >= SMALL_MOVE[1] and float((dist / dist[0] - 1).abs().max()) < 0.1:
+        kind = "orbit" if abs(h) >= ORBIT_MIN_DEG else "arc"
+        return TrajectoryMotion(kind, abs(h), "right" if h > 0 else "left")
+    move, out = c[-1] - c[0], c[0] - s
+    along = float(move @ out) / max(float(move.norm() * out.norm()), 1e-12)  # cos(move, line to subject)
+    if abs(h) < SMALL_MOVE[1] and abs(radial) >= 0.05 and abs(along) > 0.95:
+        return TrajectoryMotion("dolly_in" if radial < 0 else "dolly_out")
+    return None
+
+
+def trajectory_prompt(
+    K: torch.Tensor,
+    R: torch.Tensor,
+    t: torch.Tensor,
+    subject: torch.Tensor | tuple[float, float, float] = (0.0, 0.9, 0.0),
+    facing: torch.Tensor | tuple[float, float, float] = (0.0, 0.0, 1.0),
+) -> str:
+    """``"<view>. The camera <motion>."`` of a per-frame camera path (world y up): the view named from
+    the first frame's centre (:func:`view_name`), the motion from :func:`describe_trajectory`.
+
+    Raises ``ValueError`` when the path is none of the kinds :func:`describe_trajectory` knows. For
+    every path :func:`make_trajectory` builds, this returns that trajectory's own ``prompt``.
+    """
+
+    R, t = torch.as_tensor(R, dtype=torch.float64), torch.as_tensor(t, dtype=torch.float64)
+    motion = describe_trajectory(K, R, t, subject)
+    if motion is None:
+        raise ValueError(
+            "the camera path is none of static, orbit, arc, dolly, pan, zoom or handheld shake "
+            "(a combined or other move)"
+        )
+    eye = camera_centers(R[:1], t[:1])[0]
+    return camera_prompt(
+        eye.float(),
+        motion.kind,
+        degrees=motion.degrees,
+        direction=motion.direction,
+        subject=subject,
+        facing=facing,
+    )
