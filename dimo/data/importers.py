@@ -1,6 +1,6 @@
 """Bring your own data: folders of real videos, estimator outputs and calibrated captures -> clip format.
 
-``python -m dimo.cli data import {videos,multiview,mvhumannet} SRC --out ROOT``. Every importer writes
+``python -m dimo.cli data import {videos,multiview,renders,mvhumannet} SRC --out ROOT``. Every importer writes
 ``ROOT/clips/<id>/...`` and ``ROOT/manifest.jsonl`` (atomically), validates each clip it wrote with
 :func:`dimo.data.validate.validate_record` (a clip with a finding is left out of the manifest), and
 writes ``ROOT/import_report.json`` listing what it could not use and why, and notes per clip. Input
