@@ -68,3 +68,42 @@ def test_bad_key_fails_at_parse_time(tmp_path: Path):
     args = _parse_args(candidates[0], tmp_path)
     with pytest.raises(SystemExit):
         run_lightning([*args[:-2], "--config", str(bad), *args[-2:]], run=False)
+
+
+HVG_ARMS = {  # overlay -> the one key it sets (dotted) and its value
+    "ablation_hvg_bone.yaml": ("model.init_args.net.pose_condition", "dual"),
+    "ablation_hvg_skeleton.yaml": ("model.init_args.net.pose_condition", "skeleton"),
+    "ablation_hvg_view_attention.yaml": ("model.init_args.net.view_attention", True),
+    "ablation_hvg_no_view_attention.yaml": ("model.init_args.net.view_attention", False),
+}
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _parsed(path: Path, tmp_path: Path) -> dict:
+    """The composed config of ``path`` and its bases, as LightningCLI parses it (nothing instantiated)."""
+
+    parsed = _flat(_ParseOnlyCLI(args=_parse_args(path, tmp_path), run=False).config.as_dict())
+    parsed.pop("config")  # the --config paths themselves
+    return parsed
+
+
+@pytest.mark.parametrize("name", sorted(HVG_ARMS))
+def test_hvg_ablation_overlay_changes_only_its_switch(name: str, tmp_path: Path):
+    path = EXPERIMENTS / name
+    assert path.read_text().splitlines()[0] == "# base: hvg.yaml"
+    key, value = HVG_ARMS[name]
+    base = _parsed(EXPERIMENTS / "hvg.yaml", tmp_path)
+    arm = _parsed(path, tmp_path)
+    assert arm[key] == value
+    changed = {k for k in base.keys() | arm.keys() if base.get(k, "<absent>") != arm.get(k, "<absent>")}
+    # the paper's arms restate hvg.yaml's value (no change); the others change exactly their key, and
+    # the rest of model.init_args.net (preset, reference pathways, ...) is kept by the nested merge
+    assert changed == (set() if base[key] == value else {key}), changed

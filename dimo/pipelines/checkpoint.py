@@ -113,6 +113,7 @@ def load_module(
 
             hp = _plain_hparams(ckpt)
             hp.pop("init_from", None)
+            hp.pop("consistency_detector", None)  # a validation-only detector: generation needs none
             module = HVGModule(**hp)
     except FileNotFoundError as err:  # incl. MissingWeightsError: a pretrained folder of the run is gone
         raise GenerateError(f"cannot rebuild the model of {path}: {err}") from err

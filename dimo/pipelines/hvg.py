@@ -310,7 +310,8 @@ class HVGPipeline(DiffusionPipeline):
         with atomic_folder(out) as tmp:
             (tmp / "hvg").mkdir()
             hp = {k: v for k, v in dict(self.module.hparams).items() if not k.startswith("_")}
-            hp.update(pretrained=None, init_from=None)  # the weights below hold everything
+            # the weights below hold everything; the validation-only keypoint detector is not needed
+            hp.update(pretrained=None, init_from=None, consistency_detector=None)
             (tmp / "hvg" / "config.json").write_text(json.dumps(hp, indent=2, default=str))
             state = {k: v.detach().contiguous().clone().cpu() for k, v in self.module.state_dict().items()}
             save_file(

@@ -193,6 +193,24 @@ class ToyKeypointDetector:
         return folder
 
     @torch.no_grad()
+    def detect(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float ``(N, 3, H, W)`` in [-1, 1] on the network's device -> ``uv (N, 46, 2)`` pixels of the
+        input frames and ``scores (N, 46)``, in the detector's channel order (:data:`TOY_JOINTS`;
+        body channels :data:`~dimo.pose.joints.TOY_BODY` first). Computed in float32."""
+
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images (N, 3, H, W), got {tuple(images.shape)}")
+        _, _, H, W = images.shape
+        s = self.cfg.size
+        p = next(self.net.parameters())
+        x = images.to(device=p.device, dtype=torch.float32)
+        if (H, W) != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        with torch.autocast(p.device.type, enabled=False):
+            uv, score = decode_heatmaps(self.net(x.to(p.dtype)).float(), logits=True)
+        return uv * uv.new_tensor([W / s, H / s]), score
+
+    @torch.no_grad()
     def predict_smplx(
         self, frames: np.ndarray | torch.Tensor, batch_size: int = 64
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,23 +219,15 @@ class ToyKeypointDetector:
         x = torch.as_tensor(np.asarray(frames))
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(x.shape)}")
-        T, H, W, _ = x.shape
-        s = self.cfg.size
+        T = x.shape[0]
         uv = torch.zeros(T, 55, 2)
         sc = torch.zeros(T, 55)
         ids = torch.tensor(TOY_JOINTS)
         for i in range(0, T, batch_size):
             chunk = x[i : i + batch_size].permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
-            if (H, W) != (s, s):
-                chunk = F.interpolate(
-                    chunk, size=(s, s), mode="bilinear", align_corners=False, antialias=True
-                )
-            p = next(self.net.parameters())
-            heat = self.net(chunk.to(p))
-            xy, score = decode_heatmaps(heat.float().cpu(), logits=True)
-            xy = xy * torch.tensor([W / s, H / s])
-            uv[i : i + batch_size, ids] = xy
-            sc[i : i + batch_size, ids] = score
+            xy, score = self.detect(chunk)
+            uv[i : i + batch_size, ids] = xy.cpu()
+            sc[i : i + batch_size, ids] = score.cpu()
         return uv, sc
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
