@@ -1,11 +1,12 @@
 """The papers' ablation directions at toy scale (issue #13, docs/ablations.md): ``make ablations``.
 
 Each ablation is a set of arms; every arm is an experiment overlay in ``experiments/`` composed on
-the toy stage-1 config (``3dimo.yaml`` + ``3dimo_stage1.yaml``) and run through the real CLI
-(``python -m dimo.cli fit``) with the same seeds and data for every arm. The metrics are the ones
-the module logs at every validation (fixed protocol: same batches, same noise, same sigma grid), read
-back from each run's TensorBoard events. Results (JSON with the git revision, markdown table, one
-plot per ablation) go to ``benchmarks/results/ablations/``.
+its method's toy config (3DiMo: ``3dimo.yaml`` + ``3dimo_stage1.yaml``, or ``3dimo.yaml`` alone when
+the arms set the stages; HVG: ``hvg.yaml``) and run through the real CLI (``python -m dimo.cli fit``)
+with the same seeds and data for every arm, ``--jobs`` single-threaded runs side by side. The metrics
+are the ones the module logs at every validation (fixed protocol: same batches, same noise, same sigma
+grid), read back from each run's TensorBoard events. Results (JSON with the git revision, markdown
+table, one plot per ablation) go to ``benchmarks/results/ablations/``.
 
     python benchmarks/ablations.py                 # every ablation that has arms
     python benchmarks/ablations.py --only a        # one (``make ablations ONLY=a``)
@@ -31,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_3DIMO = ("experiments/3dimo.yaml", "experiments/3dimo_stage1.yaml")
+BASE_HVG = ("experiments/hvg.yaml",)
 
 
 @dataclass
@@ -102,17 +104,34 @@ ABLATIONS: dict[str, Ablation] = {
         "d",
         "HVG bone maps vs skeleton maps",
         "bone maps beat skeleton maps (paper: PSNR 22.13 vs 18.52, FVD 152.1 vs 277.5)",
-        {},
-        not_run="not built yet: the HVG recipe now learns its bone maps (val/pose_gap 15% at step 400), "
-        "but the runner reads 3DiMo stage-1 runs only and there is no skeleton-map arm overlay yet",
+        {
+            "bone": "experiments/ablation_hvg_bone.yaml",
+            "skeleton": "experiments/ablation_hvg_skeleton.yaml",
+        },
+        metric="val/psnr_novel",
+        expect_best="bone",
+        extra_metrics=("val/pose_gap", "val/loss", "val/kp_reproj_px"),
+        base=BASE_HVG,
+        steps=300,
+        val_every=100,
+        sampled=True,  # PSNR of generated novel views needs the validation samples
     ),
     "e": Ablation(
         "e",
         "HVG view attention",
         "view attention improves multi-view consistency",
-        {},
-        not_run="needs a multi-view consistency metric of generated views (the toy HVG samples are still "
-        "noisy, issue #11)",
+        {
+            "view_attention": "experiments/ablation_hvg_view_attention.yaml",
+            "no_view_attention": "experiments/ablation_hvg_no_view_attention.yaml",
+        },
+        metric="val/kp_reproj_px",
+        higher_is_better=False,
+        expect_best="view_attention",
+        extra_metrics=("val/kp_reproj_px_real", "val/psnr_novel", "val/pose_gap", "val/loss"),
+        base=BASE_HVG,
+        steps=300,
+        val_every=100,
+        sampled=True,  # the consistency metric scores the validation samples
     ),
 }
 
@@ -215,22 +234,29 @@ def run_one(ab: Ablation, arm: str, overlay: str, seed: int, args, run_root: Pat
     # several single-threaded runs side by side instead
     threads = str(args.threads)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    log_path = run_root / f"{name}_seed{seed}.log"  # the run's own output, kept beside its folder
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+        # wait4 (not wait) to get the run's own CPU time: a load-independent cost figure beside the wall time
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise RunFailed(f"{ab.key}/{arm} seed {seed} failed: {' | '.join(tail)}")
+        tail = log_path.read_text().strip().splitlines()[-3:]
+        raise RunFailed(f"{ab.key}/{arm} seed {seed} failed (log: {log_path}): {' | '.join(tail)}")
     scalars = read_scalars(run_dir)
     if ab.metric not in scalars:
         raise RunFailed(f"{run_dir} logged no {ab.metric}")
     curve = {
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
         "scalars": {k: scalars[k] for k in (ab.metric, *ab.extra_metrics) if k in scalars},
     }
     last = scalars[ab.metric][-1]
     print(
         f"[ablations] {ab.key}/{arm} seed {seed}: {ab.metric} {last[1]:.4f} at step {last[0]} "
-        f"({curve['seconds']:.0f} s)",
+        f"({curve['seconds']:.0f} s wall, {curve['cpu_seconds']:.0f} CPU-s)",
         flush=True,
     )
     return curve
@@ -287,6 +313,9 @@ def run_ablation(ab: Ablation, args, out: Path) -> dict:
         "arms": arms,
         "verdict": verdict(ab, {a: v["final"] for a, v in arms.items()}) if len(arms) > 1 else "one arm run",
         "wall_seconds": round(time.perf_counter() - start, 1),
+        # summed CPU time of the runs / 2: the wall time the ablation takes on an otherwise idle 2-core
+        # machine with --jobs 2, whatever else shared the machine while it ran
+        "cpu_seconds": round(sum(c["cpu_seconds"] for c in done), 1),
         "jobs": args.jobs,
         "steps": steps,
         "val_every": val_every,
@@ -322,6 +351,13 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def wall(r: dict) -> str:
+    text = f"{r['wall_seconds'] / 60:.1f} min ({r.get('jobs', 1)} runs at a time)"
+    if "cpu_seconds" in r:
+        text += f"; {r['cpu_seconds'] / 60:.1f} CPU-min"
+    return text
+
+
 def markdown(results: dict, revision: str) -> str:
     lines = [
         "# Toy ablations (issue #13)",
@@ -349,7 +385,7 @@ def markdown(results: dict, revision: str) -> str:
             )
             lines.append(
                 f"| {key} | {r['claim']} | {r['metric']} (step {r['steps']}) | {cells} | {r['verdict']} | "
-                f"{also or '-'} | {r['wall_seconds'] / 60:.1f} min ({r.get('jobs', 1)} runs at a time) |"
+                f"{also or '-'} | {wall(r)} |"
             )
     return "\n".join(lines) + "\n"
 

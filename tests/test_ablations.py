@@ -79,6 +79,8 @@ def test_one_arm_runs_through_the_real_entry_point(tmp_path, toy_root):
     assert steps == [1] or steps == [2], steps  # the one validation of a 2-step run (0-based step)
     assert arm["final"]["n"] == 1 and arm["final"]["mean"] == run["scalars"]["val/motion_gap"][-1][1]
     assert "val/loss_own_motion" in run["scalars"]
+    assert 0 < run["cpu_seconds"] and result["ablations"]["a"]["cpu_seconds"] == run["cpu_seconds"]
+    assert (out / "runs" / "a_cross_attention_seed0.log").read_text()  # the run's output is kept
     assert result["ablations"]["a"]["verdict"] == "one arm run"
     assert "| a |" in (out / "results.md").read_text()
     # a run folder is never overwritten
