@@ -119,9 +119,9 @@ toy-pretrained: toy-pretrained-wan toy-pretrained-svd
 toy-pretrained-wan: setup
 	$(PY) -m dimo.cli toy wan --out $(PRETRAINED)/toy-wan2.1 $(TOY_ARGS)
 
-# Toy ablations (issue #13, docs/ablations.md): paired stage-1 runs per arm (same seeds and data), results
-# table + JSON + plots in benchmarks/results/ablations/. `make ablations ONLY=a` runs one (keys a, b, k;
-# c, d, e are listed as not run yet). Each ablation is about 20-30 CPU-minutes on 2 cores.
+# Toy ablations (issue #13, docs/ablations.md): paired toy runs per arm (same seeds and data), results
+# table + JSON + plots in benchmarks/results/ablations/. `make ablations ONLY=a` runs one (keys a, b, k,
+# c: 3DiMo; d, e: HVG); two single-threaded runs side by side. Each ablation fits in 30 minutes on 2 cores.
 ONLY ?=
 ABLATION_ARGS ?=
 .PHONY: ablations
