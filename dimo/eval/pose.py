@@ -260,3 +260,34 @@ class PoseMetrics(Metric):
             "pa_mpjpe": self.pa_sum / self.joints_valid,
             "root_traj": self.traj_sum / self.sequences,
         }
+
+
+class KeypointError(Metric):
+    """Mean 2-D keypoint error in pixels over valid joints (sum-reduced across ranks).
+
+    ``update(pred (..., J, 2), target (..., J, 2), valid (..., J) | None)``: e.g. joints a detector finds
+    on generated frames against the joints the driving motion projects to (how well a sample follows
+    its motion). NaN until a valid joint was seen.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: Tensor, target: Tensor, valid: Tensor | None = None) -> None:
+        if pred.shape != target.shape or pred.shape[-1] != 2:
+            raise ValueError(
+                f"expected matching (..., J, 2) keypoints, got {tuple(pred.shape)} {tuple(target.shape)}"
+            )
+        err = (pred.double() - target.double()).norm(dim=-1)  # (..., J)
+        if valid is not None:
+            err = err[valid.expand_as(err)]
+        self.total += err.sum()
+        self.count += err.numel()
+
+    def compute(self) -> Tensor:
+        return self.total / self.count if self.count > 0 else self.total.new_tensor(float("nan"))

@@ -139,7 +139,7 @@ def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> 
         hp = _plain_hparams(ckpt)
         if isinstance(hp.get("flow"), dict):
             hp["flow"] = FlowMatching(**hp["flow"])
-        hp.update(compile=False, gradient_checkpointing=False)
+        hp.update(compile=False, gradient_checkpointing=False, pose_detector=None)  # validation-only
         parts = ckpt.get(PARTS_KEY)
         if isinstance(parts, dict):  # the checkpoint describes its network and frozen parts
             net = dict(parts["net"])
@@ -164,7 +164,7 @@ def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> 
             f"{config} has no 'model' section with a class_path; expected a LightningCLI config.yaml"
         )
     init = {k: v for k, v in (model.get("init_args") or {}).items() if k not in _RETIRED}
-    init.update(compile=False, gradient_checkpointing=False)
+    init.update(compile=False, gradient_checkpointing=False, pose_detector=None)  # validation-only detector
     module = instantiate_module(ThreeDiMoModule, {"_class_path": model["class_path"], **init})
     if not isinstance(module, ThreeDiMoModule):
         raise GenerateError(f"{config} describes {model['class_path']}; expected a 3dimo ThreeDiMoModule")

@@ -220,6 +220,14 @@ class ThreeDiMoModule(LightningModule):
             batches carry ``x0``/``ref_latent``/``text`` and the VAE and text encoder are not built
             (``vae`` and ``text_encoder`` must be null, and so must everything that decodes: no
             ``val_metrics``; :meth:`sample_media` logs nothing). T2V backbones only.
+        pose_detector: toy keypoint detector folder (``config.json`` + ``model.safetensors``, e.g.
+            ``pretrained/toy-detector``). When set, the sampled validation batches also log whether the
+            generated frames follow the motion: the detector's 16 body joints on the generated frames
+            1.. against the target view's ground-truth 2-D joints (``val/kp_err_gen``, pixels), the
+            same for the static baseline (the reference frame, ``val/kp_err_static``), the target frames
+            through the VAE (``val/kp_err_recon``: the best a sample decoded by this VAE can do) and the
+            real target frames (``val/kp_err_real``, the detector's floor). Reconstruction samples with
+            projected joints only (in a cross-view sample the 2-D joints are the driving view's).
     """
 
     def __init__(
@@ -246,6 +254,7 @@ class ThreeDiMoModule(LightningModule):
         latent_cache_size: int = 0,
         motion_lr_mult: float = 1.0,
         from_cache: bool = False,
+        pose_detector: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -255,6 +264,10 @@ class ThreeDiMoModule(LightningModule):
         self.from_cache = from_cache
         if from_cache:
             _check_from_cache(self.net, vae, text_encoder, val_metrics)
+            if pose_detector is not None:
+                raise ValueError(
+                    "from_cache: true samples nothing to detect keypoints on: set pose_detector: null"
+                )
             self.vae, self.text_encoder = None, None  # never built: the batches carry their encodings
         else:
             self.vae = vae if vae is not None else WanVAE()
@@ -305,6 +318,18 @@ class ThreeDiMoModule(LightningModule):
         self.metrics_val_gen = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_static = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_frame0 = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
+        self.kp_detector = None  # a plain attribute: no submodule, no checkpoint keys, not optimised
+        if pose_detector is not None:
+            from dimo.eval.pose import KeypointError
+            from dimo.models.common import freeze
+            from dimo.pose.toy_detector import ToyKeypointDetector
+
+            # a missing config.json / model.safetensors raises DetectorError naming the file
+            self.kp_detector = ToyKeypointDetector.from_pretrained(pose_detector)
+            freeze(self.kp_detector.net)
+            self.kp_metrics = torch.nn.ModuleDict(
+                {k: KeypointError() for k in ("gen", "static", "recon", "real")}
+            )
         for frozen in (self.vae, self.text_encoder):
             if frozen is not None:
                 frozen.to(DTYPES[frozen_dtype])
@@ -581,7 +606,44 @@ class ThreeDiMoModule(LightningModule):
             self._update_metrics(
                 self.metrics_val_frame0, "val", generated[:, :1], reference[:, None], suffix="_frame0"
             )
+            if self.kp_detector is not None:
+                self.update_motion_following(batch, generated)
         return None if generated is None else {"generated": generated}  # reused by the SampleLogger
+
+    @torch.no_grad()
+    def update_motion_following(self, batch: dict[str, Any], generated: torch.Tensor) -> None:
+        """Detected body joints of the generated frames 1.., the static baseline and the target frames
+        against the target's ground-truth 2-D joints (``joints2d``), into ``kp_metrics``; logged as
+        ``val/kp_err_{gen,static,recon,real}`` (pixels; recon: the target through the VAE)."""
+
+        from dimo.pose.joints import TOY_BODY, TOY_JOINTS
+
+        tasks = batch.get("task") or ["reconstruction"] * generated.shape[0]
+        keep = [i for i, t in enumerate(tasks) if t == "reconstruction"]
+        if not keep or "joints2d" not in batch:
+            return
+        idx = torch.tensor(keep, device=generated.device)
+        smplx = torch.tensor([TOY_JOINTS[c] for c in TOY_BODY], device=generated.device)
+        gt = batch["joints2d"][idx][:, 1:][:, :, smplx].float()  # (N, T-1, 16, 2)
+        valid = batch["joints2d_valid"][idx][:, 1:][:, :, smplx]  # (N, T-1, 16)
+        if not valid.any():
+            return
+        n, t = gt.shape[:2]
+        target = batch["target"][idx][:, 1:].float()
+        recon = self.vae.decode(self.vae.encode(batch["target"][idx].transpose(1, 2))).transpose(1, 2)
+        frames = {
+            "gen": generated[idx][:, 1:].float(),
+            "static": batch["reference"][idx].float()[:, None].expand_as(target),
+            "recon": recon[:, 1:].float().clamp(-1, 1),
+            "real": target,
+        }
+        self.kp_detector.net.to(generated.device)  # not a submodule: follows the data (no-op once there)
+        for name, x in frames.items():
+            uv, _ = self.kp_detector.detect(x.flatten(0, 1))  # (N*(T-1), 46, 2)
+            self.kp_metrics[name].update(uv[:, list(TOY_BODY)].reshape(n, t, -1, 2), gt, valid)
+        self.log_dict(
+            {f"val/kp_err_{k}": m for k, m in self.kp_metrics.items()}, batch_size=n, add_dataloader_idx=False
+        )
 
     def on_validation_epoch_start(self) -> None:
         self._gap_sums = None
