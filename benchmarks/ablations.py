@@ -362,17 +362,19 @@ def markdown(results: dict, revision: str) -> str:
     lines = [
         "# Toy ablations (issue #13)",
         "",
-        f"Written by `benchmarks/ablations.py` at git revision `{revision}`. Protocol: docs/ablations.md.",
+        f"Written by `benchmarks/ablations.py` (last invocation at git revision `{revision}`; each row's own "
+        "revision in its last column). Protocol: docs/ablations.md.",
         "",
-        "| # | claim | metric | arm: mean ± std (n) at the last validation | verdict | also at the last validation | wall |",
-        "|---|---|---|---|---|---|---|",
+        "| # | claim | metric | arm: mean ± std (n) at the last validation | verdict | also at the last validation "
+        "| wall | revision |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for key, ab in ABLATIONS.items():
         r = results.get(key)
         if ab.not_run:
-            lines.append(f"| {key} | {ab.claim} | - | not run: {ab.not_run} | - | - | - |")
+            lines.append(f"| {key} | {ab.claim} | - | not run: {ab.not_run} | - | - | - | - |")
         elif r is None:
-            lines.append(f"| {key} | {ab.claim} | {ab.metric} | not run in this invocation | - | - | - |")
+            lines.append(f"| {key} | {ab.claim} | {ab.metric} | not run yet | - | - | - | - |")
         else:
             cells = "; ".join(
                 f"{arm}: {v['final']['mean']:.4f} ± {v['final']['std']:.4f} ({v['final']['n']})"
@@ -385,7 +387,7 @@ def markdown(results: dict, revision: str) -> str:
             )
             lines.append(
                 f"| {key} | {r['claim']} | {r['metric']} (step {r['steps']}) | {cells} | {r['verdict']} | "
-                f"{also or '-'} | {wall(r)} |"
+                f"{also or '-'} | {wall(r)} | `{r.get('revision', '?')[:12]}` |"
             )
     return "\n".join(lines) + "\n"
 
