@@ -74,6 +74,7 @@ def run(profile: str = "cpu") -> list[dict]:
             t = time.perf_counter()
             batch = dm.on_before_batch_transfer(next(it), 0)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = dm.on_after_batch_transfer(batch, 0)  # uint8 pixels -> float in [-1, 1], on the device
             loss = model._losses(batch, torch.Generator(device=device).manual_seed(0))["loss"]
             loss.backward()
             opt.step()

@@ -8,7 +8,10 @@ dimo's reader), in one process, with nothing else (no sample assembly, motion lo
 workers). The DataModule is timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent
 workers, warm: the first epoch is not timed), reading the videos and reading ``data optimize``
 shards of the same clips (decoded windows: no decoding at train time; same number of samples and
-frames). ``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``.
+frames). The DataModule is timed up to model-ready batches: the loader's uint8 batches, its
+``on_before_batch_transfer``, the copy to the device (``--profile gpu`` with CUDA: the GPU; else the
+CPU, a no-op) and its ``on_after_batch_transfer`` (uint8 -> float32 in [-1, 1], on that device).
+``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``.
 Augmentation is off in the timed rows (model-side work the raw decode does not do); one extra row
 shows its cost. The data are toy humans rendered at 256x256, 24 frames, 2 clips per source.
 
@@ -123,7 +126,12 @@ def _time_raw(calls: list[tuple]) -> float:
     return time.perf_counter() - start
 
 
-def _time_dm(dm, warm_epochs: int = 1) -> float:
+def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
+    """Seconds for one epoch of model-ready batches: loader, bookkeeping, transfer, uint8 -> float."""
+
+    import torch
+
+    device = device or torch.device("cpu")
     # one DataLoader per DataModule, reused: its persistent workers stay up between epochs as in training
     loader = getattr(dm, "_bench_loader", None) or dm.train_dataloader()
     dm._bench_loader = loader
@@ -132,7 +140,11 @@ def _time_dm(dm, warm_epochs: int = 1) -> float:
             pass
     start = time.perf_counter()
     for batch in loader:
-        dm.on_before_batch_transfer(batch, 0)
+        batch = dm.on_before_batch_transfer(batch, 0)
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        dm.on_after_batch_transfer(batch, 0)  # the pixels' uint8 -> float [-1, 1], on the device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -166,14 +178,15 @@ def run(profile: str = "cpu") -> list[dict]:
         configs = [(0, False, None), (1, False, None), (2, False, None), (2, True, None), (0, False, shards),
                    (2, False, shards)]  # fmt: skip
         dms = [_make_dm(root, w, batches, aug, cfg, sh) for w, aug, sh in configs]
+        device = torch.device("cuda" if profile == "gpu" and torch.cuda.is_available() else "cpu")
         for dm in dms:  # start persistent workers, fill caches
-            _time_dm(dm, warm_epochs=1)
+            _time_dm(dm, warm_epochs=1, device=device)
         # interleave the measurements so load changes on a shared machine hit every row alike
         raw_s, dm_s = [], [[] for _ in configs]
         for _ in range(repeats):
             raw_s.append(_time_raw(calls))
             for times, dm in zip(dm_s, dms):
-                times.append(_time_dm(dm, warm_epochs=0))
+                times.append(_time_dm(dm, warm_epochs=0, device=device))
         raw = statistics.median(raw_s)
         rows.append(
             dict(name="data/raw_pyav_decode", setting=f"{setting}, plain PyAV loop, 1 process", value=frames / raw,

@@ -139,12 +139,15 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(1)
+    from dimo.data.datamodule import to_model_batch
+
     module, dm = load(a.config, a.ckpt)
     dm.setup("fit")
     reports = []
     for i, batch in enumerate(dm.val_dataloader()):
         if i >= a.batches:
             break
+        batch = to_model_batch(batch)  # the loader's uint8 pixels -> float in [-1, 1]
         reports.append(
             {
                 "vae": vae_report(module, batch),

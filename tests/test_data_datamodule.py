@@ -32,7 +32,7 @@ def _dm(root, **kw) -> ViewRichDataModule:
 def _first_batch(dm: ViewRichDataModule) -> dict:
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    return dm.on_before_batch_transfer(batch, 0)
+    return dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)  # float pixels, as in fit
 
 
 def test_3dimo_batch_matches_the_contract(toy_root):

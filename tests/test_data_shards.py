@@ -41,7 +41,7 @@ def test_optimize_writes_every_window_and_samples_equal_the_file_reader(toy_root
     records = {r.id: r for r in load_manifest(toy_root)[0]}
     n = 0
     for batch in dm.train_dataloader():
-        batch = dm.on_before_batch_transfer(batch, 0)
+        batch = dm.on_after_batch_transfer(dm.on_before_batch_transfer(batch, 0), 0)
         assert batch["target"].shape == (2, 4, 3, 32, 32) and batch["driving"].shape == (2, 4, 3, 32, 32)
         for i, key in enumerate(batch["target_key"]):
             clip, view, frames = key.split("|")[:3]

@@ -99,8 +99,10 @@ def test_cache_loss_equals_online_loss_and_no_encoder_is_built(cache, overlay, t
     ds_a, ds_b = dm_a.train_dataset(), dm_b.train_dataset()
     from torch.utils.data import default_collate
 
-    batch_a = default_collate([ds_a[k] for k in keys[:4]])
-    batch_b = default_collate([ds_b[k] for k in keys[:4]])
+    from dimo.data.pixels import to_model_batch
+
+    batch_a = to_model_batch(default_collate([ds_a[k] for k in keys[:4]]))
+    batch_b = to_model_batch(default_collate([ds_b[k] for k in keys[:4]]))
     assert "target" not in batch_b and "x0" in batch_b
     torch.testing.assert_close(batch_a["driving"], batch_b["driving"], rtol=0, atol=0)
     assert batch_a["prompt"] == batch_b["prompt"]

@@ -181,13 +181,13 @@ def test_fit_lowers_the_loss_and_resume_is_exact(toy_root, tmp_path):
     assert sorted(rec.losses) == [0, 1, 2, 3, 4]
     assert module.geo_weight == pytest.approx(0.0)  # step 4 = end of the 4-step anneal
     # the loss on a fixed toy batch with fixed noise falls after training
-    from dimo.data.datamodule import ViewRichDataModule
+    from dimo.data.datamodule import ViewRichDataModule, to_model_batch
 
     val = ViewRichDataModule(
         root=toy_root, num_frames=T, height=H, width=W, batch_size=2, val_batches=1, seed=3
     )
     val.setup("validate")
-    batch = next(iter(val.val_dataloader()))
+    batch = to_model_batch(next(iter(val.val_dataloader())))  # uint8 pixels -> float, as on_after_batch_transfer
     with torch.no_grad():
         seed_everything(0, workers=True)
         start = _module()  # the run's initial weights (seeded and built the same way)

@@ -329,7 +329,7 @@ def _preview(args: argparse.Namespace) -> int:
     if args.clip or args.clips:
         return _preview_clips(args)
     from dimo.data.augment import AugmentConfig
-    from dimo.data.datamodule import ViewRichDataModule
+    from dimo.data.datamodule import ViewRichDataModule, to_model_batch
     from dimo.data.preview import batch_grid, save_png
 
     dm = ViewRichDataModule(
@@ -343,7 +343,7 @@ def _preview(args: argparse.Namespace) -> int:
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    batch = dm.on_before_batch_transfer(batch, 0)
+    batch = to_model_batch(dm.on_before_batch_transfer(batch, 0))  # the loader's pixels are uint8
     path = save_png(batch_grid(batch), args.out)
     print(f"wrote {path}: {[f'{s}/{t}' for s, t in zip(batch['source'], batch['task'])]}")
     return 0

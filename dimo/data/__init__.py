@@ -12,6 +12,7 @@ from typing import Any
 _LAZY = {
     "ViewRichDataModule": "dimo.data.datamodule",
     "ClipDataset": "dimo.data.dataset",
+    "to_model_batch": "dimo.data.pixels",
     "SampleSpec": "dimo.data.spec",
     "AugmentConfig": "dimo.data.augment",
     "MixtureStream": "dimo.data.mixture",

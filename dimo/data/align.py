@@ -5,7 +5,12 @@ the largest window with the sample's aspect ratio that fits in the stored video 
 pelvis lands at the image centre, and resized to ``(height, width)``. The same warp is used for all
 T frames of a view (temporal alignment: the reference, view 0 frame 0, is aligned like its view),
 so ``pelvis2d`` is exactly the centre at t = 0 and follows the body afterwards. Regions outside the
-stored frame are black (-1). Cameras are those of the window's first frame (static rigs: all frames).
+stored frame are black (0, i.e. -1 once converted). Cameras are those of the window's first frame
+(static rigs: all frames).
+
+The warp resamples in float; the aligned frames are then requantised to uint8 (rounded to nearest:
+at most 1/255 from the float warp once mapped to [-1, 1]), like every pixel field of a sample
+(``dimo.data.pixels.to_model_batch`` converts them after the transfer). Shards store these very bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import numpy as np
 import torch
 
 from dimo.data.manifest import ClipRecord, RecordError
+from dimo.data.pixels import quantize
 from dimo.data.spec import SampleSpec
 from dimo.data.video import read_frames
 
@@ -67,7 +73,8 @@ def align_views(
     except ValueError as err:  # a subject behind a camera: camera-to-world extrinsics, a wrong sign...
         names = [record.views[v].name or f"views[{v}]" for v in views]
         raise RecordError(f"{record.id} (views {names}, frame {frames[0]}): {err}") from None
-    target = apply_alignment(video, al.affine, (H, W)).clamp(0, 1) * 2 - 1  # (V, T, 3, H, W)
+    # (V, T, 3, H, W) uint8: the float warp in [0, 1], rounded to the nearest level
+    target = quantize(apply_alignment(video, al.affine, (H, W)).clamp(0, 1))
     pelvis = joints3d[:, 0][None].expand(len(views), -1, -1)  # (V, T, 3)
     pelvis2d, _ = project(pelvis, al.K, R, t)  # (V, T, 2)
     return {

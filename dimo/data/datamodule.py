@@ -14,6 +14,9 @@
   scheduler calls :meth:`set_mixture` (contract in ``docs/contracts.md``); :meth:`state_dict` puts the
   stream state in Lightning checkpoints so a resumed run continues the same stream.
 * At the first training batch a grid of the batch is written to TensorBoard (``data/batch``).
+* Pixels travel as uint8 (from the workers, and host to device); :meth:`on_after_batch_transfer`
+  turns them into float32 in [-1, 1] on the device (:func:`to_model_batch`). Reading the loaders
+  without a Trainer? Call :func:`to_model_batch` on each batch (after :meth:`on_before_batch_transfer`).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ from dimo.data.augment import AugmentConfig
 from dimo.data.dataset import ClipDataset, SampleSpec, ineligible_reason, usable_reason
 from dimo.data.manifest import MANIFEST_NAME, SOURCES, ClipRecord, Problem, load_manifest
 from dimo.data.mixture import MULTIVIEW_SOURCES, MixtureSampler, MixtureStream, SampleKey
+from dimo.data.pixels import to_model_batch
 from dimo.data.synth import SynthConfig
 from dimo.data.video import CropMode
 
-__all__ = ["ViewRichDataModule"]
+__all__ = ["ViewRichDataModule", "to_model_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +403,11 @@ class ViewRichDataModule(LightningDataModule):
                 self._write_preview(trainer, batch)
         return batch
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 pixels (now on the device) -> float32 in [-1, 1]: :func:`to_model_batch`."""
+
+        return to_model_batch(batch) if isinstance(batch, dict) else batch
+
     def _log_stats(self, trainer) -> None:
         every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
         if trainer.global_step % every:
@@ -423,7 +432,7 @@ class ViewRichDataModule(LightningDataModule):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers or "target" not in batch:  # from the latent cache: no target pixels to draw
             return
-        grid = batch_grid(batch)  # (3, H', W') in [0, 1]
+        grid = batch_grid(to_model_batch(batch))  # (3, H', W') in [0, 1]; the batch is still uint8 here
         for lg in loggers:
             lg.experiment.add_image("data/batch", grid, trainer.global_step)
 

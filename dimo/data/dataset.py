@@ -12,6 +12,14 @@ replacements so the DataModule can log them. The replacement order is a pure fun
 same with any ``num_workers`` and after a resume. Three bookkeeping fields ride along with every
 sample and are removed by the DataModule before the batch reaches the model: ``_draw`` (global batch
 index in the stream, int), ``_skipped`` (int) and ``_bad`` (the ids of the bad clips met, ``;``-joined).
+
+Pixels leave the dataset as **uint8** (``driving``, ``target``, ``reference``: same channels-first
+layout as the model's floats, values 0..255), a quarter of the bytes of float32 between worker
+processes and host to device. :func:`~dimo.data.pixels.to_model_batch` maps them to float32 in [-1, 1]
+(:func:`frames_to_tensor`'s mapping, bit for bit); the DataModule calls it in
+``on_after_batch_transfer``, i.e. on the device. Code that reads samples or batches without a Trainer
+calls :func:`to_model_batch` itself; the LightningModules refuse uint8 pixels
+(:func:`check_model_batch`) instead of training on 0..255.
 """
 
 from __future__ import annotations
@@ -28,11 +36,24 @@ from torch.utils.data import Dataset
 from dimo.data.augment import AugmentConfig, DrivingAugment
 from dimo.data.manifest import ClipRecord, MotionError, RecordError, load_motion
 from dimo.data.mixture import SampleKey
+from dimo.data.pixels import PIXEL_KEYS, check_model_batch, pixels_to_float, quantize, to_model_batch
 from dimo.data.align import align_views
 from dimo.data.spec import SampleSpec
 from dimo.data.video import VideoError, adjust_intrinsics, read_frames, resize_crop_plan
 
-__all__ = ["ClipDataset", "SampleSpec", "frames_to_tensor", "ineligible_reason", "usable_reason"]
+__all__ = [
+    "PIXEL_KEYS",
+    "ClipDataset",
+    "SampleSpec",
+    "check_model_batch",
+    "frames_to_tensor",
+    "frames_to_uint8",
+    "ineligible_reason",
+    "pixels_to_float",
+    "quantize",
+    "to_model_batch",
+    "usable_reason",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +95,16 @@ def usable_reason(record: ClipRecord, spec: SampleSpec) -> str | None:
     return None
 
 
+def frames_to_uint8(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> uint8 (T, 3, H, W) (a view of the array: no copy)."""
+
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float32 (T, 3, H, W) in [-1, 1]."""
 
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return pixels_to_float(frames_to_uint8(frames))
 
 
 class ClipDataset(Dataset):
@@ -290,9 +317,11 @@ class ClipDataset(Dataset):
             # no cameras or no 3D joints: the view's detected 2D keypoints place the hand crops
             joints2d, joints2d_valid = self._keypoint_joints(record, drive_view, frames)
 
-        driving = frames_to_tensor(drive_u8)  # (T, 3, H, W)
+        driving = frames_to_uint8(drive_u8)  # (T, 3, H, W) uint8
         if self.augment is not None and self.augment.active:
-            driving = self.augment((driving + 1) / 2, generator_seed=aug_seed) * 2 - 1
+            # kornia works in float: augment in [0, 1] here (per-sample seed, in the worker), then
+            # requantise to uint8 by rounding to nearest (quantize): at most 1/255 from the float result
+            driving = quantize(self.augment((frames_to_tensor(drive_u8) + 1) / 2, generator_seed=aug_seed))
         prompt = record.views[target_view].camera_prompt
         if record.caption:
             prompt = f"{prompt} {record.caption}".strip()
@@ -300,7 +329,7 @@ class ClipDataset(Dataset):
             x0, ref = self.latents.latent(record.id, target_view, frames[0])
             pixels = {"x0": x0, "ref_latent": ref, "text": self.latents.text(prompt)}  # (C,F,h,w) (C,1,h,w) (L,D)
         else:
-            target = frames_to_tensor(target_u8)  # (T, 3, H, W)
+            target = frames_to_uint8(target_u8)  # (T, 3, H, W) uint8
             pixels = {"target": target, "reference": target[0].clone()}
         return {
             "driving": driving,

@@ -64,8 +64,11 @@ def bone_maps(joints: torch.Tensor, K: torch.Tensor, R: torch.Tensor, t: torch.T
 def batch_grid(
     batch: dict[str, Any], max_items: int = 4, max_frames: int = 4, max_views: int = 4
 ) -> torch.Tensor:
-    """A collated batch (3DiMo or HVG) -> (3, H', W') float image in [0, 1]."""
+    """A collated batch (3DiMo or HVG; pixels uint8 or float in [-1, 1]) -> (3, H', W') float image in [0, 1]."""
 
+    from dimo.data.pixels import to_model_batch
+
+    batch = to_model_batch(batch)  # the DataModule's loaders give uint8 pixels
     rows = []
     n = min(max_items, batch["target"].shape[0])
     if "driving" in batch:  # 3DiMo: target (B, T, 3, H, W)

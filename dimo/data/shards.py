@@ -9,7 +9,11 @@ one ``litdata`` dataset per source (``OUT/internet``, ``OUT/ue5``, ``OUT/multivi
   exactly as the file reader does), per-view ``K`` (adjusted to that size), ``R``, ``t``, the motion
   labels of the window, prompts and caption;
 * HVG shards: every view pelvis-aligned (:func:`dimo.data.align.align_views`) as uint8
-  ``(V, T, 3, H, W)``, with the aligned ``K``, ``R``, ``t``, ``joints3d`` and ``pelvis2d``.
+  ``(V, T, 3, H, W)`` (the very bytes the file reader builds), with the aligned ``K``, ``R``, ``t``,
+  ``joints3d`` and ``pelvis2d``.
+
+Samples carry uint8 pixels like :class:`~dimo.data.dataset.ClipDataset`'s (converted to float on the
+device by the DataModule's ``on_after_batch_transfer``).
 
 The DataModule (``shards: DIR_OR_URL``) reads them with :class:`litdata.StreamingDataset` by random
 access: the mixture sampler still picks every sample's source, window, task and seed, so mixture
@@ -89,7 +93,7 @@ def _item(rec: ClipRecord, start: int, spec: SampleSpec) -> dict[str, Any]:
     if spec.task == "hvg":
         joints = torch.from_numpy(motion["joints"][frames]).float()
         s = align_views(rec, list(range(V)), frames, joints, spec)
-        item["frames"] = ((s["target"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()  # (V, T, 3, H, W)
+        item["frames"] = s["target"].numpy()  # (V, T, 3, H, W) uint8, the file reader's bytes
         for k in ("K", "R", "t", "joints3d", "pelvis2d"):
             item[k] = s[k].numpy().astype(np.float32)
         return item
@@ -294,7 +298,7 @@ class ShardDataset(ClipDataset):
         if V < spec.num_views:
             raise RecordError(f"{rec.id}: {V} views < num_views={spec.num_views}")
         views = [int(v) for v in rng.choice(V, size=spec.num_views, replace=False)]
-        target = torch.from_numpy(item["frames"][views]).float().div_(127.5).sub_(1.0)  # (V, T, 3, H, W)
+        target = torch.from_numpy(item["frames"][views])  # (V, T, 3, H, W) uint8, like the file reader
         from dimo.geometry.cameras import relative_rotation
 
         R = torch.from_numpy(item["R"][views])

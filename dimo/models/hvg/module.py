@@ -46,6 +46,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.aggregation import MeanMetric, SumMetric
 
+from dimo.data.pixels import check_model_batch
 from dimo.diffusion.edm import EDM
 from dimo.models.attention import AttentionBackend, scope_attention_backend
 from dimo.models.common import (
@@ -392,6 +393,7 @@ class HVGModule(LightningModule):
     def conditioning(self, batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
         """Everything the network needs besides the noisy latents, for one batch."""
 
+        check_model_batch(batch)  # float pixels in [-1, 1], never the loaders' uint8
         target = batch["target"]
         b, v, t, _, h, w = target.shape
         ref = batch["reference"]

@@ -51,6 +51,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from dimo.data.pixels import check_model_batch
 from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
 from dimo.geometry.rotations import axis_angle_to_matrix, rot6d_to_matrix
 from dimo.geometry.skeleton import LEFT_HAND_IDS, NUM_JOINTS, RIGHT_HAND_IDS, forward_kinematics, rest_joints
@@ -501,6 +502,7 @@ class ThreeDiMoModule(LightningModule):
         return (v[:, :, 1:].float() - target_v[:, :, 1:]).square().flatten(1).mean(1)
 
     def _losses(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        check_model_batch(batch)  # float pixels in [-1, 1], never the loaders' uint8
         driving = batch["driving"]  # (B, T, 3, H, W)
         b, num_frames = driving.shape[:2]
         cond = self._conditions(batch)
@@ -523,6 +525,7 @@ class ThreeDiMoModule(LightningModule):
         sigma grid ``gap_sigmas``. Returns None when no sample has a partner from another clip.
         """
 
+        check_model_batch(batch)
         driving = batch["driving"]
         b, num_frames = driving.shape[:2]
         other = other_clip_index(batch.get("clip_id"), b)
@@ -715,6 +718,7 @@ class ThreeDiMoModule(LightningModule):
     def generate(self, batch: dict[str, Any], num_steps: int | None = None) -> torch.Tensor:
         """Few-step Euler sample: (B, T, 3, H, W) generated frames in [-1, 1]."""
 
+        check_model_batch(batch)
         if self.net.is_i2v:
             return self._generate_i2v(batch, num_steps)
         x0, ref, text = self.encode_conditions(batch)
