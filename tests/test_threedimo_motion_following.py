@@ -36,7 +36,9 @@ def _toy_batch(toy_root, size):
 
     dm = ViewRichDataModule(root=toy_root, task="3dimo", num_frames=5, height=size, width=size, batch_size=2,
                             val_batches=1, weights={"internet": 1.0}, log_preview=False, seed=0)  # fmt: skip
-    return next(iter(dm.val_dataloader()))
+    from dimo.data import to_model_batch
+
+    return to_model_batch(next(iter(dm.val_dataloader())))  # what the DataModule hands the model
 
 
 def _by_hand(det, frames, batch):
