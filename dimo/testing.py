@@ -10,12 +10,16 @@ Everything here runs on a CPU in seconds and follows the sample contracts of ``d
   is the real data path; these are for unit tests and benchmarks;
 * :func:`tiny_threedimo_net` / :func:`tiny_threedimo_module` / :func:`tiny_hvg_module`: the ``tiny``
   presets at 32x32 with small motion encoders;
-* :func:`tiny_trainer`: a CPU ``Trainer`` without logger, progress bar or model summary.
+* :func:`tiny_trainer`: a CPU ``Trainer`` without logger, progress bar or model summary;
+* :func:`tiny_vlm_folder`: a tiny random Qwen2.5-VL model folder (config, weights, byte-level BPE
+  tokenizer, image-processor settings, chat template) written offline in about a second, for the
+  camera captioner (:class:`dimo.data.importers.VLMCaptioner`).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ __all__ = [
     "tiny_threedimo_module",
     "tiny_threedimo_net",
     "tiny_trainer",
+    "tiny_vlm_folder",
 ]
 
 PROMPTS = ["front view. The camera orbits left.", "back view. The camera is static."]
@@ -197,3 +202,89 @@ def tiny_trainer(root: str | Path | None = None, **kwargs):
     for key in ("logger", "enable_progress_bar", "enable_model_summary"):
         kwargs.setdefault(key, False)
     return Trainer(accelerator="cpu", default_root_dir=root, **kwargs)
+
+
+# -- vision-language captioner -----------------------------------------------------------------------
+# Qwen2-VL's chat template (the one its model folders ship in chat_template.json)
+QWEN_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+QWEN_VL_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                          "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+                          "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+                          "<|video_pad|>")  # fmt: skip
+
+
+def tiny_vlm_folder(path: str | Path, seed: int = 0, patch_size: int = 4, max_pixels: int = 16 * 16) -> Path:
+    """Write a tiny random Qwen2.5-VL folder at ``path`` as ``save_pretrained`` lays one out, offline.
+
+    A byte-level BPE tokenizer (300 tokens, Qwen's special tokens) trained on a few sentences, a 1-layer
+    text model and 1-block vision tower of width 32, ``patch_size`` pixel patches merged 2x2 and 2
+    frames deep, frames resized to at most ``max_pixels`` pixels (a 32x32 frame becomes 16x16: 4 video
+    tokens per pair of frames), Qwen-VL's chat template in ``chat_template.json`` and the image-processor
+    settings in ``preprocessor_config.json`` in the format the Qwen2.5-VL folders use. Its answers are
+    random tokens.
+    """
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=list(QWEN_VL_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(
+        [
+            "You are a helpful assistant.",
+            "system user assistant",
+            *PROMPTS,
+            "Front view. The camera remains static.",
+        ],
+        trainer,
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.save_pretrained(path)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_VL_SPECIAL_TOKENS}
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": QWEN_VL_CHAT_TEMPLATE}, indent=1))
+    pre = {"min_pixels": (2 * patch_size) ** 2, "max_pixels": max_pixels, "patch_size": patch_size,
+           "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+           "image_std": [0.26862954, 0.26130258, 0.27577711], "image_processor_type": "Qwen2VLImageProcessor",
+           "processor_class": "Qwen2_5_VLProcessor"}  # fmt: skip
+    (path / "preprocessor_config.json").write_text(json.dumps(pre, indent=1))
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                     "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+                     "pad_token_id": ids["<|endoftext|>"]},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                       "patch_size": patch_size, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                       "window_size": 4 * patch_size, "out_hidden_size": 32, "fullatt_block_indexes": [0]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(path)
+    return path

@@ -205,6 +205,172 @@ def test_captioner_folder_missing_is_a_clear_error(tmp_path):
         VLMCaptioner(tmp_path / "empty")
     answer = 'Sure! "Back-left view. The camera pans 20 degrees to the right." It is smooth.'
     assert clean_prompt(answer) == "Back-left view. The camera pans 20 degrees to the right."
+    assert clean_prompt("The video shows a person dancing.") is None
+    assert clean_prompt("trn<\ufffdp ss>c~ view. camera") is None
+
+
+# ---- the camera captioner on a tiny random Qwen2.5-VL folder ---------------------------------------
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    from dimo.testing import tiny_vlm_folder
+
+    return tiny_vlm_folder(tmp_path_factory.mktemp("vlm") / "qwen-tiny")
+
+
+class _Spy:
+    """Wraps an object: records the positional arguments and keywords of each call, delegates the rest."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_captioner_runs_a_tiny_qwen_vl_folder_end_to_end(tiny_vlm, tmp_path, monkeypatch):
+    """Chat template with a video, frames sampled at the linspace indices, video patches and token count
+    the model accepts, greedy generation, decoding of the new tokens only."""
+
+    from dimo.data.importers import CaptionError, VLMCaptioner
+    from dimo.data.video import read_frames
+
+    video = _write(tmp_path / "clip.mp4", _frames(T, 32, 32))  # 12 frames at 12 fps
+    cap = VLMCaptioner(tiny_vlm, num_frames=5)
+    spy = _Spy(cap.image_processor)
+    monkeypatch.setattr(cap, "image_processor", spy)
+    gen = _Spy(cap.model.generate)
+    monkeypatch.setattr(cap.model, "generate", gen)
+
+    answer = cap.answer(video, T)
+    assert isinstance(answer, str) and answer.strip()
+    # the frames shown are the decoded frames at linspace(0, 11, 5) = 0, 3, 6, 8, 11
+    ((args, kwargs),) = spy.calls
+    assert cap.frame_indices(T) == [0, 3, 6, 8, 11]
+    np.testing.assert_array_equal(np.stack(args[0]), read_frames(video, [0, 3, 6, 8, 11]))
+    assert kwargs["size"] == {"shortest_edge": 64, "longest_edge": 256}
+    # 32x32 -> 16x16 (at most 256 pixels): 4x4 patches of 4 px; 5 frames padded to 3 pairs
+    ((_, inputs),) = gen.calls
+    assert inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+    assert tuple(inputs["pixel_values_videos"].shape) == (3 * 4 * 4, 3 * 2 * 4 * 4)
+    # 5 frames spread over 1 s: 5 fps, 2 frames per temporal patch
+    assert inputs["second_per_grid_ts"].tolist() == pytest.approx([0.4])
+    video_id = cap.model.config.video_token_id
+    assert int((inputs["input_ids"] == video_id).sum()) == 3 * 4 * 4 // 4  # 2x2 patches merged per token
+    assert torch.equal(inputs["mm_token_type_ids"], (inputs["input_ids"] == video_id).long() * 2)
+    text = cap.tokenizer.decode(inputs["input_ids"][0])
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "<|vision_start|><|video_pad|>" in text and "Describe only the camera" in text
+    # only the new tokens are decoded
+    assert inputs["max_new_tokens"] == cap.max_new_tokens and inputs["do_sample"] is False
+    out = gen.inner(**inputs)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    assert answer == cap.tokenizer.decode(new, skip_special_tokens=True)
+    # a random model's answer is not a camera prompt
+    with pytest.raises(CaptionError, match="captioner answer is not"):
+        cap(video, T)
+    monkeypatch.setattr(cap, "answer", lambda v, n: 'Sure. "Front view. The camera remains static." Bye.')
+    assert cap(video, T) == "Front view. The camera remains static."
+
+
+def test_captioner_video_patches_have_the_qwen_video_processor_layout(tiny_vlm):
+    """Frames already at the model size: the patches equal transformers' Qwen2-VL video patchify
+    (``Qwen2VLVideoProcessor.patchify``, written out here) of the normalised frames."""
+
+    from dimo.data.importers import VLMCaptioner
+
+    cap = VLMCaptioner(tiny_vlm)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)  # 16x16: no resize
+    got = cap.video_inputs(frames, sampled_fps=2.0)
+    mean, std = np.array(cap.image_processor.image_mean), np.array(cap.image_processor.image_std)
+    x = torch.from_numpy(((frames / 255.0 - mean) / std).transpose(0, 3, 1, 2)).float()[
+        None
+    ]  # (1, N, C, H, W)
+    x = torch.cat([x, x[:, -1:]], dim=1)  # odd frame count: the last frame repeated
+    tp, p, m = 2, 4, 2
+    gt, gh, gw = 2, 4, 4
+    ref = x.view(1, gt, tp, 3, gh // m, m, p, gw // m, m, p).permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9)
+    ref = ref.reshape(gt * gh * gw, 3 * tp * p * p)
+    assert got["video_grid_thw"].tolist() == [[gt, gh, gw]]
+    torch.testing.assert_close(got["pixel_values_videos"].float(), ref, atol=1e-5, rtol=0)
+    assert got["second_per_grid_ts"].tolist() == [1.0]
+
+
+def test_captioner_answer_that_is_not_a_camera_prompt_is_reported(tiny_vlm, tmp_path, capsys):
+    """The random model's answer never becomes a prompt: the clip gets --prompt (or none) and a note."""
+
+    from dimo.cli import main
+    from dimo.data.importers import VLMCaptioner, import_videos
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "a.mp4", _frames(T, 32, 32))
+    _write(src / "b.mp4", _frames(T, 32, 32))
+    (src / "b.prompt.txt").write_text("Back view. The camera remains static.\n")
+    cap = VLMCaptioner(tiny_vlm)
+
+    report = import_videos(src, tmp_path / "out", captioner=cap)
+    prompts = {r.id: r.views[0].camera_prompt for r in report.records}
+    assert prompts == {"a": "", "b": "Back view. The camera remains static."}
+    (note,) = [n for c, n in report.notes if c == "a"]
+    assert note.startswith('captioner answer is not "<view>. The camera <motion>.": ') and note.endswith(
+        "; no camera prompt"
+    )
+    assert "\n" not in note and not [n for c, n in report.notes if c == "b"]
+    saved = json.loads((tmp_path / "out" / "import_report.json").read_text())["notes"]
+    assert {"clip": "a", "note": note} in saved
+
+    default = "Front view. The camera remains static."
+    argv = ["data", "import", "videos", str(src), "--out", str(tmp_path / "out2"), "--captioner", str(tiny_vlm),
+            "--prompt", default]  # fmt: skip
+    assert main_code(main, argv) == 0 and "2 clip(s) written" in capsys.readouterr().out
+    records, _ = load_manifest(tmp_path / "out2")
+    assert {r.id: r.views[0].camera_prompt for r in records}["a"] == default
+    notes = json.loads((tmp_path / "out2" / "import_report.json").read_text())["notes"]
+    assert [n["note"].rsplit("; ", 1)[1] for n in notes if n["clip"] == "a"] == ["--prompt used instead"]
+
+    # a captioner that answers with a camera prompt wins over --prompt
+    good = lambda video, n: "Left side view. The camera orbits around the subject."  # noqa: E731
+    report = import_videos(src, tmp_path / "out3", captioner=good, prompt_default=default)
+    assert {r.id: r.views[0].camera_prompt for r in report.records}["a"] == good(None, 0)
+    assert ("a", "camera prompt from the captioner") in report.notes
+
+
+def test_captioner_folder_with_missing_or_corrupt_weights_is_one_line(tiny_vlm, tmp_path, capsys):
+    from dimo.cli import main
+    from dimo.data.importers import ImportError_, VLMCaptioner
+
+    folder = tmp_path / "qwen"
+    shutil.copytree(tiny_vlm, folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ImportError_, match=r"captioner folder .*qwen has no weights"):
+        VLMCaptioner(folder)
+    (folder / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ImportError_) as err:
+        VLMCaptioner(folder)
+    msg = str(err.value)
+    assert (
+        msg.startswith(f"captioner folder {folder} could not be loaded by transformers: ") and "\n" not in msg
+    )
+    # a truncated copy of the real weights
+    data = (tiny_vlm / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImportError_, match="could not be loaded by transformers"):
+        VLMCaptioner(folder)
+    config = json.loads((tiny_vlm / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, model_type="llava")))
+    with pytest.raises(ImportError_, match="holds a 'llava' model; the captioner runs Qwen2-VL"):
+        VLMCaptioner(folder)
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "a.mp4", _frames(4, 32, 32))
+    argv = ["data", "import", "videos", str(src), "--out", str(tmp_path / "o"), "--captioner", str(folder)]
+    assert main_code(main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(folder) in err and "Traceback" not in err
 
 
 # ---- multi-view --------------------------------------------------------------------------------

@@ -47,9 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     isub = im.add_subparsers(dest="kind", required=True)
     iv = isub.add_parser("videos", help="a folder of single-view videos (+ sidecars) -> internet clips")
     iv.add_argument("src", type=Path)
-    iv.add_argument("--prompt", default=None, help="camera prompt for videos without a .prompt.txt sidecar")
     iv.add_argument(
-        "--captioner", type=Path, default=None, help="local VLM folder (Qwen2.5-VL style) for prompts"
+        "--prompt",
+        default=None,
+        help="camera prompt for videos without a .prompt.txt sidecar (with --captioner: for clips whose "
+        "answer is not a camera prompt)",
+    )
+    iv.add_argument(
+        "--captioner",
+        type=Path,
+        default=None,
+        help="local Qwen2-VL / Qwen2.5-VL folder: camera prompts for videos without a .prompt.txt sidecar",
     )
     iv.add_argument("--model-dir", type=Path, default=None, help="SMPL-X model folder: also write 3D joints")
     imv = isub.add_parser("multiview", help="calibrated captures in the generic layout -> multiview clips")

@@ -43,6 +43,7 @@ from dimo.safe_io import atomic_path, atomic_write_text
 
 __all__ = [
     "VIDEO_SUFFIXES",
+    "CaptionError",
     "ImportError_",
     "ImportReport",
     "VLMCaptioner",
@@ -136,11 +137,24 @@ CAPTION_INSTRUCTION = (
 )
 
 
-class VLMCaptioner:
-    """Camera prompts from a local vision-language model folder (Qwen2.5-VL style) via ``transformers``.
+class CaptionError(ValueError):
+    """The captioner's answer for one clip is not a camera prompt (``"<view>. The camera <motion>."``)."""
 
-    Loaded with ``local_files_only=True`` (nothing is downloaded); ``num_frames`` frames spread over
-    the clip are given as a video. The first sentence pair of the answer is kept.
+
+VLM_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+
+
+class VLMCaptioner:
+    """Camera prompts from a local vision-language model folder (Qwen2-VL / Qwen2.5-VL) via ``transformers``.
+
+    Loaded with ``local_files_only=True`` (nothing is downloaded): the tokenizer, the model and the
+    folder's image-processor settings. ``num_frames`` frames spread over the clip are given as one video
+    at the rate they sample the clip. The video inputs are built here from transformers' PIL image
+    processor (frames resized, normalised and cut into patches as Qwen's video processor does, pairs of
+    frames interleaved into its temporal patches), because transformers' Qwen video processor, and so
+    ``AutoProcessor`` for these folders, needs torchvision, which does not import on a CPU-only torch.
+    The first "<view>. The camera <motion>." of the answer is kept; an answer without one raises
+    :class:`CaptionError`.
     """
 
     def __init__(self, folder: str | os.PathLike, num_frames: int = 8, max_new_tokens: int = 48) -> None:
@@ -154,43 +168,156 @@ class VLMCaptioner:
             raise ImportError_(
                 f"captioner folder {folder} has no config.json: not a transformers model folder"
             )
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise ImportError_(f"captioner folder {folder} has no weights (*.safetensors)")
+        try:
+            model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError) as err:
+            raise ImportError_(f"captioner folder {folder}: config.json is unreadable ({err})") from None
+        if model_type not in VLM_MODEL_TYPES:
+            raise ImportError_(
+                f"captioner folder {folder} holds a {model_type!r} model; the captioner runs Qwen2-VL and "
+                f"Qwen2.5-VL folders ({', '.join(VLM_MODEL_TYPES)})"
+            )
+        from transformers import AutoModelForImageTextToText, AutoTokenizer, Qwen2VLImageProcessorPil
 
         try:
-            self.processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            self.image_processor = Qwen2VLImageProcessorPil.from_pretrained(folder, local_files_only=True)
             self.model = AutoModelForImageTextToText.from_pretrained(folder, local_files_only=True).eval()
-        except (OSError, ValueError, KeyError) as err:
+        except Exception as err:  # noqa: BLE001 - any load failure (corrupt weights, bad JSON) is one line
+            first = (str(err).strip().splitlines() or [""])[0]
             raise ImportError_(
-                f"captioner folder {folder} could not be loaded by transformers: {err}"
+                f"captioner folder {folder} could not be loaded by transformers: {type(err).__name__}: {first}"
             ) from None
+        self.chat_template = _chat_template(folder, self.tokenizer)
+        if self.chat_template is None:
+            raise ImportError_(
+                f"captioner folder {folder} has no chat template (chat_template.json / .jinja or in the tokenizer)"
+            )
+        self.video_size = _video_size(folder, self.image_processor)
         self.num_frames, self.max_new_tokens = num_frames, max_new_tokens
 
-    def __call__(self, video: Path, num_frames: int) -> str:
+    def frame_indices(self, num_frames: int) -> list[int]:
+        """The frames shown: ``self.num_frames`` (at most ``num_frames``) spread from first to last."""
+
+        n = min(self.num_frames, num_frames)
+        return np.unique(np.linspace(0, num_frames - 1, n).round().astype(int)).tolist()
+
+    def video_inputs(self, frames: np.ndarray, sampled_fps: float) -> dict[str, Any]:
+        """uint8 frames (N, H, W, 3) -> ``pixel_values_videos`` (grid_t*grid_h*grid_w, C*tp*p*p),
+        ``video_grid_thw`` (1, 3) and ``second_per_grid_ts`` (1,), as transformers' Qwen video processor
+        lays them out (odd frame counts are padded with the last frame)."""
+
         import torch
 
-        from dimo.data.video import read_frames
+        ip = self.image_processor
+        tp, p = ip.temporal_patch_size, ip.patch_size
+        # per frame: (grid_h*grid_w, C*tp*p*p) with the frame repeated tp times along the temporal axis
+        out = ip(list(frames), size=self.video_size, return_tensors="np")
+        grid = np.asarray(out["image_grid_thw"])
+        n, gh, gw = len(frames), int(grid[0, 1]), int(grid[0, 2])
+        patches = np.asarray(out["pixel_values"]).reshape(n, gh * gw, -1, tp, p, p)[
+            :, :, :, 0
+        ]  # (N, S, C, p, p)
+        if pad := -n % tp:
+            patches = np.concatenate([patches, np.repeat(patches[-1:], pad, axis=0)])
+        gt = len(patches) // tp
+        patches = patches.reshape(gt, tp, gh * gw, -1, p, p).transpose(
+            0, 2, 3, 1, 4, 5
+        )  # (gt, S, C, tp, p, p)
+        return {
+            "pixel_values_videos": torch.from_numpy(np.ascontiguousarray(patches.reshape(gt * gh * gw, -1))),
+            "video_grid_thw": torch.tensor([[gt, gh, gw]]),
+            "second_per_grid_ts": torch.tensor([tp / sampled_fps]),
+        }
 
-        idx = np.unique(np.linspace(0, num_frames - 1, min(self.num_frames, num_frames)).round().astype(int))
-        frames = read_frames(video, idx.tolist())  # (N, H, W, 3) uint8
+    def answer(self, video: Path, num_frames: int) -> str:
+        """The model's raw answer for ``video`` (``num_frames`` frames long)."""
+
+        import torch
+
+        from dimo.data.video import probe, read_frames
+
+        idx = self.frame_indices(num_frames)
+        frames = read_frames(video, idx)  # (N, H, W, 3) uint8
+        fps = probe(video).fps
+        sampled_fps = len(idx) * fps / num_frames  # the shown frames span the clip's duration
         messages = [
             {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": CAPTION_INSTRUCTION}]}
         ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(text=[text], videos=[list(frames)], return_tensors="pt")
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.chat_template, add_generation_prompt=True, tokenize=False
+        )
+        vision = self.video_inputs(frames, sampled_fps)
+        merge = self.image_processor.merge_size
+        n_tokens = int(vision["video_grid_thw"][0].prod()) // merge**2
+        video_token = "<|video_pad|>"
+        if text.count(video_token) != 1:
+            raise CaptionError(
+                f"the chat template put {text.count(video_token)} {video_token} in the prompt, not 1"
+            )
+        ids = self.tokenizer(text.replace(video_token, video_token * n_tokens), return_tensors="pt")
+        video_id = self.model.config.video_token_id
+        inputs = {
+            "input_ids": ids["input_ids"],
+            "attention_mask": ids["attention_mask"],
+            "mm_token_type_ids": (ids["input_ids"] == video_id).long() * 2,  # 0 text, 1 image, 2 video
+            **vision,
+        }
+        if self.model.config.model_type != "qwen2_5_vl":  # Qwen2-VL has no time-aligned positions
+            inputs.pop("second_per_grid_ts")
         with torch.no_grad():
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        answer = self.processor.batch_decode(
-            out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-        )[0]
-        return clean_prompt(answer)
+        return self.tokenizer.batch_decode(out[:, ids["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+
+    def __call__(self, video: Path, num_frames: int) -> str:
+        answer = self.answer(video, num_frames)
+        prompt = clean_prompt(answer)
+        if prompt is None:
+            short = " ".join(answer.split())
+            short = short if len(short) <= 80 else short[:77] + "..."
+            raise CaptionError(f'captioner answer is not "<view>. The camera <motion>.": {short!r}')
+        return prompt
 
 
-def clean_prompt(answer: str) -> str:
-    """A VLM answer -> ``"<view>. The camera <motion>."`` (quotes, extra sentences dropped)."""
+def _chat_template(folder: Path, tokenizer) -> str | None:
+    """The processor's chat template (``chat_template.jinja`` / ``.json``), else the tokenizer's."""
+
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return getattr(tokenizer, "chat_template", None)
+
+
+def _video_size(folder: Path, image_processor) -> dict[str, int]:
+    """Pixels per video frame (``shortest_edge``/``longest_edge`` = min/max pixels): the folder's video
+    processor settings, else the image processor's capped at 768 merged patches per frame (transformers'
+    Qwen video default)."""
+
+    size = dict(image_processor.size)
+    cfg = folder / "video_preprocessor_config.json"
+    if cfg.is_file():
+        video = json.loads(cfg.read_text())
+        size.update(
+            {k: v for k, v in (video.get("size") or {}).items() if k in ("shortest_edge", "longest_edge")}
+        )
+        size["shortest_edge"] = video.get("min_pixels", size["shortest_edge"])
+        size["longest_edge"] = video.get("max_pixels", size["longest_edge"])
+    else:
+        cap = 768 * (image_processor.patch_size * image_processor.merge_size) ** 2
+        size["longest_edge"] = min(size["longest_edge"], cap)
+    return {"shortest_edge": int(size["shortest_edge"]), "longest_edge": int(size["longest_edge"])}
+
+
+def clean_prompt(answer: str) -> str | None:
+    """A VLM answer -> ``"<view>. The camera <motion>."`` (quotes, extra sentences dropped); ``None``
+    when the answer has no such pair of sentences."""
 
     text = " ".join(answer.replace('"', " ").split())
     m = re.search(r"([A-Z][^.!?]*view)\.\s*(The camera [^.]*\.)", text)
-    return f"{m.group(1)}. {m.group(2)}" if m else text
+    return f"{m.group(1)}. {m.group(2)}" if m else None
 
 
 # ---- videos ---------------------------------------------------------------------------------------
@@ -267,12 +394,16 @@ def _import_one_video(video, out, clip_id, prompt_default, captioner, labels, mo
     view: dict[str, Any] = {"video": placed.relative_to(out).as_posix(), "name": "camera"}
     prompt_file = _sidecar(video, (".prompt.txt",))
     prompt = _read_text(prompt_file) if prompt_file else None
+    if prompt is None and captioner is not None:
+        try:
+            prompt = captioner(placed, T)
+            notes.append("camera prompt from the captioner")
+        except CaptionError as err:
+            fallback = "--prompt used instead" if prompt_default else "no camera prompt"
+            notes.append(f"{err}; {fallback}")
     if prompt is None and prompt_default:
         prompt = prompt_default
-    if prompt is None and captioner is not None:
-        prompt = captioner(placed, T)
-        notes.append("camera prompt from the captioner")
-    if prompt is None:
+    if prompt is None and captioner is None:
         notes.append("no camera prompt (no .prompt.txt sidecar, --prompt or --captioner)")
     view["camera_prompt"] = prompt or ""
     record: dict[str, Any] = {"id": clip_id, "source": "internet", "fps": facts.fps, "num_frames": T,
