@@ -366,6 +366,22 @@ class ThreeDiMoModule(LightningModule):
 
         return [p for p in self.net.parameters() if p.requires_grad]
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Norm clipping under FSDP through the root FSDP module (Lightning's FSDP precision plugin
+        refuses ``gradient_clip_algorithm='norm'``: torch's ``clip_grad_norm_`` is wrong on sharded
+        gradients; ``FullyShardedDataParallel.clip_grad_norm_`` reduces the norm over every shard).
+        Every other case is Lightning's own."""
+
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        fsdp = isinstance(self.trainer.strategy, FSDPStrategy)
+        if fsdp and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> Any:
         params = self.trainable_parameters()
         new = {id(p) for p in self.net.motion_parameters()}
