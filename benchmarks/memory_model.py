@@ -247,18 +247,22 @@ def threedimo_activation_bytes(
     dtype=torch.bfloat16,
     spatial_compression: int = 8,
     text_length: int = 512,
+    bf16_modulation: bool = False,
 ) -> int:
     """Saved bytes of ThreeDiMoNet's training forward on meta (+ one recomputed block if checkpointing).
 
     ``spatial_compression``: the VAE's (Wan2.1: 8; the toy Wan VAE: 4), which sets the latent grid;
-    ``text_length``: text tokens per prompt (Wan: 512; the toy configs: 48).
+    ``text_length``: text tokens per prompt (Wan: 512; the toy configs: 48); ``bf16_modulation``: the
+    module option of that name (Wan blocks' (B, N, 6, D) modulation in ``dtype``, not fp32).
     """
 
     import dimo.models.threedimo.motion_encoder as motion_encoder
     from dimo.models.threedimo import ThreeDiMoNet
+    from dimo.models.threedimo.modulation import set_compact_modulation
 
     with torch.device("meta"):
         net = ThreeDiMoNet(**net_kwargs).to("meta", dtype)
+        set_compact_modulation(net, bf16_modulation)
         tr = net.transformer
         wan = tr.transformer.config
         f = 1 + (frames - 1) // 4
@@ -272,7 +276,8 @@ def threedimo_activation_bytes(
             extra["condition"] = torch.empty(batch, 20, f, lh, lw, dtype=dtype)
             extra["image_embeds"] = torch.empty(batch, 257, wan.image_dim, dtype=dtype)
         latents = torch.empty(batch, channels, f, lh, lw, dtype=dtype)
-        timestep = torch.empty(batch, n, dtype=dtype)
+        # T2V: per-token timesteps (the reference frame's tokens at 0); I2V: one per sample (module.py)
+        timestep = torch.empty(batch, dtype=dtype) if tr.is_i2v else torch.empty(batch, n, dtype=dtype)
         text = torch.empty(batch, text_length, wan.text_dim, dtype=dtype)
 
         def forward():
@@ -341,6 +346,7 @@ PAPER_3DIMO_NET = dict(
 )  # fmt: skip
 UMT5_XXL_PARAMS = 5_680_910_336  # google/umt5-xxl encoder (Wan's text encoder), bf16 on the GPU
 WAN_VAE_PARAMS = 126_892_531  # Wan2.1 VAE
+CLIP_VIT_H_PARAMS = 632_076_800  # Wan I2V's frozen CLIP image encoder (ViT-H/14)
 
 
 def config_chain(path: Path) -> list[Path]:
@@ -354,8 +360,9 @@ def config_chain(path: Path) -> list[Path]:
     return [*chain, path]
 
 
-def parse_config(path: Path) -> dict:
-    """The composed, type-checked config of an experiment file (parsed by the real CLI, nothing built)."""
+def parse_config(path: Path, *overrides: str) -> dict:
+    """The composed, type-checked config of an experiment file (parsed by the real CLI, nothing built);
+    ``overrides`` are CLI arguments (``--data.init_args.batch_size=8``) applied after the files."""
 
     from dimo.cli import DimoCLI
 
@@ -364,20 +371,58 @@ def parse_config(path: Path) -> dict:
             return None
 
     args = [a for p in config_chain(Path(path)) for a in ("--config", str(p))]
-    return _ParseOnly(args=[*args, "--trainer.logger=false"], run=False).config
+    return _ParseOnly(args=[*args, *overrides, "--trainer.logger=false"], run=False).config
 
 
-def config_estimate(path: Path, checkpointing: bool | None = None) -> MemoryEstimate:
-    """Memory estimate of an HVG experiment file (per GPU, DDP): its preset, batch, views, frames,
-    size, checkpointing switch (``checkpointing`` overrides it) and frozen-encoder dtype."""
+def config_estimate(path: Path, *overrides: str, checkpointing: bool | None = None) -> MemoryEstimate:
+    """Memory estimate per GPU of an experiment file as the CLI composes it (its ``# base:`` chain, then
+    ``overrides``): HVG or 3DiMo, under the trainer's strategy (DDP, FSDP full shard or DeepSpeed
+    ZeRO-2/3 over ``devices x num_nodes`` GPUs). ``checkpointing`` overrides the config's switch."""
 
+    cfg = parse_config(path, *overrides)
+    kind = cfg["model"]["class_path"].rsplit(".", 1)[-1]
+    if kind == "HVGModule":
+        return _hvg_config_estimate(cfg, Path(path), checkpointing)
+    if kind == "ThreeDiMoModule":
+        return _threedimo_config_estimate(cfg, Path(path), checkpointing)
+    raise ValueError(f"config_estimate supports HVG and 3DiMo configs, {path} is {kind}")
+
+
+def _strategy(cfg: dict) -> tuple[str, dict]:
+    """('ddp' | 'fsdp' | 'deepspeed', init_args) of the trainer's strategy."""
+
+    strategy = cfg["trainer"]["strategy"]
+    if hasattr(strategy, "as_dict"):  # jsonargparse Namespace
+        strategy = strategy.as_dict()
+    if isinstance(strategy, str):
+        name, init = strategy, {}
+    else:
+        name, init = strategy["class_path"].rsplit(".", 1)[-1], dict(strategy.get("init_args") or {})
+    name = name.lower()
+    for kind in ("deepspeed", "fsdp", "ddp"):
+        if name.startswith(kind):
+            return kind, init
+    if name in ("auto", "singledevicestrategy"):
+        return "ddp", init  # one process per GPU: what DDP keeps, without the all-reduce
+    raise ValueError(f"the memory model knows DDP, FSDP and DeepSpeed strategies, not {name!r}")
+
+
+def _gpus(cfg: dict) -> int:
+    devices, nodes = cfg["trainer"]["devices"], cfg["trainer"]["num_nodes"]
+    if isinstance(devices, (list, tuple)):
+        devices = len(devices)
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        raise ValueError(f"trainer.devices must be a GPU count for the memory model, got {devices!r}")
+    return devices * int(nodes)
+
+
+def _hvg_config_estimate(cfg: dict, path: Path, checkpointing: bool | None) -> MemoryEstimate:
     from dimo.models.hvg import HVGConfig
     from dimo.models.hvg.network import HVGUNet, build_image_encoder, build_vae
 
-    cfg = parse_config(path)
     model, data = cfg["model"], cfg["data"]["init_args"]
-    if not model["class_path"].endswith("HVGModule"):
-        raise ValueError(f"config_estimate supports HVG configs only, {path} is {model['class_path']}")
+    if _strategy(cfg)[0] != "ddp":
+        raise ValueError("the memory model describes HVG under DDP only (docs/scale.md: no HVG FSDP)")
     init = model["init_args"]
     preset = init["net"]["preset"]
     if data["height"] != data["width"]:
@@ -389,63 +434,146 @@ def config_estimate(path: Path, checkpointing: bool | None = None) -> MemoryEsti
     act = hvg_activation_bytes(
         preset, data["batch_size"], data["num_views"], data["num_frames"], data["height"], ckpt
     )
-    name = (
-        f"{Path(path).name}: {data['batch_size']} x {data['num_views']} views x {data['num_frames']} frames"
-    )
+    name = f"{path.name}: {data['batch_size']} x {data['num_views']} views x {data['num_frames']} frames"
     return estimate(name, _count(lambda: HVGUNet(net)), frozen_bytes, frozen, act)
 
 
-CLIP_VIT_H_PARAMS = 632_076_800  # Wan I2V's frozen CLIP image encoder (ViT-H/14)
+WAN_VAE_SPATIAL = {"wan2.1": 8}
+_ACTIVATIONS: dict[str, int] = {}  # spatial compression of the Wan VAE presets the paper configs use
+
+
+def _threedimo_config_estimate(cfg: dict, path: Path, checkpointing: bool | None) -> MemoryEstimate:
+    """3DiMo, full fine-tuning (the paper's), frozen UMT5-XXL + Wan VAE (+ CLIP ViT-H for I2V)."""
+
+    from dimo.models.threedimo import ThreeDiMoNet
+
+    init, data = cfg["model"]["init_args"], cfg["data"]["init_args"]
+    if init["train_parts"] != "full":
+        raise ValueError(
+            f"the memory model describes full fine-tuning, {path.name} has {init['train_parts']}"
+        )
+    if init.get("from_cache"):
+        raise ValueError("the memory model counts the frozen encoders on the GPU; from_cache builds none")
+    net_kwargs = {k: v for k, v in init["net"]["init_args"].items() if k not in ("backbone_path", "lora")}
+    if init["net"]["init_args"].get("lora"):
+        raise ValueError("LoRA configs are not described by the memory model")
+    vae = (init.get("vae") or {}).get("init_args") or {}
+    if vae.get("preset") not in WAN_VAE_SPATIAL:
+        raise ValueError(
+            f"the memory model knows the {sorted(WAN_VAE_SPATIAL)} VAE, not {vae.get('preset')!r}"
+        )
+    text = (init.get("text_encoder") or {}).get("init_args") or {}
+    kind, strategy = _strategy(cfg)
+    gpus = _gpus(cfg)
+    own_ckpt = init["gradient_checkpointing"]
+    strategy_ckpt = kind == "fsdp" and bool(strategy.get("activation_checkpointing_policy"))
+    ckpt = (own_ckpt or strategy_ckpt) if checkpointing is None else checkpointing
+    b, frames, h, w = data["batch_size"], data["num_frames"], data["height"], data["width"]
+    act_args = (net_kwargs, b, frames, h, w, ckpt)
+    act_kwargs = dict(
+        spatial_compression=WAN_VAE_SPATIAL[vae["preset"]],
+        text_length=int(text.get("max_length", 512)),
+        bf16_modulation=bool(init.get("bf16_modulation", False)),
+    )
+    key = json.dumps([act_args, act_kwargs], sort_keys=True, default=str)
+    if key not in _ACTIVATIONS:  # one meta count per shape (the 14B rows share theirs)
+        _ACTIVATIONS[key] = threedimo_activation_bytes(*act_args, **act_kwargs)
+    act = _ACTIVATIONS[key]
+    with torch.device("meta"):
+        net = ThreeDiMoNet(**net_kwargs)
+    trainable = sum(p.numel() for p in net.parameters())
+    blocks = list(net.transformer.transformer.blocks)
+    in_units = sum(p.numel() for blk in blocks for p in blk.parameters())
+    unit = max(sum(p.numel() for p in blk.parameters()) for blk in blocks)
+    frozen = UMT5_XXL_PARAMS + WAN_VAE_PARAMS + (CLIP_VIT_H_PARAMS if init.get("image_encoder") else 0)
+    frozen_bytes = frozen * (4 if init["frozen_dtype"] == "float32" else 2)
+    accumulate = cfg["trainer"]["accumulate_grad_batches"]
+    name = (
+        f"{path.name}: {b} x {frames} x {h}x{w}/GPU x accumulate {accumulate} "
+        f"({b * accumulate * gpus} per step), {'ckpt' if ckpt else 'no ckpt'}, "
+        f"{'bf16' if init.get('bf16_modulation') else 'fp32'} modulation"
+    )
+    if kind == "ddp":
+        return estimate(f"{name}, DDP", trainable, frozen_bytes, frozen, act)
+    if kind == "fsdp":
+        sharding = strategy.get("sharding_strategy") or "FULL_SHARD"
+        if getattr(sharding, "name", sharding) != "FULL_SHARD":
+            raise ValueError("the memory model describes FSDP FULL_SHARD only")
+        name = f"{name}, FSDP full shard over {gpus} GPUs"
+        return fsdp_estimate(name, trainable, trainable - in_units, unit, frozen, act, gpus)
+    stage = int(strategy.get("stage", 2))
+    if strategy.get("offload_optimizer") or strategy.get("offload_parameters"):
+        raise ValueError("the memory model does not describe DeepSpeed offloading")
+    name = f"{name}, ZeRO-{stage} over {gpus} GPUs"
+    return deepspeed_estimate(name, stage, trainable, unit, frozen, act, gpus)
+
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+PAPER_CONFIGS = (  # every committed paper-scale config (verdicts in docs/scale.md)
+    "3dimo_paper.yaml",
+    "3dimo_paper_14b_fsdp.yaml",
+    "3dimo_paper_14b_deepspeed.yaml",
+    "hvg_paper_phase1.yaml",
+    "hvg_paper_phase2.yaml",
+)
 
 
 def wan14b_estimates() -> list[MemoryEstimate]:
     """3DiMo on Wan2.1-I2V-14B (``experiments/3dimo_paper_14b_fsdp.yaml`` and ``_deepspeed.yaml``): DDP,
-    FSDP and DeepSpeed ZeRO-2/3 on 8 / 32 GPUs."""
+    FSDP and DeepSpeed ZeRO-2/3 on 8 / 32 GPUs (the files' 4 nodes x 8, or one node)."""
 
-    from dimo.models.threedimo import ThreeDiMoNet
-
-    kwargs = dict(PAPER_3DIMO_NET, backbone="wan2.1-i2v-14b")
-    with torch.device("meta"):
-        net = ThreeDiMoNet(**kwargs)
-    blocks = list(net.transformer.transformer.blocks)
-    trainable = sum(p.numel() for p in net.parameters())
-    in_units = sum(p.numel() for b in blocks for p in b.parameters())
-    unit = max(sum(p.numel() for p in b.parameters()) for b in blocks)
-    frozen = UMT5_XXL_PARAMS + WAN_VAE_PARAMS + CLIP_VIT_H_PARAMS
-    act = threedimo_activation_bytes(kwargs, 1, 121, 480, 848, True)
-    out = [estimate("3dimo 14B, DDP, 1 clip/GPU, ckpt", trainable, 2 * frozen, frozen, act)]
-    for gpus in (8, 32):
-        name = f"3dimo_paper_14b_fsdp, FSDP full shard over {gpus} GPUs, 1 clip/GPU, ckpt"
-        out.append(fsdp_estimate(name, trainable, trainable - in_units, unit, frozen, act, gpus))
+    fsdp, ds = EXPERIMENTS / "3dimo_paper_14b_fsdp.yaml", EXPERIMENTS / "3dimo_paper_14b_deepspeed.yaml"
+    out = [config_estimate(ds, "--trainer.strategy=ddp", checkpointing=True)]
+    for nodes in (1, 4):
+        out.append(config_estimate(fsdp, f"--trainer.num_nodes={nodes}"))
     for stage in (2, 3):
-        for gpus in (8, 32):
-            name = f"3dimo_paper_14b_deepspeed, ZeRO-{stage} over {gpus} GPUs, 1 clip/GPU, ckpt"
-            out.append(deepspeed_estimate(name, stage, trainable, unit, frozen, act, gpus))
+        for nodes in (1, 4):
+            args = (f"--trainer.strategy.init_args.stage={stage}", f"--trainer.num_nodes={nodes}")
+            out.append(config_estimate(ds, *args))
     return out
 
 
 def paper_estimates() -> list[MemoryEstimate]:
-    from dimo.models.threedimo import ThreeDiMoNet
+    """Every paper config as committed (``PAPER_CONFIGS``), then the variants docs/scale.md compares."""
 
-    out = []
-    trainable = _count(lambda: ThreeDiMoNet(**PAPER_3DIMO_NET))
-    frozen = UMT5_XXL_PARAMS + WAN_VAE_PARAMS
-    for b, ckpt in ((8, True), (1, True), (1, False)):
-        act = threedimo_activation_bytes(PAPER_3DIMO_NET, b, 121, 480, 848, ckpt)
-        name = f"3dimo_paper (1.3B), {b} clip/GPU x 121 x 480x848, {'ckpt' if ckpt else 'no ckpt'}"
-        out.append(estimate(name, trainable, 2 * frozen, frozen, act))
+    out = [config_estimate(EXPERIMENTS / name) for name in PAPER_CONFIGS]
+    paper = EXPERIMENTS / "3dimo_paper.yaml"
+    out.append(config_estimate(paper, "--model.init_args.bf16_modulation=false"))
+    out.append(config_estimate(paper, checkpointing=False))
+    out.append(config_estimate(paper, "--data.init_args.batch_size=8", "--trainer.accumulate_grad_batches=1"))
     out += wan14b_estimates()
-    experiments = Path(__file__).resolve().parents[1] / "experiments"
     for name in ("hvg_paper_phase1.yaml", "hvg_paper_phase2.yaml"):
-        for ckpt in (True, False):
-            est = config_estimate(experiments / name, checkpointing=ckpt)
-            est.config += ", ckpt" if ckpt else ", no ckpt"
-            out.append(est)
+        est = config_estimate(EXPERIMENTS / name, checkpointing=False)
+        est.config += ", no ckpt"
+        out.append(est)
     return out
 
 
+def verdict_table(rows: list[MemoryEstimate]) -> str:
+    """Markdown: states / frozen / activations / total (GiB) and the 80 GB / 141 GB verdicts."""
+
+    lines = [
+        "| config | states | frozen | activations | total | 80 GB | 141 GB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        yes = {True: "yes", False: "no"}
+        lines.append(
+            f"| {e.config} | {e.states_gib:.1f} | {e.frozen_gib:.1f} | {e.activations_gib:.1f} | "
+            f"{e.total_gib:.1f} | {yes[e.fits(80)]} | {yes[e.fits(141)]} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    rows = []
-    for e in paper_estimates():
-        rows.append({**asdict(e), "fits_80GB": e.fits(80), "fits_141GB": e.fits(141)})
-    print(json.dumps(rows, indent=2))
+    import sys
+
+    rows = paper_estimates()
+    if "--markdown" in sys.argv[1:]:
+        print(verdict_table(rows))
+    else:
+        print(
+            json.dumps(
+                [{**asdict(e), "fits_80GB": e.fits(80), "fits_141GB": e.fits(141)} for e in rows], indent=2
+            )
+        )

@@ -121,3 +121,35 @@ def test_strategy_activation_checkpointing_gives_the_same_gradients():
     assert not missing, missing[:5]
     for k in [k for k, v in g0.items() if v is not None]:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7, msg=k)
+
+
+def test_norm_clipping_under_fsdp_goes_through_the_root_module(monkeypatch):
+    """Lightning's FSDP precision plugin raises on norm clipping; the module clips through FSDP's root."""
+
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision.fsdp import FSDPPrecision
+    from lightning.pytorch.strategies import FSDPStrategy
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    from dimo.models.threedimo import ThreeDiMoModule
+
+    module = ThreeDiMoModule(val_metrics=())
+    calls = []
+    strategy = FSDPStrategy()
+    strategy.model = SimpleNamespace(clip_grad_norm_=calls.append)  # the FSDP-wrapped root
+    strategy.precision_plugin = FSDPPrecision("bf16-mixed")
+    monkeypatch.setattr(
+        type(module),
+        "trainer",
+        property(
+            lambda self: SimpleNamespace(
+                strategy=strategy, gradient_clip_val=None, gradient_clip_algorithm=None
+            )
+        ),
+    )
+    with pytest.raises(MisconfigurationException, match="not supported"):  # what Lightning alone does
+        strategy.precision_plugin.clip_grad_by_norm(None, 1.0)
+    module.configure_gradient_clipping(None, 0.5, "norm")
+    module.configure_gradient_clipping(None, 0.25, None)  # Lightning's default algorithm is norm
+    assert calls == [0.5, 0.25]

@@ -58,3 +58,67 @@ def test_checkpointing_keeps_less():
     full = threedimo_activation_bytes({}, 1, 9, 64, 64, False, torch.float32)
     ckpt = threedimo_activation_bytes({}, 1, 9, 64, 64, True, torch.float32)
     assert ckpt < 0.5 * full
+
+
+# ---- verdicts of the committed paper configs, computed from the YAML files as the CLI composes them ----
+PAPER_VERDICTS = {  # config: (fits 80 GB, fits 141 GB); docs/scale.md prints the same table
+    "3dimo_paper.yaml": (True, True),
+    "3dimo_paper_14b_fsdp.yaml": (False, True),
+    "3dimo_paper_14b_deepspeed.yaml": (True, True),
+    "hvg_paper_phase1.yaml": (True, True),
+    "hvg_paper_phase2.yaml": (True, True),
+}
+
+
+def test_every_paper_config_has_its_verdict():
+    from benchmarks.memory_model import EXPERIMENTS, PAPER_CONFIGS, config_estimate
+
+    assert set(PAPER_CONFIGS) == set(PAPER_VERDICTS) == {p.name for p in EXPERIMENTS.glob("*paper*.yaml")}
+    for name, (fits80, fits141) in PAPER_VERDICTS.items():
+        est = config_estimate(EXPERIMENTS / name)
+        assert (est.fits(80), est.fits(141)) == (fits80, fits141), est
+
+
+def test_3dimo_estimate_follows_the_yaml():
+    from benchmarks.memory_model import EXPERIMENTS, config_estimate
+
+    paper = EXPERIMENTS / "3dimo_paper.yaml"
+    base = config_estimate(paper)
+    assert "1 x 121 x 480x848" in base.config and "64 per step" in base.config and "DDP" in base.config
+    # the switches and shapes are read from the file / the overrides, not assumed
+    fp32_mod = config_estimate(paper, "--model.init_args.bf16_modulation=false")
+    assert fp32_mod.activations_gib > base.activations_gib + 0.5  # the (N, 6, D) fp32 sum of a block
+    assert config_estimate(paper, checkpointing=False).activations_gib > 10 * base.activations_gib
+    fewer = config_estimate(paper, "--data.init_args.num_frames=61")
+    assert fewer.activations_gib < 0.6 * base.activations_gib
+    assert fewer.states_gib == base.states_gib and fewer.frozen_gib == base.frozen_gib
+    fp32_frozen = config_estimate(paper, "--model.init_args.frozen_dtype=float32")
+    assert fp32_frozen.frozen_gib == pytest.approx(2 * base.frozen_gib)
+
+
+def test_sharded_estimates_follow_the_gpu_count_and_stage():
+    from benchmarks.memory_model import EXPERIMENTS, config_estimate
+
+    fsdp = EXPERIMENTS / "3dimo_paper_14b_fsdp.yaml"
+    ds = EXPERIMENTS / "3dimo_paper_14b_deepspeed.yaml"
+    f32, f8 = config_estimate(fsdp), config_estimate(fsdp, "--trainer.num_nodes=1")
+    assert "FSDP full shard over 32 GPUs" in f32.config and "over 8 GPUs" in f8.config
+    assert f8.states_gib > f32.states_gib and f8.activations_gib == f32.activations_gib
+    z3, z2 = config_estimate(ds), config_estimate(ds, "--trainer.strategy.init_args.stage=2")
+    assert "ZeRO-3 over 32" in z3.config and "ZeRO-2 over 32" in z2.config
+    assert z3.total_gib < f32.total_gib < z2.total_gib
+    ddp = config_estimate(ds, "--trainer.strategy=ddp", checkpointing=True)
+    assert ddp.states_gib > 300  # 16 B x 20.6 B parameters on every GPU
+
+
+def test_configs_the_model_does_not_describe_are_refused():
+    from benchmarks.memory_model import EXPERIMENTS, config_estimate
+
+    paper = EXPERIMENTS / "3dimo_paper.yaml"
+    with pytest.raises(ValueError, match="full fine-tuning"):
+        config_estimate(paper, "--model.init_args.train_parts=motion")
+    with pytest.raises(ValueError, match="offloading"):
+        config_estimate(
+            EXPERIMENTS / "3dimo_paper_14b_deepspeed.yaml",
+            "--trainer.strategy.init_args.offload_optimizer=true",
+        )

@@ -343,10 +343,13 @@ def test_compile_is_regional_over_the_declared_repeated_blocks():
     assert (
         ThreeDiMoTransformer._repeated_blocks
         == ThreeDiMoTransformer._no_split_modules
-        == ["WanTransformerBlock"]
+        == ["WanTransformerBlock", "CompactModulationWanBlock"]  # the latter: bf16_modulation's blocks
     )
-    module = tiny_threedimo_module(compile=True)  # torch.compile is lazy: nothing is traced here
-    blocks = list(module.net.transformer.transformer.blocks)
-    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
-    others = [m for m in module.modules() if type(m).__name__ != "WanTransformerBlock"]
-    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in others)
+    for bf16_modulation in (False, True):
+        # torch.compile is lazy: nothing is traced here
+        module = tiny_threedimo_module(compile=True, bf16_modulation=bf16_modulation)
+        blocks = list(module.net.transformer.transformer.blocks)
+        assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+        names = ThreeDiMoTransformer._repeated_blocks
+        others = [m for m in module.modules() if type(m).__name__ not in names]
+        assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in others)

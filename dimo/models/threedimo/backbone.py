@@ -147,8 +147,8 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = True
     # diffusers' device maps keep a Wan block whole; ``compile_repeated_blocks`` compiles each one
-    _no_split_modules = ["WanTransformerBlock"]
-    _repeated_blocks = ["WanTransformerBlock"]
+    _no_split_modules = ["WanTransformerBlock", "CompactModulationWanBlock"]
+    _repeated_blocks = ["WanTransformerBlock", "CompactModulationWanBlock"]  # the latter: bf16_modulation
 
     @register_to_config
     def __init__(

@@ -59,6 +59,7 @@ from dimo.models.attention import AttentionBackend, scope_attention_backend
 from dimo.models.common import DTYPES, FrozenDType, restore_prefixes, step_generator, strip_prefixes
 from dimo.models.threedimo.backbone import i2v_condition
 from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
+from dimo.models.threedimo.modulation import set_compact_modulation
 from dimo.models.threedimo.network import ThreeDiMoNet
 
 __all__ = [
@@ -197,6 +198,10 @@ class ThreeDiMoModule(LightningModule):
         geo_weight: initial geometric-loss weight (the stage scheduler overrides it every step).
         frozen_dtype: compute dtype of the frozen VAE and text encoder.
         gradient_checkpointing: checkpoint every Wan block and every motion-encoder layer.
+        bf16_modulation: keep every Wan block's modulation (shift/scale/gate; (B, N, 6, D) with
+            per-token timesteps) in the compute dtype (bf16 under ``bf16-mixed``) instead of diffusers'
+            fp32 (:mod:`dimo.models.threedimo.modulation`): half the bytes of that per-block tensor;
+            exact in fp32 training, bf16 rounding otherwise.
         attention_backend: SDPA backend of the trainable network's attention (Wan blocks, motion
             injection, motion encoders) only; ``auto`` = PyTorch's choice (:mod:`dimo.models.attention`).
         compile: ``torch.compile`` each Wan block (regional compilation).
@@ -241,6 +246,7 @@ class ThreeDiMoModule(LightningModule):
         geo_weight: float = 0.1,
         frozen_dtype: FrozenDType = "float32",
         gradient_checkpointing: bool = False,
+        bf16_modulation: bool = False,
         compile: bool = False,
         attention_backend: AttentionBackend = "auto",
         sample_steps: int = 4,
@@ -348,6 +354,8 @@ class ThreeDiMoModule(LightningModule):
             self.net.transformer.enable_gradient_checkpointing()
             for encoder in (self.net.encoders.body, self.net.encoders.hands):
                 encoder.gradient_checkpointing = True
+        if bf16_modulation:
+            set_compact_modulation(self.net.transformer)
         scope_attention_backend([self.net], attention_backend)
         if compile:  # regional compilation: each Wan block (the backbone's ``_repeated_blocks``)
             self.net.transformer.compile_repeated_blocks()
@@ -357,6 +365,22 @@ class ThreeDiMoModule(LightningModule):
         """What the optimiser sees: never the frozen VAE / text encoder."""
 
         return [p for p in self.net.parameters() if p.requires_grad]
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Norm clipping under FSDP through the root FSDP module (Lightning's FSDP precision plugin
+        refuses ``gradient_clip_algorithm='norm'``: torch's ``clip_grad_norm_`` is wrong on sharded
+        gradients; ``FullyShardedDataParallel.clip_grad_norm_`` reduces the norm over every shard).
+        Every other case is Lightning's own."""
+
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        fsdp = isinstance(self.trainer.strategy, FSDPStrategy)
+        if fsdp and gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> Any:
         params = self.trainable_parameters()
