@@ -112,7 +112,7 @@ ABLATIONS: dict[str, Ablation] = {
         expect_best="bone",
         extra_metrics=("val/pose_gap", "val/loss", "val/kp_reproj_px"),
         base=BASE_HVG,
-        steps=300,
+        steps=200,  # 2 arms x 3 seeds of HVG (~1.5 CPU-s per step) in the 30-minute budget
         val_every=100,
         sampled=True,  # PSNR of generated novel views needs the validation samples
     ),
@@ -129,7 +129,7 @@ ABLATIONS: dict[str, Ablation] = {
         expect_best="view_attention",
         extra_metrics=("val/kp_reproj_px_real", "val/psnr_novel", "val/pose_gap", "val/loss"),
         base=BASE_HVG,
-        steps=300,
+        steps=200,  # 2 arms x 3 seeds of HVG (~1.5 CPU-s per step) in the 30-minute budget
         val_every=100,
         sampled=True,  # the consistency metric scores the validation samples
     ),
