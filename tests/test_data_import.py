@@ -639,9 +639,10 @@ def main_code(main, argv) -> int:
     return e.value.code
 
 
-def test_moving_cameras_need_their_prompts(toy_root, tmp_path):
-    """Rendered trajectories (ue5): per-frame cameras import as ue5 clips; a moving camera's prompt
-    must be given (dimo names static cameras only), never made up."""
+def test_moving_cameras_get_their_trajectory_prompts(toy_root, tmp_path):
+    """Rendered trajectories (ue5) in the multiview layout: a moving camera's prompt is derived from its
+    path (as ``import renders`` does); a path no prompt describes is skipped unless prompts.json names it,
+    never made up."""
 
     from dimo.data.importers import import_multiview
 
@@ -659,17 +660,31 @@ def test_moving_cameras_need_their_prompts(toy_root, tmp_path):
         shutil.copy(rec.path(v.video), take / "videos" / f"{v.name}.mp4")
     (take / "cameras.json").write_text(json.dumps({"convention": "world_to_camera", "cameras": cams}))
     np.savez(take / "motion.npz", joints=load_motion(rec)["joints"])
-    report = import_multiview(tmp_path / "renders", tmp_path / "out", source="ue5")
     moving = [v.name for v in rec.views if v.name != "static"]
-    assert report.records == [] and f"camera {moving[0]} moves" in report.skipped[0][1]
+    assert moving
+    report = import_multiview(tmp_path / "renders", tmp_path / "out", source="ue5")
+    (got,) = report.records
+    assert [v.camera_prompt for v in got.views] == [v.camera_prompt for v in rec.views]  # the generator's own
+    # a sideways slide (the centre moves across, the view does not turn): no known kind -> skipped
+    T = rec.num_frames
+    R0 = np.asarray(rec.views[0].R).reshape(-1, 3, 3)[0]
+    t0 = np.asarray(rec.views[0].t).reshape(-1, 3)[0]
+    slide = [(t0 + np.array([0.03 * f, 0.0, 0.0])).tolist() for f in range(T)]
+    cams[moving[0]] = {"K": cams[moving[0]]["K"], "R": [R0.tolist()] * T, "t": slide}
+    (take / "cameras.json").write_text(json.dumps({"convention": "world_to_camera", "cameras": cams}))
+    report = import_multiview(tmp_path / "renders", tmp_path / "out1", source="ue5")
+    assert report.records == [] and f"camera {moving[0]} moves and" in report.skipped[0][1]
+    assert "prompts.json" in report.skipped[0][1]
+    prompts[moving[0]] = "Front view. The camera slides to the left."
     (take / "prompts.json").write_text(json.dumps(prompts))
     report = import_multiview(tmp_path / "renders", tmp_path / "out2", source="ue5")
     (got,) = report.records
     assert got.source == "ue5" and [v.camera_prompt for v in got.views] == [
-        v.camera_prompt for v in rec.views
+        prompts[v.name] for v in rec.views
     ]
     for mine, theirs in zip(got.views, rec.views):
-        np.testing.assert_allclose(mine.R, theirs.R, atol=1e-6)
+        if theirs.name != moving[0]:  # the slide replaced that one's path
+            np.testing.assert_allclose(mine.R, theirs.R, atol=1e-6)
     assert validate_root(tmp_path / "out2").ok
 
 

@@ -697,13 +697,34 @@ def _write_capture(seq, out, clip_id, cams, source, fps, labels, model_dir, fix,
         if isinstance(p, str) and p.strip():
             v["camera_prompt"] = " ".join(p.split())
         elif _moves(cams[v["name"]], T):
-            raise ImportError_(
-                f'{seq}: camera {v["name"]} moves; give its prompt ("<view>. The camera <motion>.") in '
-                "prompts.json (dimo names static cameras only)"
-            )
+            v["camera_prompt"] = _moving_prompt(seq, v["name"], cams, names, T, joints)
         else:
             v["camera_prompt"] = auto[v["name"]]
     return parse_record(record, out), notes
+
+
+def _moving_prompt(seq, name, cams, names, T, joints) -> str:
+    """The prompt of a moving camera of a capture: its path in the subject's frame, described like a
+    rendered trajectory's (:func:`dimo.geometry.cameras.trajectory_prompt`)."""
+
+    from dimo.geometry.cameras import trajectory_prompt
+
+    def per_frame(cam):
+        return {
+            "R": np.broadcast_to(np.asarray(cam["R"]).reshape(-1, 3, 3)[:T], (T, 3, 3)),
+            "t": np.broadcast_to(np.asarray(cam["t"]).reshape(-1, 3)[:T], (T, 3)),
+        }
+
+    rig = [per_frame(cams[n]) for n in names]
+    subject, B = _subject_frame([c["R"] for c in rig], [c["t"] for c in rig], joints)
+    R, t = _canonical_path(per_frame(cams[name]), subject, B)
+    try:
+        return trajectory_prompt(np.asarray(cams[name]["K"]), R, t, (0.0, 0.0, 0.0), (0.0, 0.0, 1.0))
+    except ValueError as err:
+        raise ImportError_(
+            f'{seq}: camera {name} moves and {err}; give its prompt ("<view>. The camera <motion>.") in '
+            "prompts.json"
+        ) from None
 
 
 def _world_motion(motion_arrays, T, size, labels, model_dir, out, clip_id, notes):
@@ -737,8 +758,11 @@ def _world_motion(motion_arrays, T, size, labels, model_dir, out, clip_id, notes
 
 
 def _moves(cam: dict, T: int, tol_m: float = 1e-3, tol_deg: float = 0.1) -> bool:
-    """Whether a camera's per-frame extrinsics change over the clip's first ``T`` frames."""
+    """Whether a camera's per-frame extrinsics or focal length (a zoom) change over the first ``T`` frames."""
 
+    f = np.asarray(cam["K"]).reshape(-1, 3, 3)[:T, 0, 0]
+    if np.abs(f / f[0] - 1).max() > 1e-3:
+        return True
     R = np.asarray(cam["R"]).reshape(-1, 3, 3)[:T]
     t = np.asarray(cam["t"]).reshape(-1, 3)[:T]
     centres = -np.einsum("tji,tj->ti", R, t)  # -R^T t
