@@ -41,6 +41,7 @@ def _toy_wan_args():
         f"--model.init_args.net.init_args.backbone_path={wan / 'transformer'}",
         f"--model.init_args.vae.init_args.path={wan / 'vae'}",
         f"--model.init_args.text_encoder.init_args.path={wan}",
+        f"--model.init_args.pose_detector={REPO / 'pretrained' / 'toy-detector'}",
     ]
 
 
