@@ -352,7 +352,7 @@ def plot(result: dict, path: Path) -> None:
 
 
 def wall(r: dict) -> str:
-    text = f"{r['wall_seconds'] / 60:.1f} min ({r.get('jobs', 1)} runs at a time)"
+    text = f"{r['wall_seconds'] / 60:.1f} min wall (--jobs {r.get('jobs', 1)})"
     if "cpu_seconds" in r:
         text += f"; {r['cpu_seconds'] / 60:.1f} CPU-min"
     return text
