@@ -283,7 +283,16 @@ def read_frames(
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # frame-threaded decoding, with the cores shared among DataLoader workers: one decode thread per
+        # worker once there are as many workers as cores (measured at 256x256 on 2 idle cores, 2
+        # workers: DataModule / plain-decode ratio 1.34 with AUTO threads in each worker, 1.14 without)
+        from torch.utils.data import get_worker_info
+
+        worker = get_worker_info()
+        threads = (os.cpu_count() or 1) // (1 if worker is None else worker.num_workers)
+        if threads > 1:
+            stream.thread_type = "AUTO"
+            stream.thread_count = threads
         fps = _stream_fps(stream)
         tb = stream.time_base or Fraction(1, 1)
         tb_s = float(tb)  # Fraction arithmetic per frame is measurably slow
