@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from dimo.eval.pose import KeypointError
 from dimo.pose.joints import TOY_BODY, TOY_JOINTS
-from dimo.pose.toy_detector import DetectorError, ToyKeypointDetector
+from dimo.pose.toy_detector import DetectorError
 from dimo.testing import tiny_threedimo_module
 
 DETECTOR = Path(__file__).resolve().parents[1] / "pretrained" / "toy-detector"

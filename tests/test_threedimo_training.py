@@ -187,7 +187,9 @@ def test_fit_lowers_the_loss_and_resume_is_exact(toy_root, tmp_path):
         root=toy_root, num_frames=T, height=H, width=W, batch_size=2, val_batches=1, seed=3
     )
     val.setup("validate")
-    batch = to_model_batch(next(iter(val.val_dataloader())))  # uint8 pixels -> float, as on_after_batch_transfer
+    batch = to_model_batch(
+        next(iter(val.val_dataloader()))
+    )  # uint8 pixels -> float, as on_after_batch_transfer
     with torch.no_grad():
         seed_everything(0, workers=True)
         start = _module()  # the run's initial weights (seeded and built the same way)

@@ -53,6 +53,7 @@ TOY_JOINTS: tuple[int, ...] = tuple(
 )  # the detector's 46 channels (SMPL-X ids)
 TOY_BODY: tuple[int, ...] = tuple(range(16))  # channel indices of body joints (incl. wrists)
 TOY_HANDS: tuple[int, ...] = tuple(range(16, 46))  # channel indices of finger joints
+TOY_BODY_SMPLX: tuple[int, ...] = tuple(TOY_JOINTS[c] for c in TOY_BODY)  # SMPL-X ids of the body channels
 
 
 def smplx_to_wholebody(

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dimo.pose.joints import TOY_JOINTS, smplx_to_wholebody
+from dimo.pose.joints import TOY_BODY, TOY_JOINTS, smplx_to_wholebody
 
 __all__ = [
     "PRESETS",
@@ -180,6 +180,18 @@ class ToyKeypointDetector:
         net.load_state_dict(state, strict=True)
         return cls(net)
 
+    @classmethod
+    def frozen(cls, folder: str | os.PathLike) -> ToyKeypointDetector:
+        """:meth:`from_pretrained` for validation metrics: the network frozen (no gradients, eval mode
+        kept through a parent's ``train()``). Held as a plain attribute by the LightningModules, so it
+        adds no checkpoint keys and is not optimised."""
+
+        from dimo.models.common import freeze
+
+        det = cls.from_pretrained(folder)
+        freeze(det.net)
+        return det
+
     def save_pretrained(self, folder: str | os.PathLike, extra: dict | None = None) -> Path:
         from safetensors.torch import save_file
 
@@ -209,6 +221,17 @@ class ToyKeypointDetector:
         with torch.autocast(p.device.type, enabled=False):
             uv, score = decode_heatmaps(self.net(x.to(p.dtype)).float(), logits=True)
         return uv * uv.new_tensor([W / s, H / s]), score
+
+    @torch.no_grad()
+    def detect_body(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`detect` on the images' device (the network follows them), body joints only:
+        ``uv (N, 16, 2)``, ``scores (N, 16)`` in the order of :data:`~dimo.pose.joints.TOY_BODY`
+        (SMPL-X ids :data:`~dimo.pose.joints.TOY_BODY_SMPLX`)."""
+
+        self.net.to(images.device)  # no-op once there
+        uv, score = self.detect(images)
+        body = list(TOY_BODY)
+        return uv[:, body], score[:, body]
 
     @torch.no_grad()
     def predict_smplx(

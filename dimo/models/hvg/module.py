@@ -270,8 +270,7 @@ class HVGModule(LightningModule):
             from dimo.pose.toy_detector import ToyKeypointDetector
 
             # a missing config.json / model.safetensors raises DetectorError naming the file
-            self.kp_detector = ToyKeypointDetector.from_pretrained(consistency_detector)
-            freeze(self.kp_detector.net)
+            self.kp_detector = ToyKeypointDetector.frozen(consistency_detector)
             self.kp_metrics = torch.nn.ModuleDict(
                 {k: KeypointConsistency() for k in ("kp_reproj_px", "kp_reproj_px_real")}
             )
@@ -569,10 +568,8 @@ class HVGModule(LightningModule):
         pixels of the frames and ``valid (B, V, T, J)`` (score >= ``consistency_min_score``)."""
 
         b, v, t = frames.shape[:3]
-        self.kp_detector.net.to(frames.device)  # not a submodule: follows the data (no-op once there)
-        uv, score = self.kp_detector.detect(frames.flatten(0, 2))  # (B*V*T, 46, 2), (B*V*T, 46)
-        ch = list(KP_CHANNELS)
-        uv, score = uv[:, ch].reshape(b, v, t, len(ch), 2), score[:, ch].reshape(b, v, t, len(ch))
+        uv, score = self.kp_detector.detect_body(frames.flatten(0, 2))  # (B*V*T, 16, 2), (B*V*T, 16)
+        uv, score = uv.reshape(b, v, t, -1, 2), score.reshape(b, v, t, -1)
         return uv, score >= self.consistency_min_score
 
     def update_keypoint_consistency(self, batch: dict[str, Any], generated: torch.Tensor) -> None:

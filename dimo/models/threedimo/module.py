@@ -328,12 +328,10 @@ class ThreeDiMoModule(LightningModule):
         self.kp_detector = None  # a plain attribute: no submodule, no checkpoint keys, not optimised
         if pose_detector is not None:
             from dimo.eval.pose import KeypointError
-            from dimo.models.common import freeze
             from dimo.pose.toy_detector import ToyKeypointDetector
 
             # a missing config.json / model.safetensors raises DetectorError naming the file
-            self.kp_detector = ToyKeypointDetector.from_pretrained(pose_detector)
-            freeze(self.kp_detector.net)
+            self.kp_detector = ToyKeypointDetector.frozen(pose_detector)
             self.kp_metrics = torch.nn.ModuleDict(
                 {k: KeypointError() for k in ("gen", "static", "recon", "real")}
             )
@@ -643,14 +641,14 @@ class ThreeDiMoModule(LightningModule):
         against the target's ground-truth 2-D joints (``joints2d``), into ``kp_metrics``; logged as
         ``val/kp_err_{gen,static,recon,real}`` (pixels; recon: the target through the VAE)."""
 
-        from dimo.pose.joints import TOY_BODY, TOY_JOINTS
+        from dimo.pose.joints import TOY_BODY_SMPLX
 
         tasks = batch.get("task") or ["reconstruction"] * generated.shape[0]
         keep = [i for i, t in enumerate(tasks) if t == "reconstruction"]
         if not keep or "joints2d" not in batch:
             return
         idx = torch.tensor(keep, device=generated.device)
-        smplx = torch.tensor([TOY_JOINTS[c] for c in TOY_BODY], device=generated.device)
+        smplx = torch.tensor(TOY_BODY_SMPLX, device=generated.device)
         gt = batch["joints2d"][idx][:, 1:][:, :, smplx].float()  # (N, T-1, 16, 2)
         valid = batch["joints2d_valid"][idx][:, 1:][:, :, smplx]  # (N, T-1, 16)
         if not valid.any():
@@ -664,10 +662,9 @@ class ThreeDiMoModule(LightningModule):
             "recon": recon[:, 1:].float().clamp(-1, 1),
             "real": target,
         }
-        self.kp_detector.net.to(generated.device)  # not a submodule: follows the data (no-op once there)
         for name, x in frames.items():
-            uv, _ = self.kp_detector.detect(x.flatten(0, 1))  # (N*(T-1), 46, 2)
-            self.kp_metrics[name].update(uv[:, list(TOY_BODY)].reshape(n, t, -1, 2), gt, valid)
+            uv, _ = self.kp_detector.detect_body(x.flatten(0, 1))  # (N*(T-1), 16, 2)
+            self.kp_metrics[name].update(uv.reshape(n, t, -1, 2), gt, valid)
         self.log_dict(
             {f"val/kp_err_{k}": m for k, m in self.kp_metrics.items()}, batch_size=n, add_dataloader_idx=False
         )
