@@ -2,7 +2,8 @@
 vs a plain PyAV decode loop over the very same frames.
 
 The DataModule's stream is deterministic, so the frames it decodes are known: one pass records every
-``read_frames`` call it makes (path, frame indices, size); the baseline replays exactly those reads
+``read_frames`` call it makes in each timed epoch (path, frame indices, size); the baseline replays
+exactly that epoch's reads
 with a plain PyAV loop (open, seek to the keyframe, decode, convert to RGB at the sample size; not
 dimo's reader), in one process, with nothing else (no sample assembly, motion loading, collation or
 workers). The DataModule is timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent
@@ -61,8 +62,11 @@ def _make_dm(root: Path, workers: int, batches: int, augment: bool, cfg: dict, s
     return dm
 
 
-def _record_reads(root: Path, batches: int, cfg: dict) -> list[tuple]:
-    """The read_frames calls the DataModule makes for its first ``batches`` batches."""
+def _record_reads(root: Path, batches: int, cfg: dict, epochs: int) -> list[list[tuple]]:
+    """The read_frames calls the DataModule makes in each of its first ``epochs`` epochs of ``batches``
+    batches. The stream is endless and deterministic (sample keys drawn in the main process, each
+    sample's randomness seeded by its key), so epoch e of any DataModule with the same settings makes
+    exactly these reads, whatever its worker count."""
 
     import dimo.data.dataset as ds
 
@@ -74,13 +78,17 @@ def _record_reads(root: Path, batches: int, cfg: dict) -> list[tuple]:
         return original(path, indices, size, mode)
 
     ds.read_frames = spy
+    per_epoch = []
     try:
-        dm = _make_dm(root, 0, batches, False, cfg)
-        for _ in dm.train_dataloader():
-            pass
+        loader = _make_dm(root, 0, batches, False, cfg).train_dataloader()
+        for _ in range(epochs):
+            calls.clear()
+            for _ in loader:
+                pass
+            per_epoch.append(list(calls))
     finally:
         ds.read_frames = original
-    return calls
+    return per_epoch
 
 
 @contextlib.contextmanager
@@ -171,8 +179,11 @@ def run(profile: str = "cpu") -> list[dict]:
         with _stdout_to_stderr():  # litdata's progress lines would mix with the JSON rows
             optimize_root([root], shards, SampleSpec("3dimo", 16, 1, 256, 256), num_workers=1)
         optimize_s = time.perf_counter() - t0
-        calls = _record_reads(root, batches, cfg)
-        frames = sum(len(c[1]) for c in calls)
+        # epoch 0 warms every DataModule up; repeat r times epoch r + 1 of each DataModule, and the raw
+        # loop replays exactly that epoch's reads (an earlier version replayed epoch 0's reads against
+        # later epochs: other windows, other seeks, and a ratio off by the difference)
+        epoch_calls = _record_reads(root, batches, cfg, epochs=1 + repeats)[1:]
+        frames = statistics.mean(sum(len(c[1]) for c in calls) for calls in epoch_calls)
         samples = batches * cfg["batch_size"]
         setting = f"3dimo T={cfg['num_frames']} {cfg['height']}x{cfg['width']} B={cfg['batch_size']} x {batches} batches"
         configs = [(0, False, None), (1, False, None), (2, False, None), (2, True, None), (0, False, shards),
@@ -183,7 +194,7 @@ def run(profile: str = "cpu") -> list[dict]:
             _time_dm(dm, warm_epochs=1, device=device)
         # interleave the measurements so load changes on a shared machine hit every row alike
         raw_s, dm_s = [], [[] for _ in configs]
-        for _ in range(repeats):
+        for calls in epoch_calls:
             raw_s.append(_time_raw(calls))
             for times, dm in zip(dm_s, dms):
                 times.append(_time_dm(dm, warm_epochs=0, device=device))

@@ -221,3 +221,29 @@ def test_decoder_refinement_keeps_the_latent_space_and_the_transformer(tmp_path)
     assert saved["vae"] == report["vae"] and saved["config"]["vae_decoder_steps"] == 3
     with pytest.raises(FileNotFoundError, match="no toy Wan VAE to refine"):
         refine_toy_wan_decoder(tmp_path / "nowhere", cfg)
+
+
+def test_vae_training_windows_are_crops_of_consecutive_frames():
+    """The VAE trains on random crops (one square per window, the same for all its frames) of
+    consecutive frames of one clip: each window must be found verbatim in a clip."""
+
+    from dimo.toy.wan import _windows
+
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.randn(12, 3, 16, 16) for _ in range(3)]
+    x = _windows(clips, 4, 5, g, crop=8)  # (n, 3, T, crop, crop)
+    assert x.shape == (4, 3, 5, 8, 8)
+    for w in x.transpose(1, 2):  # (T, 3, 8, 8)
+        hits = [
+            (c, s, i, j)
+            for c, clip in enumerate(clips)
+            for s in range(12 - 5 + 1)
+            for i in range(16 - 8 + 1)
+            for j in range(16 - 8 + 1)
+            if torch.equal(clip[s : s + 5, :, i : i + 8, j : j + 8], w)
+        ]
+        assert len(hits) == 1, hits
+    # crops land anywhere in the frame, not only on one corner
+    corners = {tuple(_windows(clips, 1, 5, g, crop=8)[0, 0, 0, 0, :2].tolist()) for _ in range(20)}
+    assert len(corners) > 5
+    assert _windows(clips, 2, 5, g).shape == (2, 3, 5, 16, 16)  # no crop: whole frames
