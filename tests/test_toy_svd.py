@@ -122,3 +122,28 @@ def test_fresh_toy_vae_decoder_ends_with_a_per_frame_temporal_conv():
     x = torch.randn(2, 3, 4, 5, 5)
     with torch.no_grad():
         assert torch.allclose(conv(x), x, atol=1e-6)
+
+
+def test_decoder_phase_changes_only_the_decoder_and_keeps_the_folder(tmp_path: Path):
+    """`--refine-decoder` on a (micro) built folder: the decoder moves, the encoder (hence the latents the
+    UNet was trained on) and every other part stay byte-identical, and the report records the phase."""
+
+    from dimo.toy.svd import ToySVDConfig, build, refine_decoder
+
+    micro = dict(clips_per_source=1, heldout_per_source=1, num_frames=8, vae_max_steps=1, vae_check_every=1,
+                 unet_steps=1, unet_batch=1, decoder_clips_per_source=1)  # fmt: skip
+    out = tmp_path / "svd"
+    build(out, ToySVDConfig(**micro, vae_decoder_steps=0), log=lambda *_: None)
+    vae_file = out / "vae" / "diffusion_pytorch_model.fp16.safetensors"
+    before = load_file(vae_file)
+    unet_bytes = (out / "unet" / "diffusion_pytorch_model.fp16.safetensors").read_bytes()
+    report = refine_decoder(out, ToySVDConfig(**micro, vae_decoder_steps=3), log=lambda *_: None)
+    after = load_file(vae_file)
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed), sorted(changed)[:5]
+    assert (out / "unet" / "diffusion_pytorch_model.fp16.safetensors").read_bytes() == unet_bytes
+    saved = json.loads((out / "toy_report.json").read_text())
+    assert saved == report and saved["vae"]["decoder"]["refined_from_fp16"] is True
+    assert [h["step"] for h in saved["vae"]["decoder"]["history"]] == [1, 2, 3]
+    build_vae(HVGConfig(), out)  # still loads strictly

@@ -9,7 +9,10 @@
    ``clip_frames``-frame windows (its temporal decoder sees real clips) with MSE + L1 + a small KL, decoding the latent mode, until
    it reconstructs held-out toy clips at >= ``target_psnr`` dB (64x64, checked by a test); its
    ``scaling_factor`` is set to 1 / std of its latents, so scaled latents have unit variance
-   (``sigma_data = 1`` of the EDM schedule);
+   (``sigma_data = 1`` of the EDM schedule); then its decoder alone (the encoder, hence the latents and
+   everything trained on them, frozen) is fine-tuned on clips of another data seed
+   (``decoder_data_seed``): the 100 training videos leave a ~0.8 dB gap between the clips the VAE was
+   checked on and unseen ones, which more data for the decoder closes;
 3. ``image_encoder/``: a *random* tiny :class:`~transformers.CLIPVisionModelWithProjection` (fixed seed;
    a random ViT's embedding still separates the toy identities' colours, and SVD-style training needs no
    more from it at toy scale);
@@ -73,6 +76,13 @@ class ToySVDConfig:
     noise_aug_strength: float = 0.02
     fps: int = 7
     motion_bucket_id: int = 127
+    # decoder phase: the decoder alone, on crops of clips of another data seed (cosine schedule). Measured
+    # from the 5000-step VAE: held-out (seed 202) 28.65 -> 28.30 dB at step 1000, unseen (seed 303)
+    # 27.85 -> 29.03 dB (docs/hvg.md)
+    decoder_data_seed: int = 404
+    decoder_clips_per_source: int = 24
+    vae_decoder_steps: int = 2000
+    vae_decoder_lr: float = 5e-4
 
     def __post_init__(self) -> None:
         if min(self.clips_per_source, self.heldout_per_source, self.vae_max_steps, self.unet_steps) < 1:
@@ -193,6 +203,41 @@ def train_vae(cfg: ToySVDConfig, train: list[torch.Tensor], heldout: list[torch.
                 break
     vae.eval().requires_grad_(False)
     return vae, history
+
+
+def train_decoder(cfg: ToySVDConfig, vae, clips: list[torch.Tensor], heldout: list[torch.Tensor], log=print):
+    """Fine-tune ``vae.decoder`` alone on crops of ``clips`` (the encoder frozen: its latents, their
+    scale and the UNet trained on them stay valid). Returns the history."""
+
+    if cfg.vae_decoder_steps <= 0:
+        return []
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.vae_decoder_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.vae_decoder_steps)
+    gen = torch.Generator().manual_seed(cfg.seed + 7)  # its own stream: the UNet's draws are unchanged
+    history = []
+    for step in range(1, cfg.vae_decoder_steps + 1):
+        vae.train()
+        x = _windows(clips, cfg.vae_clips_per_step, cfg.clip_frames, gen)
+        x = random_crop(x, cfg.vae_crop, gen).flatten(0, 1)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mode()
+        y = vae.decode(z, num_frames=cfg.clip_frames).sample
+        loss = F.mse_loss(y, x) + 0.1 * F.l1_loss(y, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        sched.step()
+        if step % cfg.vae_check_every == 0 or step == cfg.vae_decoder_steps:
+            psnr = reconstruction_psnr(vae, heldout, cfg.clip_frames)
+            history.append({"step": step, "loss": round(loss.item(), 5), "heldout_psnr": round(psnr, 2)})
+            log(f"decoder step {step}: loss {loss.item():.4f}, held-out PSNR {psnr:.2f} dB")
+    vae.eval().requires_grad_(False)
+    return history
 
 
 @torch.no_grad()
@@ -349,8 +394,14 @@ def build(out: str | Path, cfg: ToySVDConfig | None = None, log=print) -> dict:
         vae, vae_hist = train_vae(cfg, train, heldout, log)
         std = latent_std(vae, train)
         vae.register_to_config(scaling_factor=1.0 / std)
-        psnr = reconstruction_psnr(vae, heldout, cfg.clip_frames)
         t_vae, cpu_vae = time.perf_counter() - t0, time.process_time() - c0
+        t0 = time.perf_counter()
+        decoder_clips = load_clips(
+            cfg.decoder_data_seed, cfg.decoder_clips_per_source, cfg.num_frames, cfg.size
+        )
+        dec_hist = train_decoder(cfg, vae, decoder_clips, heldout, log)
+        t_dec = time.perf_counter() - t0
+        psnr = reconstruction_psnr(vae, heldout, cfg.clip_frames)
         log(f"VAE: held-out PSNR {psnr:.2f} dB, latent std {std:.4f}, {t_vae:.0f} s")
         if psnr < cfg.target_psnr:  # recorded in the report and said loudly, not hidden
             log(f"WARNING: toy VAE reaches {psnr:.2f} dB < the {cfg.target_psnr} dB target (see docs/hvg.md)")
@@ -377,6 +428,7 @@ def build(out: str | Path, cfg: ToySVDConfig | None = None, log=print) -> dict:
             "history": vae_hist,
             "seconds": round(t_vae, 1),
             "cpu_seconds": round(cpu_vae, 1),
+            "decoder": {"history": dec_hist, "seconds": round(t_dec, 1), "refined_from_fp16": False},
         },
         "unet": {
             "parameters": sum(p.numel() for p in unet.parameters()),
@@ -400,15 +452,78 @@ def build(out: str | Path, cfg: ToySVDConfig | None = None, log=print) -> dict:
     return report
 
 
+def refine_decoder(folder: str | Path, cfg: ToySVDConfig | None = None, log=print) -> dict:
+    """Run the decoder phase alone on the VAE of an existing toy SVD folder (its fp16 weights read into
+    float32) and rewrite the folder atomically; the encoder, UNet and image encoder are unchanged.
+    Returns the updated report."""
+
+    import shutil
+
+    from dimo.models.hvg.config import HVGConfig
+    from dimo.models.hvg.network import build_vae
+    from dimo.pipelines.io import atomic_folder
+
+    cfg = cfg or ToySVDConfig()
+    folder = Path(folder)
+    report_path = folder / "toy_report.json"
+    if not report_path.is_file():
+        raise FileNotFoundError(f"not a toy SVD folder (no toy_report.json): {folder}")
+    report = json.loads(report_path.read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        vae = build_vae(HVGConfig(), folder)
+        heldout = load_clips(cfg.heldout_seed, cfg.heldout_per_source, cfg.num_frames, cfg.size)
+        before = reconstruction_psnr(vae, heldout, cfg.clip_frames)
+        t0 = time.perf_counter()
+        clips = load_clips(cfg.decoder_data_seed, cfg.decoder_clips_per_source, cfg.num_frames, cfg.size)
+        hist = train_decoder(cfg, vae, clips, heldout, log)
+        seconds = time.perf_counter() - t0
+        psnr = reconstruction_psnr(vae, heldout, cfg.clip_frames)
+    finally:
+        torch.set_num_threads(threads)
+    log(f"decoder phase: held-out PSNR {before:.2f} -> {psnr:.2f} dB in {seconds:.0f} s")
+    report["config"].update({k: v for k, v in asdict(cfg).items() if "decoder" in k})
+    report["vae"].update(
+        heldout_psnr_db=round(psnr, 2),
+        target_met=psnr >= report["vae"]["target_psnr_db"],
+        decoder={"history": hist, "seconds": round(seconds, 1), "refined_from_fp16": True,
+                 "heldout_psnr_db_before": round(before, 2)},
+    )  # fmt: skip
+    with atomic_folder(folder) as tmp:
+        for part in folder.iterdir():
+            if part.name not in ("vae", "toy_report.json"):
+                (shutil.copytree if part.is_dir() else shutil.copy2)(part, tmp / part.name)
+        vae.to(torch.float16).save_pretrained(tmp / "vae", variant="fp16")
+        (tmp / "toy_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dimo.toy.svd", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("pretrained/toy-svd-xt"))
     parser.add_argument("--seed", type=int, default=ToySVDConfig.seed)
     parser.add_argument("--vae-max-steps", type=int, default=ToySVDConfig.vae_max_steps)
     parser.add_argument("--unet-steps", type=int, default=ToySVDConfig.unet_steps)
+    parser.add_argument("--decoder-steps", type=int, default=ToySVDConfig.vae_decoder_steps)
+    parser.add_argument(
+        "--refine-decoder",
+        action="store_true",
+        help="run only the decoder phase on the existing folder at --out (its encoder and UNet are kept)",
+    )
     args = parser.parse_args(argv)
+    if args.refine_decoder:
+        report = refine_decoder(args.out, ToySVDConfig(seed=args.seed, vae_decoder_steps=args.decoder_steps))
+        print(f"refined the decoder of {args.out}: VAE {report['vae']['heldout_psnr_db']} dB")
+        return 0
     report = build(
-        args.out, ToySVDConfig(seed=args.seed, vae_max_steps=args.vae_max_steps, unet_steps=args.unet_steps)
+        args.out,
+        ToySVDConfig(
+            seed=args.seed,
+            vae_max_steps=args.vae_max_steps,
+            unet_steps=args.unet_steps,
+            vae_decoder_steps=args.decoder_steps,
+        ),
     )
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(
