@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from diffusers import ModelMixin
 from torch import nn
 
 from dimo.models.lora import (
@@ -68,8 +69,9 @@ def _check_net_sizes(args: dict) -> None:
         )
 
 
-class ThreeDiMoNet(nn.Module):
-    """3DiMo's trainable parts.
+class ThreeDiMoNet(ModelMixin):
+    """3DiMo's trainable parts (a diffusers ``ModelMixin``, so ``DiffusionPipeline.from_pretrained`` can load
+    it as a pipeline component; its own ``save_pretrained`` / ``from_pretrained`` read and write the folder).
 
     Args:
         backbone: Wan preset name (``tiny``, ``wan2.1-t2v-1.3b``; I2V: ``tiny-i2v``, ``wan2.1-i2v-14b``).
@@ -172,6 +174,11 @@ class ThreeDiMoNet(nn.Module):
     def image_dim(self) -> int | None:
         return self.transformer.transformer.config.image_dim
 
+    def patch_grid(self, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (F', h', w') of latents (B, C, F, h, w) in the backbone."""
+
+        return self.transformer.patch_grid(latent_shape)
+
     def motion_parameters(self) -> list[nn.Parameter]:
         """Everything new in 3DiMo: encoders, decoder and the injection layers (not the Wan weights)."""
 
@@ -265,7 +272,12 @@ class ThreeDiMoNet(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str) -> ThreeDiMoNet:
+    def from_pretrained(cls, folder: Path | str, **loading: object) -> ThreeDiMoNet:
+        """Rebuild from ``config.json`` and load ``model.safetensors`` strictly, in eval mode. ``loading``: the options
+        ``DiffusionPipeline.from_pretrained`` passes to its components; ``torch_dtype`` is applied, the
+        placement options (``device_map``, offloading, quantization, variants) are refused in one line."""
+
+        dtype = _check_loading_options(loading)
         folder = Path(folder)
         config_file = folder / CONFIG_NAME
         if not config_file.is_file():
@@ -278,7 +290,23 @@ class ThreeDiMoNet(nn.Module):
         net = cls(**config)
         state, source = read_weights(folder)
         load_strict(net, state, source)
-        return net
+        if dtype is not None and dtype != torch.float32:
+            nn.Module.to(net, dtype=dtype)  # (ModelMixin.to warns about fp32 modules this network lacks)
+        return net.eval()  # as diffusers' from_pretrained: inference mode (dropout off)
+
+
+#: ``DiffusionPipeline.from_pretrained`` loading options that need diffusers' own weight loader
+_UNSUPPORTED_LOADING = ("device_map", "max_memory", "offload_folder", "quantization_config", "variant")
+
+
+def _check_loading_options(loading: dict) -> torch.dtype | None:
+    """The ``torch_dtype`` of diffusers' component-loading options; a placement option is one clear error."""
+
+    used = [k for k in _UNSUPPORTED_LOADING if loading.get(k) is not None]
+    if used or loading.get("use_safetensors") is False:
+        raise ValueError(f"ThreeDiMoNet.from_pretrained does not support {used or ['use_safetensors=False']}")
+    dtype = loading.get("torch_dtype")
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def _call_args(fn, local_vars: dict) -> dict:
