@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from dimo.callbacks import SampleLogger
 from dimo.diffusion.edm import EDM
-from dimo.models.hvg import HVGConfig, HVGModule, ProgressiveSampler
+from dimo.models.hvg import HVGConfig, HVGModule, HVGUNet, ProgressiveSampler
 from dimo.models.hvg.network import build_image_encoder, build_vae
 from dimo.testing import SyntheticHVGDataset, tiny_hvg_module, tiny_trainer
 
@@ -154,7 +154,7 @@ def test_pretrained_folder_loads_strictly_and_missing_folder_is_clear(tmp_path: 
     base.save_pretrained(tmp_path / "svd" / "unet")
     build_vae(cfg).save_pretrained(tmp_path / "svd" / "vae")
     build_image_encoder(cfg).save_pretrained(tmp_path / "svd" / "image_encoder")
-    module = HVGModule(net=cfg, pretrained=tmp_path / "svd")
+    module = HVGModule(net=HVGUNet(cfg), pretrained=tmp_path / "svd")
     sd = module.unet.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in base.state_dict().items())
     # frozen pretrained parts are not copied into checkpoints, and come back on load
@@ -168,9 +168,9 @@ def test_pretrained_folder_loads_strictly_and_missing_folder_is_clear(tmp_path: 
         (tmp_path / "svd2").mkdir()
         (tmp_path / "svd" / "unet").rename(tmp_path / "svd2" / "unet")
         (tmp_path / "svd" / "vae").rename(tmp_path / "svd2" / "vae")
-        HVGModule(net=cfg, pretrained=tmp_path / "svd2")
+        HVGModule(net=HVGUNet(cfg), pretrained=tmp_path / "svd2")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        HVGModule(net=cfg, pretrained=tmp_path / "nowhere")
+        HVGModule(net=HVGUNet(cfg), pretrained=tmp_path / "nowhere")
 
 
 def test_edm_settings_reach_the_module():

@@ -2,7 +2,15 @@
 
 from dimo.models.hvg.config import HVGConfig
 from dimo.models.hvg.module import HVGModule
-from dimo.models.hvg.network import HVGUNet, build_unet
+from dimo.models.hvg.network import SVDVAE, HVGUNet, SVDImageEncoder, build_unet
 from dimo.models.hvg.sampling import ProgressiveSampler
 
-__all__ = ["HVGConfig", "HVGModule", "HVGUNet", "ProgressiveSampler", "build_unet"]
+__all__ = [
+    "HVGConfig",
+    "HVGModule",
+    "HVGUNet",
+    "ProgressiveSampler",
+    "SVDImageEncoder",
+    "SVDVAE",
+    "build_unet",
+]
