@@ -112,3 +112,64 @@ def test_i2v_samples_one_window_and_t2v_slides_windows(exported):
             progress=False,
         )
         assert windowed.shape == whole.shape and not torch.equal(windowed, whole)
+
+
+# -- HVG: the pipeline's sampler is the module's; exports need no Lightning ------------------------
+@pytest.fixture(scope="module")
+def hvg_exported(tmp_path_factory):
+    from dimo.testing import tiny_hvg_module
+
+    torch.manual_seed(0)
+    module = tiny_hvg_module(guidance_scale=1.5)
+    with torch.no_grad():  # open the zero-initialised pose door so the bone maps matter
+        torch.nn.init.normal_(module.unet.pose_modulator.proj_out.weight, std=0.2)
+    return module.eval(), _export(module, tmp_path_factory.mktemp("hvg"))
+
+
+def test_hvg_export_reproduces_the_module_sample(hvg_exported):
+    from dimo.pipelines.hvg import HVGPipeline
+    from dimo.testing import hvg_batch
+
+    module, folder = hvg_exported
+    batch = hvg_batch(2, views=2, frames=2, height=SIZE, width=SIZE)
+    want = module.generate(batch, gen=torch.Generator().manual_seed(3), steps=2)  # (B, V, T, 3, H, W)
+    pipe = HVGPipeline.from_pretrained(folder)
+    assert pipe.guidance_scale == 1.5 and pipe.sampler == module.sampler and pipe.edm == module.edm
+    got = pipe.sample(batch, torch.Generator().manual_seed(3), 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    moved = dict(batch, joints3d=batch["joints3d"] + 0.2)  # other bone maps, another sample
+    assert (pipe.sample(moved, torch.Generator().manual_seed(3), 2) - want).abs().mean() > 1e-4
+
+
+def test_exports_load_and_generate_without_lightning(exported, hvg_exported, tmp_path):
+    """Inference imports no Lightning: a fresh interpreter where importing it fails loads both exports."""
+
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("lightning", "pytorch_lightning"):
+            raise ImportError("no Lightning here")
+sys.meta_path.insert(0, Block())
+import torch
+from dimo.pipelines.hvg import CameraSet, HVGPipeline, ring_cameras
+from dimo.pipelines.threedimo import ThreeDiMoPipeline
+hvg = HVGPipeline.from_pretrained({str(hvg_exported[1])!r})
+joints = torch.zeros(2, 55, 3)
+video = hvg(torch.zeros(3, {SIZE}, {SIZE}), joints, ring_cameras(2, joints[0, 0], {SIZE}, {SIZE}), 1)
+assert video.shape == (2, 2, 3, {SIZE}, {SIZE}), video.shape
+wan = ThreeDiMoPipeline.from_pretrained({str(exported[1])!r})
+out = wan(torch.zeros(3, {SIZE}, {SIZE}), torch.zeros(5, 3, {SIZE}, {SIZE}), "Front view.", num_inference_steps=1, progress=False)
+assert out.shape == (5, 3, {SIZE}, {SIZE}), out.shape
+assert not any(m.split(".")[0] == "lightning" for m in sys.modules)
+print("ok")
+"""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]

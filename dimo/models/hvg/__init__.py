@@ -1,7 +1,6 @@
 """HVG (Wang et al., arXiv 2602.21188): bone-map driven multi-view SVD, see ``docs/hvg.md``."""
 
 from dimo.models.hvg.config import HVGConfig
-from dimo.models.hvg.module import HVGModule
 from dimo.models.hvg.network import SVDVAE, HVGUNet, SVDImageEncoder, build_unet
 from dimo.models.hvg.sampling import ProgressiveSampler
 
@@ -14,3 +13,12 @@ __all__ = [
     "SVDVAE",
     "build_unet",
 ]
+
+
+def __getattr__(name: str):
+    # the LightningModule is imported on use: inference (dimo.pipelines.hvg) runs without Lightning
+    if name == "HVGModule":
+        from dimo.models.hvg.module import HVGModule
+
+        return HVGModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
