@@ -351,14 +351,12 @@ class ThreeDiMoModule(LightningModule):
         for p in self.net.parameters():  # explicit in every mode (peft freezes what it wraps)
             p.requires_grad_(train_parts == "full" or id(p) in trained)
         if gradient_checkpointing:
-            self.net.transformer.enable_gradient_checkpointing()
-            for encoder in (self.net.encoders.body, self.net.encoders.hands):
-                encoder.gradient_checkpointing = True
-        if bf16_modulation:
-            set_compact_modulation(self.net.transformer)
+            self.net.enable_gradient_checkpointing()
+        if bf16_modulation and not set_compact_modulation(self.net.backbone):
+            raise ValueError("bf16_modulation applies to Wan blocks; this backbone has none")
         scope_attention_backend([self.net], attention_backend)
-        if compile:  # regional compilation: each Wan block (the backbone's ``_repeated_blocks``)
-            self.net.transformer.compile_repeated_blocks()
+        if compile:  # regional compilation: each backbone block (its ``_repeated_blocks``)
+            self.net.backbone.compile_repeated_blocks()
 
     # -- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
