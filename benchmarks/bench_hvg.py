@@ -136,7 +136,7 @@ def _sampler_rows(profile: str) -> list[dict]:
 
 def _train_rows(profile: str) -> list[dict]:
     torch.manual_seed(0)
-    module = HVGModule(net=HVGConfig(), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4))
+    module = HVGModule(net=HVGUNet(HVGConfig()), optimizer=functools.partial(torch.optim.AdamW, lr=1e-4))
     opt = module.configure_optimizers()
     s = synthetic_hvg_sample(3, 4, 64, 64)
     batch = {k: (v[None] if torch.is_tensor(v) else [v]) for k, v in s.items()}

@@ -281,10 +281,10 @@ def _build_paper_module(kind: str, ckpt: bool, compile_: bool, backend: str = "a
             optimizer=functools.partial(torch.optim.Adam, lr=1e-5),
         )
     else:
-        from dimo.models.hvg import HVGConfig, HVGModule
+        from dimo.models.hvg import HVGConfig, HVGModule, HVGUNet
 
         module = HVGModule(
-            net=HVGConfig(preset="svd-xt"),
+            net=HVGUNet(HVGConfig(preset="svd-xt")),
             optimizer=functools.partial(torch.optim.AdamW, lr=1e-5),
             gradient_checkpointing=ckpt,
             attention_backend=backend,

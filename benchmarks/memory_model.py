@@ -424,7 +424,7 @@ def _hvg_config_estimate(cfg: dict, path: Path, checkpointing: bool | None) -> M
     if _strategy(cfg)[0] != "ddp":
         raise ValueError("the memory model describes HVG under DDP only (docs/scale.md: no HVG FSDP)")
     init = model["init_args"]
-    preset = init["net"]["preset"]
+    preset = init["net"]["init_args"]["hvg"]["preset"]
     if data["height"] != data["width"]:
         raise ValueError("config_estimate assumes square frames")
     ckpt = init["gradient_checkpointing"] if checkpointing is None else checkpointing

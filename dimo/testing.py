@@ -182,14 +182,14 @@ def tiny_hvg_module(**kwargs):
     """``HVGModule`` on the ``tiny`` preset: AdamW lr 1e-3 without weight decay, one-cell sampler
     windows, 2 sampling steps (override any of them)."""
 
-    from dimo.models.hvg import HVGConfig, HVGModule, ProgressiveSampler
+    from dimo.models.hvg import HVGModule, HVGUNet, ProgressiveSampler
 
     kwargs.setdefault("optimizer", functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.0))
     kwargs.setdefault(
         "sampler", ProgressiveSampler(view_window=1, frame_window=1, view_overlap=0, frame_overlap=0)
     )
     kwargs.setdefault("sample_steps", 2)
-    kwargs.setdefault("net", HVGConfig())
+    kwargs.setdefault("net", HVGUNet())
     return HVGModule(**kwargs)
 
 

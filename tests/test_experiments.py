@@ -71,10 +71,10 @@ def test_bad_key_fails_at_parse_time(tmp_path: Path):
 
 
 HVG_ARMS = {  # overlay -> the one key it sets (dotted) and its value
-    "ablation_hvg_bone.yaml": ("model.init_args.net.pose_condition", "dual"),
-    "ablation_hvg_skeleton.yaml": ("model.init_args.net.pose_condition", "skeleton"),
-    "ablation_hvg_view_attention.yaml": ("model.init_args.net.view_attention", True),
-    "ablation_hvg_no_view_attention.yaml": ("model.init_args.net.view_attention", False),
+    "ablation_hvg_bone.yaml": ("model.init_args.net.init_args.hvg.pose_condition", "dual"),
+    "ablation_hvg_skeleton.yaml": ("model.init_args.net.init_args.hvg.pose_condition", "skeleton"),
+    "ablation_hvg_view_attention.yaml": ("model.init_args.net.init_args.hvg.view_attention", True),
+    "ablation_hvg_no_view_attention.yaml": ("model.init_args.net.init_args.hvg.view_attention", False),
 }
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from dimo.callbacks import SampleLogger
 from dimo.diffusion.edm import EDM
-from dimo.models.hvg import HVGConfig, HVGModule, ProgressiveSampler
+from dimo.models.hvg import HVGConfig, HVGModule, HVGUNet, ProgressiveSampler
 from dimo.models.hvg.network import build_image_encoder, build_vae
 from dimo.testing import SyntheticHVGDataset, tiny_hvg_module, tiny_trainer
 
@@ -136,7 +136,7 @@ def test_backbone_learning_rate_multiplier_and_freezing():
         _module(backbone_lr_mult=-1.0)
 
 
-def test_generate_long_grid_with_progressive_sampler():
+def test_generate_long_grid_with_progressive_sampler_follows_the_bone_maps():
     seed_everything(0)
     module = _module(
         sampler=ProgressiveSampler(view_window=1, frame_window=1, view_overlap=0, frame_overlap=0)
@@ -145,6 +145,19 @@ def test_generate_long_grid_with_progressive_sampler():
     video = module.generate(batch, steps=1)
     assert video.shape == (1, 3, 3, 3, H, H) and bool(torch.isfinite(video).all())
     assert video.min() >= -1 and video.max() <= 1
+    # behaviour: seeded, and the cells follow the bone maps (1x1 windows: each cell is its own network
+    # call); pixels of one frame also depend on its neighbours through the VAE's temporal decoder
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():  # open the zero-initialised pose door so the bone maps matter
+        torch.nn.init.normal_(module.unet.pose_modulator.proj_out.weight, std=0.2)
+    base = module.generate(batch, gen=gen, steps=1)
+    assert torch.equal(base, module.generate(batch, gen=torch.Generator().manual_seed(4), steps=1))
+    joints = batch["joints3d"].clone()  # (1, T, 55, 3)
+    joints[:, 2] += 0.3
+    moved = module.generate(dict(batch, joints3d=joints), gen=torch.Generator().manual_seed(4), steps=1)
+    assert (moved - base).abs().mean() > 1e-4
+    other_seed = module.generate(batch, gen=torch.Generator().manual_seed(5), steps=1)
+    assert (other_seed - base).abs().mean() > 1e-4
 
 
 def test_pretrained_folder_loads_strictly_and_missing_folder_is_clear(tmp_path: Path):
@@ -154,7 +167,7 @@ def test_pretrained_folder_loads_strictly_and_missing_folder_is_clear(tmp_path: 
     base.save_pretrained(tmp_path / "svd" / "unet")
     build_vae(cfg).save_pretrained(tmp_path / "svd" / "vae")
     build_image_encoder(cfg).save_pretrained(tmp_path / "svd" / "image_encoder")
-    module = HVGModule(net=cfg, pretrained=tmp_path / "svd")
+    module = HVGModule(net=HVGUNet(cfg), pretrained=tmp_path / "svd")
     sd = module.unet.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in base.state_dict().items())
     # frozen pretrained parts are not copied into checkpoints, and come back on load
@@ -168,9 +181,9 @@ def test_pretrained_folder_loads_strictly_and_missing_folder_is_clear(tmp_path: 
         (tmp_path / "svd2").mkdir()
         (tmp_path / "svd" / "unet").rename(tmp_path / "svd2" / "unet")
         (tmp_path / "svd" / "vae").rename(tmp_path / "svd2" / "vae")
-        HVGModule(net=cfg, pretrained=tmp_path / "svd2")
+        HVGModule(net=HVGUNet(cfg), pretrained=tmp_path / "svd2")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        HVGModule(net=cfg, pretrained=tmp_path / "nowhere")
+        HVGModule(net=HVGUNet(cfg), pretrained=tmp_path / "nowhere")
 
 
 def test_edm_settings_reach_the_module():

@@ -222,7 +222,7 @@ def test_a_bad_lora_value_fails_before_anything_runs(tmp_path, capsys):
 def test_hvg_adapters_are_saved_and_loaded_alone(tmp_path):
     from diffusers import UNetSpatioTemporalConditionModel
 
-    from dimo.models.hvg import HVGConfig, HVGModule
+    from dimo.models.hvg import HVGConfig, HVGModule, HVGUNet
     from dimo.models.hvg.network import build_image_encoder, build_vae
 
     torch.manual_seed(0)
@@ -230,7 +230,9 @@ def test_hvg_adapters_are_saved_and_loaded_alone(tmp_path):
     UNetSpatioTemporalConditionModel(**cfg.unet_kwargs()).save_pretrained(tmp_path / "svd" / "unet")
     build_vae(cfg).save_pretrained(tmp_path / "svd" / "vae")
     build_image_encoder(cfg).save_pretrained(tmp_path / "svd" / "image_encoder")
-    module = HVGModule(net=cfg, pretrained=tmp_path / "svd", train_parts="lora", lora=LORA, cfg_drop_prob=0.0)
+    module = HVGModule(
+        net=HVGUNet(cfg), pretrained=tmp_path / "svd", train_parts="lora", lora=LORA, cfg_drop_prob=0.0
+    )
     _nudge([p for p in module.unet.parameters() if p.requires_grad])
     out = module.save_adapters(tmp_path / "adapters")
     from safetensors.torch import load_file

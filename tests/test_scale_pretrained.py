@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import UNetSpatioTemporalConditionModel
 
-from dimo.models.hvg import HVGConfig, HVGModule
+from dimo.models.hvg import HVGConfig, HVGModule, HVGUNet
 from dimo.models.hvg.network import build_image_encoder, build_vae
 
 
@@ -35,7 +35,7 @@ def test_fp16_only_svd_folder_loads_every_part(tmp_path: Path):
     want = _fp16_folder(tmp_path / "svd")
     names = sorted(p.name for p in (tmp_path / "svd").rglob("*.safetensors"))
     assert names == ["diffusion_pytorch_model.fp16.safetensors"] * 2 + ["model.fp16.safetensors"]
-    module = HVGModule(net=HVGConfig(), pretrained=tmp_path / "svd")
+    module = HVGModule(net=HVGUNet(HVGConfig()), pretrained=tmp_path / "svd")
     for part in ("vae", "image_encoder"):
         sd = getattr(module, part).state_dict()
         assert sd.keys() == want[part].keys()
@@ -55,5 +55,5 @@ def test_missing_weights_name_the_file(tmp_path: Path, part: str, file: str):
     with pytest.raises(
         FileNotFoundError, match=rf"no {file}\.safetensors \(or {file}\.fp16\.safetensors"
     ) as e:
-        HVGModule(net=HVGConfig(), pretrained=tmp_path / "svd")
+        HVGModule(net=HVGUNet(HVGConfig()), pretrained=tmp_path / "svd")
     assert "\n" not in str(e.value) and str(tmp_path / "svd" / part) in str(e.value)

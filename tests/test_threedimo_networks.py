@@ -353,3 +353,21 @@ def test_compile_is_regional_over_the_declared_repeated_blocks():
         names = ThreeDiMoTransformer._repeated_blocks
         others = [m for m in module.modules() if type(m).__name__ not in names]
         assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in others)
+
+
+def test_backbone_interface_and_backbone_type_by_import_path():
+    from dimo.models.threedimo.backbone import MotionBackbone
+
+    torch.manual_seed(0)
+    net = ThreeDiMoNet()
+    assert isinstance(net.backbone, MotionBackbone) and len(net.backbone.blocks) == 2
+    assert net.backbone.hidden_size == 32 and net.text_dim == net.backbone.text_dim == 32
+    # a backbone class outside BACKBONES is named by its import path; the same class gives the same net
+    torch.manual_seed(0)
+    same = ThreeDiMoNet(backbone_type="dimo.models.threedimo.backbone.ThreeDiMoTransformer")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), same.state_dict().values()))
+    assert same.export_config()["backbone_type"].endswith("ThreeDiMoTransformer")
+    with pytest.raises(ValueError, match="unknown backbone_type"):
+        ThreeDiMoNet(backbone_type="dit")
+    with pytest.raises(ValueError, match="not a MotionBackbone"):
+        ThreeDiMoNet(backbone_type="torch.nn.Linear")

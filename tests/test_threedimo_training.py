@@ -132,7 +132,7 @@ def test_motion_only_training_freezes_the_backbone():
     assert any(id(p) in names for p in module.net.encoders.parameters())
 
 
-def test_generate_keeps_the_reference_frame_and_shapes():
+def test_generate_keeps_the_reference_frame_and_follows_the_motion():
     torch.manual_seed(0)
     module = _module().eval()
     batch = _batch(b=1)
@@ -144,6 +144,15 @@ def test_generate_keeps_the_reference_frame_and_shapes():
     # ... so another reference changes it
     other = module.generate(dict(batch, reference=-batch["reference"]), num_steps=2)
     assert (other[:, 0] - video[:, 0]).abs().mean() > 1e-3
+    # the generated frames follow the motion, frame 0 never does: open the zero-initialised injection
+    with torch.no_grad():
+        for name, p in module.net.transformer.named_parameters():
+            if name.startswith("motion_layers"):
+                p.add_(0.2 * torch.randn_like(p))
+    moved = module.generate(batch, num_steps=2)
+    flipped = module.generate(dict(batch, driving=batch["driving"].flip(1)), num_steps=2)
+    assert torch.equal(flipped[:, :1], moved[:, :1])
+    assert (flipped[:, 1:] - moved[:, 1:]).abs().mean() > 1e-4
 
 
 # -- Lightning fit on the toy data --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from dimo.models.common import MissingWeightsError
 from dimo.models.hvg import HVGConfig
 from dimo.models.hvg.network import build_image_encoder, build_unet, build_vae, read_unet_state_dict
 from dimo.toy.svd import load_clips, reconstruction_psnr
@@ -54,7 +55,7 @@ def test_a_missing_or_unexpected_key_fails(tmp_path: Path):
     sd = load_file(f)
     sd.pop(sorted(sd)[0])
     save_file(sd, f)
-    with pytest.raises(RuntimeError, match="missing_keys"):
+    with pytest.raises(MissingWeightsError, match="missing 1"):  # strict, naming the key
         build_vae(HVGConfig(), bad)
     f = bad / "unet" / "diffusion_pytorch_model.fp16.safetensors"
     sd = load_file(f)

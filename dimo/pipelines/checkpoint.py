@@ -1,9 +1,10 @@
 """Reading trained Lightning checkpoints for inference: which model wrote it, and rebuilding it.
 
 A checkpoint written by ``python -m dimo.cli fit`` holds the LightningModule's plain hyperparameters
-(``_class_path`` + scalars) and the datamodule's (frame count, size). HVG's hyperparameters include its
-network config and ``pretrained`` folder; a 3DiMo checkpoint carries the constructor arguments of its
-network (the backbone's exact config) and frozen parts under ``dimo_parts``
+(``_class_path`` + scalars) and the datamodule's (frame count, size). Both methods' checkpoints carry the
+constructor arguments of their network and frozen parts under ``dimo_parts`` (3DiMo: the backbone's
+exact config; HVG: the UNet preset and switches, the VAE / CLIP presets, beside the ``pretrained``
+folder in the hyperparameters; HVG checkpoints older than that are read from their ``net`` hyperparameter)
 (:meth:`~dimo.models.threedimo.ThreeDiMoModule.parts_config`), so either rebuilds with nothing beside
 it. A run ``config.yaml`` given explicitly, or the one LightningCLI wrote next to the checkpoint
 (``<run>/config.yaml`` for ``<run>/checkpoints/x.ckpt``), takes precedence; a 3DiMo checkpoint with
@@ -109,12 +110,7 @@ def load_module(
         if kind == "3dimo":
             module = _build_threedimo(ckpt, config if config is not None else find_run_config(path))
         else:
-            from dimo.models.hvg import HVGModule
-
-            hp = _plain_hparams(ckpt)
-            hp.pop("init_from", None)
-            hp.pop("consistency_detector", None)  # a validation-only detector: generation needs none
-            module = HVGModule(**hp)
+            module = _build_hvg(ckpt)
     except FileNotFoundError as err:  # incl. MissingWeightsError: a pretrained folder of the run is gone
         raise GenerateError(f"cannot rebuild the model of {path}: {err}") from err
     module.on_load_checkpoint(ckpt)
@@ -128,6 +124,21 @@ def load_module(
             "pass the run's config.yaml with --config"
         ) from err
     return module.eval(), data_hp
+
+
+def _build_hvg(ckpt: dict[str, Any]) -> torch.nn.Module:
+    from dimo.models.hvg import HVGModule
+    from dimo.models.hvg.module import PARTS_KEY
+
+    hp = _plain_hparams(ckpt)
+    hp.pop("init_from", None)
+    hp.pop("consistency_detector", None)  # a validation-only detector: generation needs none
+    parts = ckpt.get(PARTS_KEY)
+    if not isinstance(parts, dict):  # written before the parts were arguments: the net config in hparams
+        net = hp.pop("net", None) or {}
+        preset = net.get("preset", "tiny")
+        parts = {"net": {"hvg": net}, "vae": {"preset": preset}, "image_encoder": {"preset": preset}}
+    return HVGModule(**hp, **HVGModule.build_parts(parts))
 
 
 def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> torch.nn.Module:

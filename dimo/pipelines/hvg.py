@@ -7,8 +7,9 @@ cameras on a horizontal ring around the subject (view 0 in front, +z), looking a
 so the pelvis sits at the image centre of every view (HVG's temporal/view alignment of the reference
 and first pose frame); ``trajectory:KIND[:N]`` takes N viewpoints along a ``make_trajectory`` path and
 a ``.json`` file gives explicit views; those get the same alignment as training samples (K shifted
-so the frame-0 pelvis is at the image centre). Sampling is the module's progressive spatio-temporal sampler
-(:meth:`dimo.models.hvg.HVGModule.generate`); outputs: one MP4 per view plus a tiled overview.
+so the frame-0 pelvis is at the image centre). Sampling: :meth:`HVGPipeline.sample`, HVG's only sampler
+(EDM + the progressive spatio-temporal sampler; the module's validation samples use it too); no
+Lightning is involved. Outputs: one MP4 per view plus a tiled overview.
 """
 
 from __future__ import annotations
@@ -270,36 +271,103 @@ def tile_views(video: torch.Tensor, columns: int | None = None) -> torch.Tensor:
 
 
 class HVGPipeline(DiffusionPipeline):
-    """HVG generation pipeline: a ``DiffusionPipeline`` around a trained :class:`~dimo.models.hvg.HVGModule`.
+    """HVG generation pipeline: the HVG UNet, the frozen SVD VAE and CLIP image encoder, and the sampling
+    settings; no Lightning. :meth:`sample` (EDM + the progressive spatio-temporal sampler of
+    :mod:`dimo.models.hvg.sampling`) is HVG's only sampler: ``__call__`` (one reference, joints and a
+    camera set) and :meth:`dimo.models.hvg.HVGModule.generate` (validation samples) both call it.
+    Folder (``save_pretrained``/``from_pretrained``, read by dimo only)::
 
-    HVG's generator and progressive sampler live in the module (SVD UNet + HVG layers, EDM); the
-    pipeline turns user inputs into the module's batch layout and back. Its components (``unet``,
-    ``vae``, ``image_encoder``) are the module's. Folder (``save_pretrained``/``from_pretrained``)::
+        model_index.json        diffusers index + the stored defaults (size, frames)
+        hvg/config.json         the parts' presets (UNet config incl. ablation switches, VAE, CLIP) and
+                                the sampling settings (EDM, windows, steps, guidance, SVD conditioning)
+        hvg/model.safetensors   every weight (``unet.*``, ``vae.*``, ``image_encoder.*``), strict load
 
-        model_index.json   diffusers index + dimo settings
-        hvg/config.json    the module's hyperparameters (network preset, EDM, sampler, guidance)
-        hvg/model.safetensors   every weight of the module (UNet + HVG layers, VAE, CLIP), strict load
+    Args:
+        unet: the HVG network (:class:`~dimo.models.hvg.HVGUNet`).
+        vae, image_encoder: the frozen SVD VAE and CLIP image encoder.
+        edm: noise schedule / preconditioning; ``sampler``: the progressive sampler's windows.
+        sample_steps, guidance_scale: default steps and reference CFG scale.
+        noise_aug_strength, fps, motion_bucket_id: SVD's conditioning (``added_time_ids``).
+        vae_chunk, vae_decode_chunk: images per VAE call; frames per decode call within a video.
+        settings: stored defaults (``height``, ``width``, ``num_frames``).
     """
 
-    def __init__(self, module: torch.nn.Module, settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        image_encoder: torch.nn.Module,
+        edm: Any = None,
+        sampler: Any = None,
+        sample_steps: int = 10,
+        guidance_scale: float = 1.0,
+        noise_aug_strength: float = 0.02,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        vae_chunk: int = 16,
+        vae_decode_chunk: int | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        from dimo.diffusion.edm import EDM
+        from dimo.models.hvg.sampling import ProgressiveSampler
+
         super().__init__()
-        self.register_modules(unet=module.unet, vae=module.vae, image_encoder=module.image_encoder)
-        self.module = module.eval()
+        self.register_modules(unet=unet, vae=vae, image_encoder=image_encoder)
+        self.edm = EDM(**edm) if isinstance(edm, dict) else (edm or EDM())
+        self.sampler = (
+            ProgressiveSampler(**sampler) if isinstance(sampler, dict) else (sampler or ProgressiveSampler())
+        )
+        self.sample_steps, self.guidance_scale = int(sample_steps), float(guidance_scale)
+        self.noise_aug_strength, self.fps, self.motion_bucket_id = noise_aug_strength, fps, motion_bucket_id
+        self.vae_chunk, self.vae_decode_chunk = vae_chunk, vae_decode_chunk
         self.settings = dict(settings or {})
+
+    #: the sampling settings, as :meth:`from_module` reads them from an ``HVGModule``
+    SAMPLING = (
+        "sample_steps", "guidance_scale", "noise_aug_strength", "fps", "motion_bucket_id", "vae_chunk",
+        "vae_decode_chunk",
+    )  # fmt: skip
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module, settings: dict[str, Any] | None = None) -> HVGPipeline:
+        """The sampler over a :class:`~dimo.models.hvg.HVGModule`'s parts and settings (shared, not copied)."""
+
+        kw = {k: getattr(module, k) for k in cls.SAMPLING}
+        return cls(
+            module.unet, module.vae, module.image_encoder, module.edm, module.sampler, settings=settings, **kw
+        )
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> HVGPipeline:
         from dimo.pipelines.checkpoint import load_module
 
         module, data_hp = load_module(path, "hvg")
-        return cls(module, {k: data_hp[k] for k in ("height", "width", "num_frames") if data_hp.get(k)})
+        return cls.from_module(
+            module.eval(), {k: data_hp[k] for k in ("height", "width", "num_frames") if data_hp.get(k)}
+        )
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HVGPipeline:  # type: ignore[override]
-        if device is not None:
-            self.module.to(device)
-        if dtype is not None:
-            self.module.to(dtype=dtype)
+        for part in (self.unet, self.vae, self.image_encoder):
+            part.to(device=device, dtype=dtype)
         return self
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return next(self.unet.parameters()).device
+
+    def config_dict(self) -> dict[str, Any]:
+        """What ``hvg/config.json`` holds: the parts' presets and the sampling settings."""
+
+        from dataclasses import asdict
+
+        return {
+            "unet": asdict(self.unet.hvg),
+            "vae": {"preset": self.vae.preset},
+            "image_encoder": {"preset": self.image_encoder.preset},
+            "edm": asdict(self.edm),
+            "sampler": asdict(self.sampler),
+            **{k: getattr(self, k) for k in self.SAMPLING},
+        }
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:  # type: ignore[override]
         """Write the folder (temp folder + rename)."""
@@ -309,23 +377,25 @@ class HVGPipeline(DiffusionPipeline):
         out = Path(save_directory)
         with atomic_folder(out) as tmp:
             (tmp / "hvg").mkdir()
-            hp = {k: v for k, v in dict(self.module.hparams).items() if not k.startswith("_")}
-            # the weights below hold everything; the validation-only keypoint detector is not needed
-            hp.update(pretrained=None, init_from=None, consistency_detector=None)
-            (tmp / "hvg" / "config.json").write_text(json.dumps(hp, indent=2, default=str))
-            state = {k: v.detach().contiguous().clone().cpu() for k, v in self.module.state_dict().items()}
+            (tmp / "hvg" / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+            state = {
+                f"{name}.{k}": v.detach().contiguous().clone().cpu()
+                for name in ("unet", "vae", "image_encoder")
+                for k, v in getattr(self, name).state_dict().items()
+            }
             save_file(
-                state, tmp / "hvg" / "model.safetensors", metadata={"format": "pt", "class": "HVGModule"}
+                state, tmp / "hvg" / "model.safetensors", metadata={"format": "pt", "class": "HVGPipeline"}
             )
             import diffusers
 
             index = {
                 "_class_name": type(self).__name__,
                 "_diffusers_version": diffusers.__version__,
-                "unet": ["dimo.models.hvg.network", type(self.module.unet).__name__],
-                "vae": ["diffusers", type(self.module.vae).__name__],
-                "image_encoder": ["transformers", type(self.module.image_encoder).__name__],
-                "dimo": {"settings": self.settings},
+                **{
+                    name: [type(getattr(self, name)).__module__, type(getattr(self, name)).__name__]
+                    for name in ("unet", "vae", "image_encoder")
+                },
+                "settings": self.settings,
             }
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         return out
@@ -334,7 +404,9 @@ class HVGPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **_: Any) -> HVGPipeline:  # type: ignore[override]
         from safetensors.torch import load_file
 
-        from dimo.models.hvg import HVGModule
+        from dimo.models.common import MissingWeightsError, load_strict
+        from dimo.models.hvg.config import HVGConfig
+        from dimo.models.hvg.network import SVDVAE, HVGUNet, SVDImageEncoder
 
         folder = Path(pretrained_model_name_or_path)
         index_file = folder / "model_index.json"
@@ -351,18 +423,42 @@ class HVGPipeline(DiffusionPipeline):
         for name in ("config.json", "model.safetensors"):
             if not (folder / "hvg" / name).is_file():
                 raise GenerateError(f"pretrained folder incomplete: {folder / 'hvg' / name} missing")
-        module = HVGModule(**json.loads((folder / "hvg" / "config.json").read_text()))
+        cfg = json.loads((folder / "hvg" / "config.json").read_text())
+        if "unet" not in cfg:  # exported before the pipeline owned its parts: the module's hyperparameters
+            net = cfg.pop("net", None) or {}
+            cfg = {k: cfg[k] for k in ("edm", "sampler", *cls.SAMPLING) if k in cfg}
+            preset = net.get("preset", "tiny")
+            cfg.update(unet=net, vae={"preset": preset}, image_encoder={"preset": preset})
+        unet = HVGUNet(HVGConfig(**cfg.pop("unet")))
+        vae, image = SVDVAE(**cfg.pop("vae")), SVDImageEncoder(**cfg.pop("image_encoder"))
+        state = load_file(folder / "hvg" / "model.safetensors")
         try:
-            module.load_state_dict(load_file(folder / "hvg" / "model.safetensors"), strict=True)
-        except RuntimeError as err:
+            for name, part in (("unet", unet), ("vae", vae), ("image_encoder", image)):
+                load_strict(
+                    part,
+                    {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}.")},
+                    folder / "hvg",
+                )
+            other = sorted(k for k in state if k.split(".")[0] not in ("unet", "vae", "image_encoder"))
+            if other:
+                raise MissingWeightsError(f"{folder / 'hvg'}: unexpected weights {other[:5]}")
+        except MissingWeightsError as err:
             raise GenerateError(
                 f"{folder / 'hvg' / 'model.safetensors'} does not match its config: {err}"
             ) from err
-        return cls(module, index.get("dimo", {}).get("settings"))
+        from dimo.models.common import freeze
+
+        return cls(
+            unet.eval(),
+            freeze(vae),
+            freeze(image),
+            settings=index.get("settings") or index.get("dimo", {}).get("settings"),
+            **cfg,
+        )
 
     @staticmethod
     def batch(reference: torch.Tensor, joints: torch.Tensor, cameras: CameraSet) -> dict[str, Any]:
-        """The module's HVG batch (B = 1) for reference (3, H, W), joints (T, 55, 3), V cameras."""
+        """The HVG batch (B = 1) for reference (3, H, W), joints (T, 55, 3), V cameras."""
 
         from dimo.geometry.cameras import project, relative_rotation
 
@@ -371,7 +467,7 @@ class HVGPipeline(DiffusionPipeline):
         pelvis = joints[None, :, 0].expand(v, t, 3)  # (V, T, 3)
         uv, _ = project(pelvis, cameras.K, cameras.R, cameras.t)  # (V, T, 2)
         return {
-            "target": torch.zeros(1, v, t, 3, h, w),  # shape only: generate() reads (V, T, H, W) here
+            "target": torch.zeros(1, v, t, 3, h, w),  # shape only: sample() reads (V, T, H, W) here
             "reference": reference[None],
             "K": cameras.K[None],
             "R": cameras.R[None],
@@ -380,6 +476,44 @@ class HVGPipeline(DiffusionPipeline):
             "joints3d": joints[None],
             "pelvis2d": uv[None],
         }
+
+    @torch.no_grad()
+    def sample(
+        self, batch: dict[str, Any], generator: torch.Generator, steps: int | None = None
+    ) -> torch.Tensor:
+        """HVG's sampler: the batch's V x T grids, (B, V, T, 3, H, W) in [-1, 1] (no input checks).
+
+        ``generator`` draws the reference noise augmentation, then the unit noise (B, V, T, C, h, w);
+        every step denoises overlapping view / frame windows (:class:`~dimo.models.hvg.ProgressiveSampler`),
+        with reference CFG at ``guidance_scale``."""
+
+        from dimo.models.hvg.conditioning import decode_latents, edm_denoise, svd_conditioning
+
+        target = batch["target"]
+        b, v, t, _, h, w = target.shape
+        cond = svd_conditioning(
+            self.vae, self.image_encoder, batch, generator, self.unet.hvg.pose_condition,
+            self.noise_aug_strength, self.fps, self.motion_bucket_id, self.vae_chunk,
+        )  # fmt: skip
+        device = batch["reference"].device
+        latent_shape = (b, v, t, *cond["reference_latent"].shape[1:])
+        noise = torch.randn(latent_shape, generator=generator, device=device, dtype=target.dtype)
+        uncond = torch.zeros(b, dtype=torch.bool, device=device)
+
+        def window(x, sigma, views, frames):
+            sub = dict(cond)
+            sub["pose_maps"] = {k: m[:, views][:, :, frames] for k, m in cond["pose_maps"].items()}
+            sub["rel_rot"] = cond["rel_rot"][:, views]
+            d = edm_denoise(self.unet, self.edm, x, sigma, sub)
+            if self.guidance_scale != 1.0:
+                d_u = edm_denoise(self.unet, self.edm, x, sigma, sub, reference_keep=uncond)
+                d = d_u + self.guidance_scale * (d - d_u)
+            return d
+
+        latents = self.sampler.sample(self.edm, window, noise, steps or self.sample_steps)
+        flat = latents.reshape(b * v * t, *latents.shape[3:])
+        frames = decode_latents(self.vae, flat, t, self.vae_chunk, self.vae_decode_chunk)
+        return frames.reshape(b, v, t, 3, h, w)
 
     @torch.no_grad()
     def __call__(
@@ -392,10 +526,10 @@ class HVGPipeline(DiffusionPipeline):
     ) -> torch.Tensor:
         """(V, T, 3, H, W) in [-1, 1] for reference (3, H, W) [-1, 1] and world joints (T, 55, 3)."""
 
-        device = self.module.device
+        device = self.device
         batch = {k: v.to(device) for k, v in self.batch(reference, joints, cameras).items()}
         gen = generator or torch.Generator(device=device).manual_seed(0)
-        return self.module.generate(batch, gen=gen, steps=num_inference_steps)[0].cpu()
+        return self.sample(batch, gen, num_inference_steps)[0].cpu()
 
 
 def run_hvg(args: argparse.Namespace, size_fn, write_fn) -> dict[str, Any]:
@@ -428,7 +562,7 @@ def run_hvg(args: argparse.Namespace, size_fn, write_fn) -> dict[str, Any]:
     cameras = parse_cameras(args.cameras, joints[0, 0], h, w)
     pipe.to(torch.device(args.device))
     if args.guidance_scale is not None:
-        pipe.module.guidance_scale = float(args.guidance_scale)
+        pipe.guidance_scale = float(args.guidance_scale)
     start = time.time()
     video = pipe(
         reference, joints, cameras, args.steps, torch.Generator(device=args.device).manual_seed(args.seed)
@@ -448,8 +582,8 @@ def run_hvg(args: argparse.Namespace, size_fn, write_fn) -> dict[str, Any]:
         "settings": {
             "steps": args.steps,
             "seed": args.seed,
-            "guidance_scale": float(pipe.module.guidance_scale),
-            "sampler": dict(pipe.module.hparams.get("sampler", {})),
+            "guidance_scale": float(pipe.guidance_scale),
+            "sampler": pipe.config_dict()["sampler"],
             "height": h,
             "width": w,
             "device": args.device,

@@ -1,26 +1,40 @@
 """3DiMo inference: reference image + driving video (+ camera prompt, + caption) -> video.
 
 :class:`ThreeDiMoPipeline` is a ``diffusers.DiffusionPipeline`` holding the trained network
-(:class:`~dimo.models.threedimo.ThreeDiMoNet`), the frozen Wan VAE and UMT5 text encoder and a
-``FlowMatchEulerDiscreteScheduler`` (its ``shift`` is the sampling shift). Per call:
+(:class:`~dimo.models.threedimo.ThreeDiMoNet`), the frozen Wan VAE and UMT5 text encoder, for I2V
+backbones the CLIP image encoder, and a ``FlowMatchEulerDiscreteScheduler`` (its ``shift`` is the
+sampling shift). Its :meth:`~ThreeDiMoPipeline.sample` is 3DiMo's only sampler: ``__call__`` (one
+video) and :meth:`dimo.models.threedimo.ThreeDiMoModule.generate` (validation samples of a batch) both
+call it. Per call:
 
-1. the driving frames (T, 3, H, W) are encoded to motion tokens **once**;
-2. the reference latent is imposed on latent frame 0 (as in training: timestep 0 on its tokens);
+1. the driving frames (B, T, 3, H, W) are encoded to motion tokens **once**;
+2. T2V backbones: the reference latent is imposed on latent frame 0 (as in training: timestep 0 on its
+   tokens); I2V backbones: the reference conditions through Wan I2V's mask + condition latent
+   channels and CLIP image tokens, one timestep per sample (as in training);
 3. flow-matching Euler sampling (:meth:`dimo.diffusion.flow_matching.FlowMatching.sample`) with
    optional classifier-free guidance on the text (negative prompt) and on the motion (the network
    without motion tokens is the plain Wan model);
-4. driving videos longer than one window are covered by overlapping latent windows fused at every
-   step (:mod:`dimo.pipelines.windows`);
+4. T2V: driving videos longer than one window are covered by overlapping latent windows fused at
+   every step (:mod:`dimo.pipelines.windows`); I2V samples the clip in one window;
 5. VAE decode -> (T, 3, H, W) in [-1, 1]; T is the driving length rounded down to 1 + 4k.
 
-Folder layout (``save_pretrained`` / ``from_pretrained``), Wan-diffusers style::
+Folder layout (``save_pretrained``), Wan-diffusers style::
 
     README.md          model card: what the folder holds, its settings, how to load and run it
-    model_index.json   diffusers index + the dimo settings (size, window, text max_length)
+    model_index.json   diffusers index + the dimo settings (size, window, text max_length, CLIP mean/std)
+    pipeline.py        two lines importing this class from the installed dimo (for diffusers, below)
     net/               ThreeDiMoNet.save_pretrained (config.json, model.safetensors)
     vae/               AutoencoderKLWan
     tokenizer/, text_encoder/   UMT5 tokenizer + encoder
+    image_encoder/     CLIPVisionModel (I2V backbones only)
     scheduler/         FlowMatchEulerDiscreteScheduler
+
+Loading: :meth:`ThreeDiMoPipeline.from_pretrained` (and ``dimo.cli generate --pretrained``) loads each
+part with its own class and runs no file of the folder. ``diffusers.DiffusionPipeline.from_pretrained
+(folder, trust_remote_code=True)`` loads the same pipeline: diffusers refuses, by default, to run a
+folder's ``pipeline.py`` (``_class_name`` names it), and with the opt-in that file only imports
+:class:`ThreeDiMoPipeline` from the installed ``dimo``, whose ``__init__`` wraps the raw diffusers /
+transformers parts diffusers loads.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +50,9 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
-from dimo.models.common import DTYPES
-from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanTextEncoder, WanVAE
+from dimo.models.common import CLIP_MEAN, CLIP_STD, DTYPES
+from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanImageEncoder, WanTextEncoder, WanVAE
+from dimo.models.threedimo.frozen import encode_i2v
 from dimo.pipelines.errors import GenerateError
 from dimo.pipelines.io import atomic_folder
 from dimo.pipelines.windows import fuse_windows, motion_frames
@@ -45,6 +60,13 @@ from dimo.pipelines.windows import fuse_windows, motion_frames
 __all__ = ["ThreeDiMoPipeline"]
 
 INDEX_NAME = "model_index.json"
+#: the export's pipeline file for ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``
+PIPELINE_FILE = "pipeline.py"
+PIPELINE_SOURCE = (
+    '"""diffusers entry of a dimo 3DiMo export: the pipeline class comes from the installed dimo."""\n\n'
+    "from dimo.pipelines.threedimo import ThreeDiMoPipeline\n\n"
+    '__all__ = ["ThreeDiMoPipeline"]\n'
+)
 
 
 class ThreeDiMoPipeline(DiffusionPipeline):
@@ -52,25 +74,60 @@ class ThreeDiMoPipeline(DiffusionPipeline):
 
     Args:
         net: trained 3DiMo network (motion encoders + Wan with motion injection).
-        vae: frozen Wan VAE wrapper.
-        text_encoder: frozen UMT5 wrapper (tokenizer inside).
+        vae: frozen Wan VAE wrapper, or the ``AutoencoderKLWan`` it wraps (as diffusers loads it).
+        text_encoder: frozen UMT5 wrapper (tokenizer inside), or the ``UMT5EncoderModel`` with
+            ``tokenizer`` beside it.
         scheduler: flow-matching Euler scheduler; its ``shift`` is used for sampling.
+        tokenizer: only with a bare ``UMT5EncoderModel``.
+        image_encoder: I2V backbones only: the frozen CLIP wrapper, or the ``CLIPVisionModel`` it wraps
+            (normalised with ``image_mean`` / ``image_std``).
         settings: defaults stored with the pipeline: ``height``, ``width`` (training size),
             ``window`` (training clip length in frames, 1 + 4k), ``fps``.
+        text_max_length: tokens per prompt of a bare text encoder (a wrapper keeps its own).
+        image_mean, image_std: CLIP normalisation of a bare image encoder.
     """
 
-    model_cpu_offload_seq = "text_encoder->net->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->net->vae"
+    _optional_components = ["tokenizer", "image_encoder"]
 
     def __init__(
         self,
         net: ThreeDiMoNet,
-        vae: WanVAE,
-        text_encoder: WanTextEncoder,
+        vae: torch.nn.Module,
+        text_encoder: torch.nn.Module,
         scheduler: FlowMatchEulerDiscreteScheduler,
+        tokenizer: Any = None,
+        image_encoder: torch.nn.Module | None = None,
         settings: dict[str, Any] | None = None,
+        text_max_length: int | None = None,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.register_modules(net=net, vae=vae, text_encoder=text_encoder, scheduler=scheduler)
+        if not isinstance(vae, WanVAE):
+            vae = WanVAE.wrap(vae)
+        if not isinstance(text_encoder, WanTextEncoder):
+            if tokenizer is None:
+                raise ValueError("a bare text encoder needs its tokenizer")
+            text_encoder = WanTextEncoder.wrap(text_encoder, tokenizer, int(text_max_length or 512))
+        if image_encoder is not None and not isinstance(image_encoder, WanImageEncoder):
+            image_encoder = WanImageEncoder.wrap(
+                image_encoder, image_mean or CLIP_MEAN, image_std or CLIP_STD
+            )
+        if net.is_i2v != (image_encoder is not None):
+            raise ValueError(
+                "an I2V backbone needs an image_encoder"
+                if net.is_i2v
+                else "a T2V backbone takes no image_encoder"
+            )
+        self.register_modules(
+            net=net,
+            vae=vae,
+            text_encoder=text_encoder,
+            scheduler=scheduler,
+            tokenizer=None,
+            image_encoder=image_encoder,
+        )
         self.settings: dict[str, Any] = dict(settings or {})
         self._offload_frozen = False
         self._autocast_dtype: torch.dtype | None = None
@@ -80,10 +137,18 @@ class ThreeDiMoPipeline(DiffusionPipeline):
     def from_module(
         cls, module: torch.nn.Module, settings: dict[str, Any] | None = None
     ) -> ThreeDiMoPipeline:
-        """Wrap a (trained) :class:`~dimo.models.threedimo.ThreeDiMoModule`'s parts."""
+        """The sampler over a :class:`~dimo.models.threedimo.ThreeDiMoModule`'s parts (shared, not copied;
+        the modes of the parts are left as they are)."""
 
         scheduler = module.flow.make_scheduler()
-        return cls(module.net.eval(), module.vae, module.text_encoder, scheduler, settings)
+        return cls(
+            module.net,
+            module.vae,
+            module.text_encoder,
+            scheduler,
+            image_encoder=module.image_encoder,
+            settings=settings,
+        )
 
     @classmethod
     def from_checkpoint(
@@ -97,10 +162,12 @@ class ThreeDiMoPipeline(DiffusionPipeline):
         settings = {k: data_hp[k] for k in ("height", "width") if data_hp.get(k)}
         if data_hp.get("num_frames"):
             settings["window"] = int(data_hp["num_frames"])
-        return cls.from_module(module, settings)
+        return cls.from_module(module.eval(), settings)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:  # type: ignore[override]
         """Write the folder described in the module docstring, atomically (temp folder + rename)."""
+
+        import diffusers
 
         out = Path(save_directory)
         with atomic_folder(out) as tmp:
@@ -109,19 +176,27 @@ class ThreeDiMoPipeline(DiffusionPipeline):
             self.text_encoder.tokenizer.save_pretrained(tmp / "tokenizer")
             self.text_encoder.encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
             self.scheduler.save_pretrained(tmp / "scheduler")
-            import diffusers
-
+            image: list[str | None] = [None, None]
+            extra: dict[str, Any] = {}
+            if self.image_encoder is not None:
+                self.image_encoder.encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
+                image = ["transformers", type(self.image_encoder.encoder).__name__]
+                extra = self.image_encoder.normalization
             index = {
-                "_class_name": type(self).__name__,
+                "_class_name": [Path(PIPELINE_FILE).stem, type(self).__name__],
                 "_diffusers_version": diffusers.__version__,
-                "net": ["dimo.models.threedimo", "ThreeDiMoNet"],
-                "vae": ["diffusers", "AutoencoderKLWan"],
-                "text_encoder": ["transformers", "UMT5EncoderModel"],
+                "net": [type(self.net).__module__, type(self.net).__name__],
+                "vae": ["diffusers", type(self.vae.vae).__name__],
+                "text_encoder": ["transformers", type(self.text_encoder.encoder).__name__],
                 "tokenizer": ["transformers", type(self.text_encoder.tokenizer).__name__],
-                "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-                "dimo": {"settings": self.settings, "text_max_length": self.text_encoder.max_length},
+                "image_encoder": image,
+                "scheduler": ["diffusers", type(self.scheduler).__name__],
+                "settings": self.settings,
+                "text_max_length": self.text_encoder.max_length,
+                **extra,
             }
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
+            (tmp / PIPELINE_FILE).write_text(PIPELINE_SOURCE)
             (tmp / "README.md").write_text(self.model_card())
         return out
 
@@ -130,6 +205,11 @@ class ThreeDiMoPipeline(DiffusionPipeline):
 
         cfg = self.net.export_config()
         wan = cfg["backbone_config"]
+        image = (
+            "| `image_encoder/` | `CLIPVisionModel` (frozen, I2V: the reference's image tokens) |\n"
+            if self.image_encoder is not None
+            else ""
+        )
         return f"""# 3DiMo export ({type(self).__name__})
 
 View-adaptive human video generation (3DiMo, Fang et al., CVPR 2026): a reference image, a driving
@@ -138,10 +218,11 @@ video and a camera prompt ("<view>. The camera <motion>.") -> a video. Written b
 
 | part | what |
 |---|---|
-| `net/` | `ThreeDiMoNet`: motion encoders ({cfg["motion_dim"]}-wide, {cfg["body_tokens"]}+{cfg["hand_tokens"]} tokens per frame), geometric decoder, Wan transformer ({wan.get("num_layers")} layers, {wan.get("num_attention_heads")}x{wan.get("attention_head_dim")} heads) with `{cfg["injection"]}` motion injection |
+| `net/` | `ThreeDiMoNet`: motion encoders ({cfg["motion_dim"]}-wide, {cfg["body_tokens"]}+{cfg["hand_tokens"]} tokens per frame), geometric decoder, Wan transformer ({wan.get("num_layers")} layers, {wan.get("num_attention_heads")}x{wan.get("attention_head_dim")} heads, {"I2V" if self.net.is_i2v else "T2V"}) with `{cfg["injection"]}` motion injection |
 | `vae/` | `AutoencoderKLWan` (frozen) |
 | `tokenizer/`, `text_encoder/` | UMT5 (frozen), prompts of up to {self.text_encoder.max_length} tokens |
-| `scheduler/` | `FlowMatchEulerDiscreteScheduler`, shift {float(self.scheduler.config.shift)} |
+{image}| `scheduler/` | `FlowMatchEulerDiscreteScheduler`, shift {float(self.scheduler.config.shift)} |
+| `pipeline.py` | imports `ThreeDiMoPipeline` from the installed `dimo` (for diffusers' loader) |
 
 Stored defaults: {json.dumps(self.settings) if self.settings else "none"} (frame size, temporal window).
 
@@ -149,16 +230,22 @@ Stored defaults: {json.dumps(self.settings) if self.settings else "none"} (frame
 from dimo.pipelines.threedimo import ThreeDiMoPipeline
 from dimo.pipelines.io import load_image, load_video
 
-pipe = ThreeDiMoPipeline.from_pretrained("<this folder>")
-video = pipe(load_image("ref.png"), load_video("driving.mp4"), "Front view. The camera stays static.")
+pipe = ThreeDiMoPipeline.from_pretrained("<this folder>")  # runs no file of the folder
+video = pipe(load_image("ref.png"), load_video("driving.mp4")[0], "Front view. The camera stays static.")
 ```
 
-or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`docs/generate.md`).
+With diffusers' own loader (`dimo` installed): `DiffusionPipeline.from_pretrained("<this folder>",
+trust_remote_code=True)`; diffusers runs the folder's `pipeline.py` only with that opt-in.
+Or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`docs/generate.md`).
 """
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **_: Any) -> ThreeDiMoPipeline:  # type: ignore[override]
-        """Load a folder written by :meth:`save_pretrained` (local only; no hub)."""
+        """Load a folder written by :meth:`save_pretrained` (local only; no hub; no file of the folder
+        is executed: each part is read by its own class)."""
+
+        from diffusers import AutoencoderKLWan
+        from transformers import AutoTokenizer, CLIPVisionModel, UMT5EncoderModel
 
         folder = Path(pretrained_model_name_or_path)
         index_file = folder / INDEX_NAME
@@ -168,19 +255,44 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
                 "(expected a folder written by `python -m dimo.cli export`)"
             )
         index = json.loads(index_file.read_text())
-        if index.get("_class_name") != cls.__name__:
+        name = index.get("_class_name")
+        name = name[-1] if isinstance(name, list) and name else name
+        if name != cls.__name__:
+            raise GenerateError(f"{folder} holds a {name}; expected a {cls.__name__} folder")
+        if "dimo" in index:
             raise GenerateError(
-                f"{folder} holds a {index.get('_class_name')}; expected a {cls.__name__} folder"
+                f"{folder} was written by an older dimo export (settings under 'dimo'); export its "
+                "checkpoint again with `python -m dimo.cli export`"
             )
-        extra = index.get("dimo", {})
+        local = {"local_files_only": True}
         try:
             net = ThreeDiMoNet.from_pretrained(folder / "net")
-            vae = WanVAE(path=folder / "vae")
-            text = WanTextEncoder(path=folder, max_length=int(extra.get("text_max_length", 512)))
-        except (MissingWeightsError, OSError) as err:
-            raise GenerateError(f"cannot load pretrained folder {folder}: {err}") from err
+            vae = AutoencoderKLWan.from_pretrained(folder / "vae", **local)
+            tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", **local)
+            text = UMT5EncoderModel.from_pretrained(folder / "text_encoder", **local)
+            image = None
+            if (index.get("image_encoder") or [None])[0] is not None:
+                image = CLIPVisionModel.from_pretrained(folder / "image_encoder", **local)
+        except (MissingWeightsError, OSError, ValueError) as err:
+            raise GenerateError(
+                f"cannot load pretrained folder {folder}: {str(err).splitlines()[0]}"
+            ) from err
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
-        return cls(net.eval(), vae, text, scheduler, extra.get("settings"))
+        return cls(
+            net.eval(),
+            vae,
+            text,
+            scheduler,
+            tokenizer=tokenizer,
+            image_encoder=image,
+            settings=index.get("settings"),
+            text_max_length=index.get("text_max_length"),
+            image_mean=index.get("image_mean"),
+            image_std=index.get("image_std"),
+        )
+
+    def _frozen(self) -> list[torch.nn.Module]:
+        return [m for m in (self.vae, self.text_encoder, self.image_encoder) if m is not None]
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -191,20 +303,20 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
         if device is not None:
             self.net.to(device)
             if not self._offload_frozen:
-                self.vae.to(device)
-                self.text_encoder.to(device)
+                for part in self._frozen():
+                    part.to(device)
         if dtype is not None:
-            self.vae.to(dtype=dtype)
-            self.text_encoder.to(dtype=dtype)
+            for part in self._frozen():
+                part.to(dtype=dtype)
         return self
 
     # -- memory options -------------------------------------------------------------------------
     def enable_frozen_cpu_offload(self) -> None:
-        """Keep the VAE and text encoder on the CPU; each moves to the net's device only while used."""
+        """Keep the frozen parts on the CPU; each moves to the net's device only while used."""
 
         self._offload_frozen = True
-        self.vae.to("cpu")
-        self.text_encoder.to("cpu")
+        for part in self._frozen():
+            part.to("cpu")
 
     def enable_vae_tiling(self) -> None:
         self.vae.vae.enable_tiling()
@@ -217,8 +329,8 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
 
         if dtype not in DTYPES:
             raise GenerateError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-        self.vae.to(dtype=DTYPES[dtype])
-        self.text_encoder.to(dtype=DTYPES[dtype])
+        for part in self._frozen():
+            part.to(dtype=DTYPES[dtype])
         self._autocast_dtype = None if dtype == "float32" else DTYPES[dtype]
 
     @property
@@ -226,20 +338,20 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
         return next(self.net.parameters()).device
 
     @contextlib.contextmanager
-    def _on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    def _on_device(self, module: torch.nn.Module, device: torch.device) -> Iterator[torch.nn.Module]:
         if not self._offload_frozen:
             yield module
             return
-        module.to(self.exec_device)
+        module.to(device)
         try:
             yield module
         finally:
             module.to("cpu")
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self._autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.exec_device.type, dtype=self._autocast_dtype)
+        return torch.autocast(device.type, dtype=self._autocast_dtype)
 
     # -- helpers --------------------------------------------------------------------------------
     @property
@@ -252,21 +364,111 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
         c = self.temporal_compression
         return 1 + (num_frames - 1) // c * c
 
-    def _encode_text(self, prompts: list[str]) -> torch.Tensor:
-        with self._on_device(self.text_encoder) as enc:
-            return enc(prompts, device=self.exec_device)  # (B, L, D_t)
-
     def _slice_motion(self, z: torch.Tensor, num_frames: int, frames: list[int]) -> torch.Tensor:
         """Motion tokens of ``frames`` in the network's frame-major layout (B, t*(K_b+K_h), D)."""
 
         return self.net.encoders.per_frame(z, num_frames)[:, frames].flatten(1, 2)
 
-    def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
-        """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000 sigma elsewhere."""
-
-        return reference_timesteps(sigma, self.net.transformer.patch_grid(latent_shape))
-
     # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        reference: torch.Tensor,
+        driving: torch.Tensor,
+        prompts: Sequence[str],
+        num_inference_steps: int,
+        generator: torch.Generator | None = None,
+        negative_prompt: str = "",
+        guidance_scale: float = 1.0,
+        motion_guidance_scale: float = 1.0,
+        window: int | None = None,
+        overlap: int = 1,
+        joints2d: torch.Tensor | None = None,
+        joints2d_valid: torch.Tensor | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """3DiMo's sampler on a batch (no input checks: :meth:`__call__` makes them for users).
+
+        Args:
+            reference: (B, 3, H, W) in [-1, 1] on the network's device.
+            driving: (B, T, 3, H, W) in [-1, 1], T = 1 + 4k.
+            prompts: B camera prompts (with any caption already appended).
+            generator: draws the unit noise (B, 16, F, h, w) on its own device (the call's device when
+                None), so a batch drawn with the same generator state gives the same sample.
+            window: frames per temporal window (T2V; default: the whole clip); ``overlap``: shared
+                latent frames between windows. I2V backbones sample the clip in one window.
+            joints2d, joints2d_valid: (B, T, 55, 2) / (B, T, 55) SMPL-X 2D joints for E_h's hand crops.
+            Others: as :meth:`__call__`.
+        Returns:
+            (B, T, 3, H, W) in [-1, 1].
+        """
+
+        device = reference.device
+        b, t = driving.shape[:2]
+        c = self.temporal_compression
+        window = window or t
+        if self.net.is_i2v and window < t:
+            raise GenerateError(
+                f"an I2V backbone samples the clip in one window: window={window} < {t} frames (pass a larger "
+                "window, or fewer --num-frames)"
+            )
+        prompts = list(prompts) + ([negative_prompt] * b if guidance_scale != 1.0 else [])
+        with self._on_device(self.text_encoder, device) as enc:
+            text = enc(prompts, device=device)  # (B or 2B, L, D_t)
+        with self._on_device(self.vae, device) as vae:
+            ref = vae.encode(reference[:, :, None])  # (B, 16, 1, h, w)
+        extra: tuple[torch.Tensor, ...] = ()
+        if self.net.is_i2v:  # (condition (B, 20, F, h, w), CLIP tokens (B, N, D))
+            with self._on_device(self.vae, device) as vae, self._on_device(self.image_encoder, device) as img:
+                extra = encode_i2v(vae, img, reference, t)
+        with self._autocast(device):
+            z = self.net.encode_motion(driving, joints2d, joints2d_valid)  # (B, T*(K_b+K_h), D), once
+
+        shape = (b, ref.shape[1], 1 + (t - 1) // c, *ref.shape[-2:])
+        noise = torch.randn(shape, generator=generator, device=generator.device if generator else device)
+        noise = noise.to(device=device, dtype=ref.dtype)
+
+        def guided(x: torch.Tensor, ts: torch.Tensor, zw: torch.Tensor, n: int) -> torch.Tensor:
+            with self._autocast(device):
+                v = self.net(x, ts, text[:b], zw, n, *extra)
+                if guidance_scale != 1.0:
+                    v_u = self.net(x, ts, text[b:], zw, n, *extra)
+                    v = v_u + guidance_scale * (v - v_u)
+                if motion_guidance_scale != 1.0:
+                    v_m = self.net(x, ts, text[:b], None, None, *extra)
+                    v = v + (motion_guidance_scale - 1.0) * (v - v_m)
+            return v.to(x.dtype)
+
+        def window_velocity(x: torch.Tensor, start: int, sigma: torch.Tensor) -> torch.Tensor:
+            frames = motion_frames(start, start + x.shape[2] - 1, c)
+            ts = reference_timesteps(sigma, self.net.patch_grid(x.shape))  # timestep 0 on the reference
+            return guided(x, ts, self._slice_motion(z, t, frames), len(frames))
+
+        flow = FlowMatching(shift=float(self.scheduler.config.shift))
+        bar = self.progress_bar(total=num_inference_steps) if progress else contextlib.nullcontext()
+        with bar:
+
+            def velocity(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+                if self.net.is_i2v:  # one timestep per sample, every latent frame generated
+                    v = guided(x, timestep, z, t)
+                else:
+                    sigma = timestep / 1000.0
+                    v = fuse_windows(
+                        x, lambda xw, s: window_velocity(xw, s, sigma), (window - 1) // c, overlap
+                    )
+                if progress:
+                    bar.update()
+                return v
+
+            def clamp(x: torch.Tensor) -> torch.Tensor:  # T2V: the clean reference latent in frame 0
+                return torch.cat([ref, x[:, :, 1:]], dim=2)
+
+            latents = flow.sample(
+                velocity, noise, num_inference_steps, clamp=None if self.net.is_i2v else clamp
+            )  # (B, 16, F, h, w)
+        with self._on_device(self.vae, device) as vae:
+            return vae.decode(latents).transpose(1, 2)  # (B, T, 3, H, W)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -296,7 +498,8 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
             guidance_scale: text classifier-free guidance (1 = off).
             motion_guidance_scale: motion guidance against the motion-free network (1 = off).
             window: frames per temporal window (1 + 4k; default: the training clip length, or
-                the whole video); ``overlap``: shared latent frames between windows.
+                the whole video; I2V backbones: the whole video); ``overlap``: shared latent frames
+                between windows.
             generator: noise generator (seed).
             joints2d, joints2d_valid: optional SMPL-X 2D joints (T, 55, 2) in driving-frame pixels and
                 their validity (T, 55) (e.g. from a keypoint detector): they place E_h's hand crops;
@@ -327,61 +530,27 @@ or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
             raise GenerateError(f"overlap must be >= 0 latent frames, got {overlap}")
         if num_inference_steps < 1:
             raise GenerateError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        window = window or int(self.settings.get("window") or t)
+        if window is None:
+            window = t if self.net.is_i2v else int(self.settings.get("window") or t)
         if window < 1 + c or (window - 1) % c:
             raise GenerateError(f"window must be 1 + {c}k frames with k >= 1, got {window}")
+        if joints2d is not None and (joints2d.shape[0] < t or joints2d.shape[1:] != (55, 2)):
+            raise GenerateError(f"joints2d must be (T >= {t}, 55, 2), got {tuple(joints2d.shape)}")
         device = self.exec_device
-        driving = driving[:t].to(device)[None]  # (1, T, 3, H, W)
-        reference = reference.to(device)[None]  # (1, 3, H, W)
-
-        text_full = f"{prompt.strip()} {caption.strip()}".strip() if caption else prompt.strip()
-        prompts = [text_full] + ([negative_prompt] if guidance_scale != 1.0 else [])
-        text = self._encode_text(prompts)  # (1 or 2, L, D_t)
-        with self._on_device(self.vae) as vae:
-            ref = vae.encode(reference[:, :, None].to(device))  # (1, 16, 1, h, w)
-        with self._autocast():
-            if joints2d is not None:
-                if joints2d.shape[0] < t or joints2d.shape[1:] != (55, 2):
-                    raise GenerateError(f"joints2d must be (T >= {t}, 55, 2), got {tuple(joints2d.shape)}")
-                joints2d = joints2d[:t].to(device)[None]  # (1, T, 55, 2)
-                if joints2d_valid is not None:
-                    joints2d_valid = joints2d_valid[:t].to(device)[None]  # (1, T, 55)
-            z = self.net.encode_motion(driving, joints2d, joints2d_valid)  # (1, T*(K_b+K_h), D), once
-
-        num_latent = 1 + (t - 1) // c
-        shape = (1, ref.shape[1], num_latent, *ref.shape[-2:])
-        noise = torch.randn(shape, generator=generator, device=generator.device if generator else device)
-        noise = noise.to(device=device, dtype=ref.dtype)
-
-        def window_velocity(x: torch.Tensor, start: int, sigma: torch.Tensor) -> torch.Tensor:
-            frames = motion_frames(start, start + x.shape[2] - 1, c)
-            zw = self._slice_motion(z, t, frames)
-            ts = self._timesteps(sigma, x.shape)
-            with self._autocast():
-                v = self.net(x, ts, text[:1], zw, len(frames))
-                if guidance_scale != 1.0:
-                    v_u = self.net(x, ts, text[1:], zw, len(frames))
-                    v = v_u + guidance_scale * (v - v_u)
-                if motion_guidance_scale != 1.0:
-                    v_m = self.net(x, ts, text[:1], None)
-                    v = v + (motion_guidance_scale - 1.0) * (v - v_m)
-            return v.to(x.dtype)
-
-        bar = self.progress_bar(total=num_inference_steps) if progress else contextlib.nullcontext()
-        with bar:
-
-            def velocity(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-                sigma = timestep / 1000.0
-                v = fuse_windows(x, lambda xw, s: window_velocity(xw, s, sigma), (window - 1) // c, overlap)
-                if progress:
-                    bar.update()
-                return v
-
-            def clamp(x: torch.Tensor) -> torch.Tensor:
-                return torch.cat([ref, x[:, :, 1:]], dim=2)
-
-            flow = FlowMatching(shift=float(self.scheduler.config.shift))
-            latents = flow.sample(velocity, noise, num_inference_steps, clamp=clamp)  # (1, 16, F, h, w)
-        with self._on_device(self.vae) as vae:
-            video = vae.decode(latents)  # (1, 3, T', H, W)
-        return video[0].transpose(0, 1).float().cpu()  # (T', 3, H, W)
+        text = f"{prompt.strip()} {caption.strip()}".strip() if caption else prompt.strip()
+        video = self.sample(
+            reference.to(device)[None],  # (1, 3, H, W)
+            driving[:t].to(device)[None],  # (1, T, 3, H, W)
+            [text],
+            num_inference_steps,
+            generator=generator,
+            negative_prompt=negative_prompt,
+            guidance_scale=guidance_scale,
+            motion_guidance_scale=motion_guidance_scale,
+            window=window,
+            overlap=overlap,
+            joints2d=None if joints2d is None else joints2d[:t].to(device)[None],  # (1, T, 55, 2)
+            joints2d_valid=None if joints2d_valid is None else joints2d_valid[:t].to(device)[None],
+            progress=progress,
+        )
+        return video[0].float().cpu()  # (T', 3, H, W)

@@ -67,3 +67,98 @@ def render_pose_maps(
         if condition in ("dual", "depth"):
             out["depth"] = normalise_depth(r.depth, r.mask)
     return {k: m.reshape(b, v, nt, *m.shape[1:]) for k, m in out.items()}
+
+
+# -- frozen encoders and the preconditioned network: shared by training (HVGModule) and sampling
+# (HVGPipeline), so both see the same conditioning ------------------------------------------------
+@torch.no_grad()
+def encode_images(
+    vae: torch.nn.Module, images: torch.Tensor, chunk: int, scaled: bool = True
+) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> VAE latent mode (N, C, h, w), times the VAE scale if ``scaled``;
+    ``chunk`` images per encoder call."""
+
+    dt = vae.dtype
+    z = torch.cat([vae.encode(c.to(dt)).latent_dist.mode() for c in images.split(chunk)]).to(images.dtype)
+    return z * vae.config.scaling_factor if scaled else z
+
+
+@torch.no_grad()
+def decode_latents(
+    vae: torch.nn.Module, latents: torch.Tensor, num_frames: int, chunk: int, decode_chunk: int | None
+) -> torch.Tensor:
+    """(N, C, h, w) scaled latents, N a multiple of ``num_frames`` -> images (N, 3, H, W) in [-1, 1].
+
+    Whole videos, several per call (``chunk`` frames at most), or with ``decode_chunk`` each video in
+    chunks of that many frames (diffusers' SVD ``decode_chunk_size``: bounded decode memory)."""
+
+    z = (latents / vae.config.scaling_factor).to(vae.dtype)
+    if decode_chunk is None or decode_chunk >= num_frames:
+        step = max(num_frames, (chunk // num_frames) * num_frames)
+        out = [vae.decode(c, num_frames=num_frames).sample for c in z.split(step)]
+    else:
+        out = [
+            vae.decode(c, num_frames=c.shape[0]).sample
+            for video in z.split(num_frames)
+            for c in video.split(decode_chunk)
+        ]
+    return torch.cat(out).to(latents.dtype).clamp(-1, 1)
+
+
+@torch.no_grad()
+def clip_embed(image_encoder: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> CLIP image embedding (B, 1, D) (bicubic resize, CLIP mean/std)."""
+
+    from dimo.models.common import CLIP_MEAN, CLIP_STD
+
+    size = image_encoder.config.image_size
+    x = torch.nn.functional.interpolate(
+        (images + 1) / 2, size=(size, size), mode="bicubic", align_corners=False, antialias=True
+    )
+    x = (x - x.new_tensor(CLIP_MEAN)[:, None, None]) / x.new_tensor(CLIP_STD)[:, None, None]
+    return image_encoder(pixel_values=x.to(image_encoder.dtype)).image_embeds[:, None].to(images.dtype)
+
+
+@torch.no_grad()
+def svd_conditioning(
+    vae: torch.nn.Module,
+    image_encoder: torch.nn.Module,
+    batch: dict,
+    generator: torch.Generator,
+    pose_condition: PoseCondition,
+    noise_aug_strength: float,
+    fps: int,
+    motion_bucket_id: int,
+    chunk: int,
+) -> dict:
+    """Everything the HVG UNet needs besides the noisy latents, for an HVG batch (``docs/contracts.md``):
+    CLIP embedding, SVD's ``added_time_ids``, the noise-augmented conditioning latent (unscaled mode),
+    the clean reference latent (ReferenceNet), the bone maps and the relative camera rotations.
+    The augmentation noise is the first draw from ``generator``."""
+
+    b, _, _, _, h, w = batch["target"].shape  # (B, V, T, 3, H, W): only its shape is read
+    ref = batch["reference"]
+    noisy_ref = ref + noise_aug_strength * torch.randn(
+        ref.shape, generator=generator, device=ref.device, dtype=ref.dtype
+    )
+    ids = torch.tensor([fps - 1, motion_bucket_id, noise_aug_strength], device=ref.device, dtype=ref.dtype)
+    return {
+        "encoder_hidden_states": clip_embed(image_encoder, ref),
+        "added_time_ids": ids.expand(b, 3),
+        "cond_latent": encode_images(vae, noisy_ref, chunk, scaled=False),
+        "reference_latent": encode_images(vae, ref, chunk),
+        "pose_maps": render_pose_maps(
+            batch["joints3d"], batch["K"], batch["R"], batch["t"], h, w, pose_condition
+        ),
+        "rel_rot": batch["rel_rot"],
+    }
+
+
+def edm_denoise(
+    unet: torch.nn.Module, edm, noisy: torch.Tensor, sigma: torch.Tensor, cond: dict, **kwargs
+) -> torch.Tensor:
+    """EDM-preconditioned denoised estimate D (B, V, T, C, h, w) of ``noisy`` at noise level ``sigma`` (B,)."""
+
+    _, _, c_in, c_noise = edm.precondition(sigma)
+    scale = c_in.reshape(-1, *([1] * (noisy.ndim - 1))).to(noisy.dtype)
+    return edm.denoised(unet(noisy * scale, c_noise, **cond, **kwargs), noisy, sigma)

@@ -50,8 +50,6 @@ from dimo.data.pixels import check_model_batch
 from dimo.diffusion.edm import EDM
 from dimo.models.attention import AttentionBackend, scope_attention_backend
 from dimo.models.common import (
-    CLIP_MEAN,
-    CLIP_STD,
     DTYPES,
     FrozenDType,
     freeze,
@@ -60,15 +58,10 @@ from dimo.models.common import (
     step_generator,
     strip_prefixes,
 )
+from dimo.models.hvg import conditioning as hvg_cond
 from dimo.models.hvg.conditioning import render_pose_maps
 from dimo.models.hvg.config import HVGConfig
-from dimo.models.hvg.network import (
-    build_image_encoder,
-    build_unet,
-    build_vae,
-    is_hvg_key,
-    strip_checkpoint_prefix,
-)
+from dimo.models.hvg.network import SVDVAE, HVGUNet, SVDImageEncoder, is_hvg_key, strip_checkpoint_prefix
 from dimo.models.hvg.sampling import ProgressiveSampler
 from dimo.models.lora import (
     LoRASettings,
@@ -90,15 +83,21 @@ KP_CHANNELS = TOY_BODY
 #: Seed of the gap protocol's generator for validation batch k: ``noise_seed * 31 + GAP_SEED_OFFSET + k``.
 GAP_SEED_OFFSET = 15_485_863
 _FROZEN = ("vae.", "image_encoder.")
+#: checkpoint key of :meth:`HVGModule.parts_config` (the parts' constructor arguments)
+PARTS_KEY = "dimo_parts"
 
 
 class HVGModule(LightningModule):
     """HVG training/sampling.
 
     Args:
-        net: network preset and ablation switches.
-        pretrained: local SVD-xt diffusers folder (``unet/``, ``vae/``, ``image_encoder/``); ``None``
-            builds random weights (the ``tiny`` toy runs and tests).
+        net: the HVG network (:class:`~dimo.models.hvg.HVGUNet`: SVD UNet preset + ablation switches);
+            default the ``tiny`` one.
+        vae, image_encoder: the frozen SVD VAE and CLIP image encoder (:class:`~dimo.models.hvg.SVDVAE`,
+            :class:`~dimo.models.hvg.SVDImageEncoder`); default: those of ``net``'s preset.
+        pretrained: local SVD-xt diffusers folder (``unet/``, ``vae/``, ``image_encoder/``) whose weights
+            are loaded into the three parts (strictly; HVG's new layers keep their init); ``None``:
+            random weights (the ``tiny`` toy runs and tests). The method's one pretrained setting.
         init_from: Lightning checkpoint whose weights initialise this run (phase 2 from phase 1).
         optimizer, lr_scheduler: injected by LightningCLI; only the UNet (+ HVG layers) is optimised.
         edm: noise distribution / preconditioning / sampling schedule.
@@ -147,7 +146,9 @@ class HVGModule(LightningModule):
 
     def __init__(
         self,
-        net: HVGConfig | None = None,
+        net: HVGUNet | None = None,
+        vae: SVDVAE | None = None,
+        image_encoder: SVDImageEncoder | None = None,
         pretrained: Path | None = None,
         init_from: Path | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
@@ -181,16 +182,19 @@ class HVGModule(LightningModule):
         lora = LoRASettings.coerce(lora)
         if train_parts == "lora" and lora is None:
             raise ValueError("train_parts: lora needs model.init_args.lora (rank, alpha, targets)")
+        if isinstance(net, (HVGConfig, dict)):
+            raise TypeError(
+                "HVGModule(net=...) takes the network (dimo.models.hvg.HVGUNet), not its config: in YAML "
+                "net: {class_path: dimo.models.hvg.HVGUNet, init_args: {hvg: {preset: tiny, ...}}}"
+            )
         # Plain values in hparams (dicts, str) so checkpoints load with torch's weights_only=True;
         # load_from_checkpoint passes the dicts back, which are accepted here.
-        self.net_config = HVGConfig(**net) if isinstance(net, dict) else (net or HVGConfig())
         self.edm = EDM(**edm) if isinstance(edm, dict) else (edm or EDM())
         self.sampler = (
             ProgressiveSampler(**sampler) if isinstance(sampler, dict) else (sampler or ProgressiveSampler())
         )
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.save_hyperparameters(ignore=["net", "vae", "image_encoder", "optimizer", "lr_scheduler"])
         self.hparams.update(
-            net=asdict(self.net_config),
             edm=asdict(self.edm),
             sampler=asdict(self.sampler),
             pretrained=None if pretrained is None else str(pretrained),
@@ -201,7 +205,14 @@ class HVGModule(LightningModule):
         )
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.pretrained = pretrained
-        self.unet = build_unet(self.net_config, pretrained)
+        self.unet = net if net is not None else HVGUNet()
+        preset = self.net_config.preset
+        vae = vae if vae is not None else SVDVAE(preset)
+        image_encoder = image_encoder if image_encoder is not None else SVDImageEncoder(preset)
+        _check_parts(self.unet, vae, image_encoder)
+        if pretrained is not None:  # the one folder: SVD UNet, VAE and CLIP weights, each strictly
+            for part in (self.unet, vae, image_encoder):
+                part.load_folder(pretrained)
         self.train_parts = train_parts
         if train_parts == "lora":  # after the pretrained weights; lora_B = 0: the UNet starts unchanged
             provided = {n for n, _ in backbone_parameters(self.unet)}
@@ -214,8 +225,7 @@ class HVGModule(LightningModule):
         scope_attention_backend([self.unet], attention_backend)  # not the frozen VAE / CLIP
         if frozen_dtype not in DTYPES:
             raise ValueError(f"frozen_dtype must be one of {list(DTYPES)}, got {frozen_dtype!r}")
-        self.vae = freeze(build_vae(self.net_config, pretrained))
-        self.image_encoder = freeze(build_image_encoder(self.net_config, pretrained))
+        self.vae, self.image_encoder = freeze(vae), freeze(image_encoder)
         if frozen_dtype != "float32":
             self.vae.to(DTYPES[frozen_dtype])
             self.image_encoder.to(DTYPES[frozen_dtype])
@@ -280,7 +290,33 @@ class HVGModule(LightningModule):
         if init_from is not None:
             self._init_from(Path(init_from))
 
+    @property
+    def net_config(self) -> HVGConfig:
+        """The network's preset and ablation switches."""
+
+        return self.unet.hvg
+
     # ---- frozen parts ---------------------------------------------------------------------------
+    def parts_config(self) -> dict[str, dict]:
+        """Constructor arguments of the three parts: with the checkpoint's weights (and ``pretrained``
+        for the stripped frozen parts) they rebuild the module with no run config beside it."""
+
+        return {
+            "net": {"hvg": asdict(self.net_config)},
+            "vae": {"preset": self.vae.preset},
+            "image_encoder": {"preset": self.image_encoder.preset},
+        }
+
+    @staticmethod
+    def build_parts(parts: dict[str, dict]) -> dict[str, torch.nn.Module]:
+        """``net``, ``vae``, ``image_encoder`` from :meth:`parts_config`'s plain values."""
+
+        return {
+            "net": HVGUNet(HVGConfig(**parts["net"]["hvg"])),
+            "vae": SVDVAE(**parts["vae"]),
+            "image_encoder": SVDImageEncoder(**parts["image_encoder"]),
+        }
+
     def _init_from(self, path: Path) -> None:
         if not path.exists():
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
@@ -291,6 +327,7 @@ class HVGModule(LightningModule):
         load_strict(self, state, path)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[PARTS_KEY] = self.parts_config()
         # Pretrained frozen parts are re-read from `pretrained`, not copied into every checkpoint.
         if self.pretrained is not None:
             checkpoint["state_dict"] = strip_prefixes(checkpoint["state_dict"], _FROZEN)
@@ -315,13 +352,23 @@ class HVGModule(LightningModule):
         if self.train_parts != "lora":
             raise ValueError("this module has no LoRA adapters (train_parts is not lora); export it whole")
         config = {k: v for k, v in self.hparams.items() if k not in ("pretrained", "init_from")}
+        config[PARTS_KEY] = self.parts_config()
         return save_adapters(self.unet, self.adapter_keys(), folder, config, {"class": "HVGModule"})
 
     @classmethod
     def from_adapters(cls, folder: str | Path, pretrained: str | Path) -> HVGModule:
         """The SVD-xt folder ``pretrained`` plus an adapter folder, loaded strictly."""
 
-        module = cls(**read_adapter_config(folder), pretrained=Path(pretrained))
+        config = read_adapter_config(folder)
+        parts = config.pop(PARTS_KEY, None)
+        if parts is None:  # written before the parts were the module's arguments: the net config in hparams
+            preset = config["net"].get("preset", "tiny")
+            parts = {
+                "net": {"hvg": config.pop("net")},
+                "vae": {"preset": preset},
+                "image_encoder": {"preset": preset},
+            }
+        module = cls(**config, **cls.build_parts(parts), pretrained=Path(pretrained))
         load_adapters(module.unet, module.adapter_keys(), folder)
         return module
 
@@ -344,45 +391,21 @@ class HVGModule(LightningModule):
             "lr_scheduler": {"scheduler": self.lr_scheduler_factory(opt), "interval": "step"},
         }
 
-    # ---- encoders -----------------------------------------------------------------------------
-    @torch.no_grad()
+    # ---- encoders (the functions HVGPipeline samples with) ----------------------------------------
     def encode_images(self, images: torch.Tensor, scaled: bool = True) -> torch.Tensor:
-        """(N, 3, H, W) in [-1, 1] -> latent mode (N, 4, H/8, W/8), times the VAE scale if ``scaled``."""
+        """(N, 3, H, W) in [-1, 1] -> latent mode (N, C, h, w), times the VAE scale if ``scaled``."""
 
-        dt = self.vae.dtype
-        chunks = [self.vae.encode(c.to(dt)).latent_dist.mode() for c in images.split(self.vae_chunk)]
-        z = torch.cat(chunks).to(images.dtype)
-        return z * self.vae.config.scaling_factor if scaled else z
+        return hvg_cond.encode_images(self.vae, images, self.vae_chunk, scaled)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """(N, 4, h, w) scaled latents, N a multiple of ``num_frames`` -> images (N, 3, H, W) in [-1, 1]."""
+        """(N, C, h, w) scaled latents, N a multiple of ``num_frames`` -> images (N, 3, H, W) in [-1, 1]."""
 
-        z = (latents / self.vae.config.scaling_factor).to(self.vae.dtype)
-        chunk = self.vae_decode_chunk
-        if chunk is None or chunk >= num_frames:  # whole videos, several per call
-            step = max(num_frames, (self.vae_chunk // num_frames) * num_frames)
-            out = [self.vae.decode(c, num_frames=num_frames).sample for c in z.split(step)]
-        else:  # each video in chunks of `chunk` frames, one chunk per call
-            out = [
-                self.vae.decode(c, num_frames=c.shape[0]).sample
-                for video in z.split(num_frames)
-                for c in video.split(chunk)
-            ]
-        return torch.cat(out).to(latents.dtype).clamp(-1, 1)
+        return hvg_cond.decode_latents(self.vae, latents, num_frames, self.vae_chunk, self.vae_decode_chunk)
 
-    @torch.no_grad()
     def clip_embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> CLIP image embedding (B, 1, D)."""
 
-        size = self.image_encoder.config.image_size
-        x = F.interpolate(
-            (images + 1) / 2, size=(size, size), mode="bicubic", align_corners=False, antialias=True
-        )
-        mean = x.new_tensor(CLIP_MEAN)[:, None, None]
-        std = x.new_tensor(CLIP_STD)[:, None, None]
-        x = ((x - mean) / std).to(self.image_encoder.dtype)
-        return self.image_encoder(pixel_values=x).image_embeds[:, None].to(images.dtype)
+        return hvg_cond.clip_embed(self.image_encoder, images)
 
     # ---- conditioning -------------------------------------------------------------------------
     def _generator(self, salt: int = 0) -> torch.Generator:
@@ -393,32 +416,17 @@ class HVGModule(LightningModule):
         """Everything the network needs besides the noisy latents, for one batch."""
 
         check_model_batch(batch)  # float pixels in [-1, 1], never the loaders' uint8
-        target = batch["target"]
-        b, v, t, _, h, w = target.shape
-        ref = batch["reference"]
-        aug = self.noise_aug_strength
-        noisy_ref = ref + aug * torch.randn(ref.shape, generator=gen, device=ref.device, dtype=ref.dtype)
-        ids = torch.tensor([self.fps - 1, self.motion_bucket_id, aug], device=ref.device, dtype=ref.dtype)
-        return {
-            "encoder_hidden_states": self.clip_embed(ref),
-            "added_time_ids": ids.expand(b, 3),
-            "cond_latent": self.encode_images(noisy_ref, scaled=False),
-            "reference_latent": self.encode_images(ref),
-            "pose_maps": render_pose_maps(
-                batch["joints3d"], batch["K"], batch["R"], batch["t"], h, w, self.net_config.pose_condition
-            ),
-            "rel_rot": batch["rel_rot"],
-        }
+        return hvg_cond.svd_conditioning(
+            self.vae, self.image_encoder, batch, gen, self.net_config.pose_condition,
+            self.noise_aug_strength, self.fps, self.motion_bucket_id, self.vae_chunk,
+        )  # fmt: skip
 
     def forward(
         self, noisy: torch.Tensor, sigma: torch.Tensor, cond: dict[str, Any], **kwargs
     ) -> torch.Tensor:
-        """Denoised estimate D (B, V, T, 4, h, w) of ``noisy`` at noise level ``sigma`` (B,)."""
+        """Denoised estimate D (B, V, T, C, h, w) of ``noisy`` at noise level ``sigma`` (B,)."""
 
-        _, _, c_in, c_noise = self.edm.precondition(sigma)
-        scale = c_in.reshape(-1, *([1] * (noisy.ndim - 1))).to(noisy.dtype)
-        out = self.unet(noisy * scale, c_noise, **cond, **kwargs)
-        return self.edm.denoised(out, noisy, sigma)
+        return hvg_cond.edm_denoise(self.unet, self.edm, noisy, sigma, cond, **kwargs)
 
     # ---- training -----------------------------------------------------------------------------
     def _loss(self, batch: dict[str, Any], gen: torch.Generator) -> torch.Tensor:
@@ -582,37 +590,25 @@ class HVGModule(LightningModule):
             self.kp_metrics[f"kp_reproj_px{suffix}"].update(uv, batch["K"], batch["R"], batch["t"], valid)
             self.kp_valid[f"kp_valid_frac{suffix}"].update(valid.float())
 
-    # ---- sampling -----------------------------------------------------------------------------
+    # ---- sampling: the pipeline's sampler (dimo.pipelines.hvg), over this module's parts ----------
+    def pipeline(self) -> Any:
+        """An :class:`~dimo.pipelines.hvg.HVGPipeline` over this module's parts and settings (shared)."""
+
+        from dimo.pipelines.hvg import HVGPipeline
+
+        return HVGPipeline.from_module(self)
+
     @torch.no_grad()
     def generate(
         self, batch: dict[str, Any], gen: torch.Generator | None = None, steps: int | None = None
     ) -> torch.Tensor:
-        """Sample the batch's V x T grid with the progressive sampler: (B, V, T, 3, H, W) in [-1, 1]."""
+        """Sample the batch's V x T grid with the pipeline's sampler: (B, V, T, 3, H, W) in [-1, 1]."""
 
+        check_model_batch(batch)
         was_training = self.training
         self.eval()
         try:
-            gen = gen or self._generator(salt=1)
-            target = batch["target"]
-            b, v, t, _, h, w = target.shape
-            cond = self.conditioning(batch, gen)
-            latent_shape = (b, v, t, *cond["reference_latent"].shape[1:])
-            noise = torch.randn(latent_shape, generator=gen, device=self.device, dtype=target.dtype)
-            uncond = torch.zeros(b, dtype=torch.bool, device=self.device)
-
-            def window(x, sigma, views, frames):
-                sub = dict(cond)
-                sub["pose_maps"] = {k: m[:, views][:, :, frames] for k, m in cond["pose_maps"].items()}
-                sub["rel_rot"] = cond["rel_rot"][:, views]
-                d = self(x, sigma, sub)
-                if self.guidance_scale != 1.0:
-                    d_u = self(x, sigma, sub, reference_keep=uncond)
-                    d = d_u + self.guidance_scale * (d - d_u)
-                return d
-
-            latents = self.sampler.sample(self.edm, window, noise, steps or self.sample_steps)
-            frames = self.decode_latents(latents.reshape(b * v * t, *latents.shape[3:]), num_frames=t)
-            return frames.reshape(b, v, t, 3, h, w)
+            return self.pipeline().sample(batch, gen or self._generator(salt=1), steps or self.sample_steps)
         finally:
             self.train(was_training)
 
@@ -717,3 +713,20 @@ def relative_gap(swapped: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """Relative loss increase ``(sum swapped - sum own) / sum own`` (sums over samples and sigmas)."""
 
     return (swapped - own) / own
+
+
+def _check_parts(unet: HVGUNet, vae: SVDVAE, image_encoder: SVDImageEncoder) -> None:
+    """Parts of one shape, or one line naming what disagrees."""
+
+    latent, cross = vae.config.latent_channels, image_encoder.config.projection_dim
+    if 2 * latent != unet.config.in_channels:
+        raise ValueError(
+            f"the VAE's {latent} latent channels do not fit the UNet's {unet.config.in_channels} input channels "
+            f"(noisy + reference latent = 2 x latent): use parts of one preset (net {unet.hvg.preset!r}, "
+            f"vae {vae.preset!r})"
+        )
+    if cross != unet.config.cross_attention_dim:
+        raise ValueError(
+            f"the CLIP embedding width {cross} != the UNet's cross_attention_dim {unet.config.cross_attention_dim}: "
+            f"use parts of one preset (net {unet.hvg.preset!r}, image_encoder {image_encoder.preset!r})"
+        )

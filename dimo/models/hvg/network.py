@@ -35,7 +35,8 @@ from diffusers.models.resnet import Downsample2D, SpatioTemporalResBlock, Upsamp
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from dimo.models.hvg.config import HVGConfig
+from dimo.models.common import load_strict
+from dimo.models.hvg.config import CLIP_PRESETS, VAE_PRESETS, HVGConfig, PresetName
 from dimo.models.hvg.layers import (
     CameraEmbedding,
     ForwardState,
@@ -202,6 +203,13 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
                 check_plain_attention(block.attn1)
                 block.attn1.set_processor(ReferenceAttnProcessor(self._state, name))
         self._checkpoint_func = None
+
+    def load_folder(self, folder: str | Path) -> None:
+        """SVD UNet weights of ``<folder>/unet`` (an SVD-xt diffusers folder): every SVD key strictly,
+        HVG's new layers keep their init; the ReferenceNet starts from the same weights."""
+
+        check_unet_config(folder, self.hvg)
+        load_svd_unet_weights(self, read_unet_state_dict(folder))
 
     # ---- gradient checkpointing -----------------------------------------------------------------
     def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
@@ -451,44 +459,108 @@ def check_unet_config(folder: str | Path, hvg: HVGConfig) -> None:
         raise ValueError(f"{folder}/unet/config.json does not match preset {hvg.preset!r}: {diff}")
 
 
-def _check_loading_info(path: Path, info: dict) -> None:
-    """Fail on any missing, unexpected or shape-mismatched key of a ``from_pretrained`` load."""
+def read_part_weights(folder: Path, stem: str, what: str) -> dict[str, torch.Tensor]:
+    """Float32 state dict of a diffusers/transformers part folder (single or sharded safetensors; full
+    precision preferred, else the fp16 variant); a missing file is a one-line FileNotFoundError."""
 
-    bad = {k: list(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    bad = {k: v for k, v in bad.items() if v}
-    if bad or info.get("error_msgs"):
-        raise RuntimeError(f"weights in {path} do not match the model: {bad} {info.get('error_msgs') or ''}")
+    from safetensors.torch import load_file
 
-
-def build_vae(hvg: HVGConfig, pretrained: str | Path | None = None) -> AutoencoderKLTemporalDecoder:
-    if pretrained is None:
-        return AutoencoderKLTemporalDecoder(**hvg.vae_kwargs())
-    path = _require(Path(pretrained) / "vae", "SVD VAE folder")
-    vae, info = AutoencoderKLTemporalDecoder.from_pretrained(
-        str(path),
-        local_files_only=True,
-        output_loading_info=True,
-        variant=weights_variant(path, "diffusion_pytorch_model", "SVD VAE weights"),
-        torch_dtype=torch.float32,
+    variant = weights_variant(folder, stem, what)
+    single = folder / (f"{stem}.safetensors" if variant is None else f"{stem}.{variant}.safetensors")
+    index = folder / (
+        f"{stem}.safetensors.index.json" if variant is None else f"{stem}.safetensors.index.{variant}.json"
     )
-    _check_loading_info(path, info)
+    files = [single]
+    if index.exists():
+        files = [
+            _require(folder / s, what)
+            for s in sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        ]
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update({k: v.float() for k, v in load_file(str(f)).items()})
+    return state
+
+
+def _check_part_config(folder: Path, have: dict, keys: tuple[str, ...], preset: str) -> dict:
+    """The folder's ``config.json``; a forward-relevant key that differs from the preset's part is a
+    one-line ValueError (the part is built from the preset, the folder supplies its weights)."""
+
+    cfg = json.loads(_require(folder / "config.json", f"{folder.name} config").read_text())
+
+    def norm(x):
+        return list(x) if isinstance(x, (list, tuple)) else x
+
+    diff = {k: (cfg[k], have[k]) for k in keys if k in cfg and norm(cfg[k]) != norm(have[k])}
+    if diff:
+        raise ValueError(f"{folder}/config.json does not match preset {preset!r} (folder, preset): {diff}")
+    return cfg
+
+
+class SVDVAE(AutoencoderKLTemporalDecoder):
+    """The frozen SVD VAE of an HVG preset (random weights; ``HVGModule(pretrained=...)`` loads a
+    folder's). Same state-dict keys as diffusers' ``AutoencoderKLTemporalDecoder``."""
+
+    def __init__(self, preset: PresetName = "tiny") -> None:
+        super().__init__(**VAE_PRESETS[preset])
+        self.preset = preset
+
+    def load_folder(self, folder: str | Path) -> None:
+        """Strictly load ``<folder>/vae`` (an SVD-xt diffusers folder) after checking its shape; its
+        latent ``scaling_factor`` (and ``force_upcast``) replace the preset's defaults."""
+
+        path = _require(Path(folder) / "vae", "SVD VAE folder")
+        keys = (
+            "in_channels",
+            "out_channels",
+            "down_block_types",
+            "block_out_channels",
+            "layers_per_block",
+            "latent_channels",
+        )
+        cfg = _check_part_config(path, dict(self.config), keys, self.preset)
+        load_strict(self, read_part_weights(path, "diffusion_pytorch_model", "SVD VAE weights"), path)
+        self.register_to_config(
+            **{k: cfg[k] for k in ("scaling_factor", "force_upcast", "sample_size") if k in cfg}
+        )
+
+
+class SVDImageEncoder(CLIPVisionModelWithProjection):
+    """The frozen CLIP image encoder of an HVG preset (random weights; ``HVGModule(pretrained=...)``
+    loads a folder's). Same state-dict keys as transformers' ``CLIPVisionModelWithProjection``."""
+
+    def __init__(self, preset: PresetName = "tiny") -> None:
+        super().__init__(CLIPVisionConfig(**CLIP_PRESETS[preset]))
+        self.preset = preset
+
+    def load_folder(self, folder: str | Path) -> None:
+        """Strictly load ``<folder>/image_encoder`` (an SVD-xt diffusers folder) after checking its shape."""
+
+        path = _require(Path(folder) / "image_encoder", "CLIP image encoder folder")
+        keys = (
+            "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers", "num_attention_heads",
+            "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps",
+        )  # fmt: skip
+        _check_part_config(path, self.config.to_dict(), keys, self.preset)
+        state = read_part_weights(path, "model", "CLIP image encoder weights")
+        load_strict(self, state, path, allow_missing=("vision_model.embeddings.position_ids",))
+
+
+def build_vae(hvg: HVGConfig, pretrained: str | Path | None = None) -> SVDVAE:
+    """The preset's VAE, random or loaded from a local SVD-xt folder (``<pretrained>/vae``)."""
+
+    vae = SVDVAE(hvg.preset)
+    if pretrained is not None:
+        vae.load_folder(pretrained)
     return vae
 
 
-def build_image_encoder(
-    hvg: HVGConfig, pretrained: str | Path | None = None
-) -> CLIPVisionModelWithProjection:
-    if pretrained is None:
-        return CLIPVisionModelWithProjection(CLIPVisionConfig(**hvg.clip_kwargs()))
-    path = _require(Path(pretrained) / "image_encoder", "CLIP image encoder folder")
-    enc, info = CLIPVisionModelWithProjection.from_pretrained(
-        str(path),
-        local_files_only=True,
-        output_loading_info=True,
-        variant=weights_variant(path, "model", "CLIP image encoder weights"),
-        dtype=torch.float32,
-    )
-    _check_loading_info(path, info)
+def build_image_encoder(hvg: HVGConfig, pretrained: str | Path | None = None) -> SVDImageEncoder:
+    """The preset's CLIP image encoder, random or from ``<pretrained>/image_encoder``."""
+
+    enc = SVDImageEncoder(hvg.preset)
+    if pretrained is not None:
+        enc.load_folder(pretrained)
     return enc
 
 
@@ -497,8 +569,7 @@ def build_unet(hvg: HVGConfig, pretrained: str | Path | None = None) -> HVGUNet:
 
     net = HVGUNet(hvg)
     if pretrained is not None:
-        check_unet_config(pretrained, hvg)
-        load_svd_unet_weights(net, read_unet_state_dict(pretrained))
+        net.load_folder(pretrained)
     return net
 
 

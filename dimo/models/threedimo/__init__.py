@@ -12,7 +12,6 @@
 from dimo.models.threedimo.backbone import WAN_PRESETS, MissingWeightsError, ThreeDiMoTransformer
 from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.geometric_decoder import GeometricDecoder
-from dimo.models.threedimo.module import ThreeDiMoModule, geometric_loss, geometric_mpjpe
 from dimo.models.threedimo.motion_encoder import MotionEncoders, TiTokEncoder, hand_crops
 from dimo.models.threedimo.network import ThreeDiMoNet
 
@@ -32,3 +31,13 @@ __all__ = [
     "geometric_mpjpe",
     "hand_crops",
 ]
+
+
+def __getattr__(name: str):
+    # the LightningModule and its losses are imported on use: inference (dimo.pipelines.threedimo) runs
+    # without Lightning
+    if name in ("ThreeDiMoModule", "geometric_loss", "geometric_mpjpe"):
+        from dimo.models.threedimo import module
+
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

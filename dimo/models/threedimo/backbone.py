@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from diffusers import ModelMixin, WanTransformer3DModel
@@ -46,6 +46,8 @@ from dimo.models.threedimo.injection import (
 )
 
 __all__ = [
+    "BACKBONES",
+    "MotionBackbone",
     "WAN_PRESETS",
     "MissingWeightsError",
     "i2v_condition",
@@ -130,6 +132,65 @@ def read_weights(folder: Path | str) -> tuple[dict[str, torch.Tensor], Path]:
         f"no weights in {folder}: expected diffusion_pytorch_model.safetensors, model.safetensors "
         "or a sharded *.safetensors.index.json"
     )
+
+
+@runtime_checkable
+class MotionBackbone(Protocol):
+    """What :class:`~dimo.models.threedimo.ThreeDiMoNet`, the LightningModule and the pipeline need from a
+    video DiT with 3DiMo's motion injection. :class:`ThreeDiMoTransformer` (Wan) is the one here; another
+    DiT is one file with a class like it (a diffusers ``ModelMixin`` declaring ``_no_split_modules`` and
+    ``_repeated_blocks``), added to :data:`BACKBONES` (or named by its import path in
+    ``ThreeDiMoNet(backbone_type=...)``). Constructor: ``(<its config dict>, motion_dim=, injection=,
+    motion_attention=, motion_placement=, temporal_compression=)`` plus ``from_preset(name, **kw)`` and
+    ``from_pretrained_dit(folder, **kw)``; the injection layers must start at zero (the pretrained output
+    unchanged at step 0) and their keys must not start with :attr:`pretrained_prefix`.
+    """
+
+    #: state-dict prefix of the pretrained DiT's own weights (everything else is new: motion layers)
+    pretrained_prefix: str
+
+    @property
+    def dit(self) -> nn.Module:
+        """The pretrained DiT itself (LoRA adapters are added to it)."""
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks motion is injected into (one injection layer each)."""
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def text_dim(self) -> int: ...
+
+    @property
+    def image_dim(self) -> int | None:
+        """Width of the CLIP image tokens of an I2V backbone; None for T2V."""
+
+    @property
+    def is_i2v(self) -> bool: ...
+
+    def patch_grid(self, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (F', h', w') of latents (B, C, F, h, w)."""
+
+    def backbone_config(self) -> dict:
+        """The DiT's exact constructor config (JSON-ready): an export rebuilds this shape from it."""
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeds: torch.Tensor,
+        motion: torch.Tensor | None = None,
+        num_motion_frames: int | None = None,
+        condition: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """latents (B, C, F, h, w) -> velocity (B, C_out, F, h, w); ``motion`` None: the plain DiT."""
+
+    def enable_gradient_checkpointing(self) -> None: ...
+
+    def compile_repeated_blocks(self, *args, **kwargs) -> None: ...
 
 
 class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
@@ -306,6 +367,37 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
         # blocks during backward and must see the same motion tokens.
         return self.transformer(latents, timestep, text_embeds, return_dict=False, **extra)[0]
 
+    # -- MotionBackbone ---------------------------------------------------------------------
+    pretrained_prefix = "transformer."
+
+    @property
+    def dit(self) -> nn.Module:
+        return self.transformer
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.transformer.blocks
+
+    @property
+    def hidden_size(self) -> int:
+        cfg = self.transformer.config
+        return cfg.num_attention_heads * cfg.attention_head_dim
+
+    @property
+    def text_dim(self) -> int:
+        return self.transformer.config.text_dim
+
+    @property
+    def image_dim(self) -> int | None:
+        return self.transformer.config.image_dim
+
+    @classmethod
+    def from_pretrained_dit(cls, folder: Path | str, **kwargs) -> ThreeDiMoTransformer:
+        return cls.from_wan_pretrained(folder, **kwargs)
+
+    def backbone_config(self) -> dict:
+        return self.wan_config()
+
     def wan_config(self) -> dict:
         """The Wan transformer's constructor arguments (JSON-ready), enough to rebuild its shape."""
 
@@ -326,6 +418,33 @@ class ThreeDiMoTransformer(ModelMixin, ConfigMixin):
         p_t, p_h, p_w = self.transformer.config.patch_size
         _, _, f, h, w = latent_shape
         return f // p_t, h // p_h, w // p_w
+
+
+#: backbone types by name (``ThreeDiMoNet(backbone_type=...)``; an import path names one outside)
+BACKBONES: dict[str, type] = {"wan": ThreeDiMoTransformer}
+
+
+def resolve_backbone(name: str) -> type:
+    """The backbone class of ``name``: a key of :data:`BACKBONES` or ``package.module.Class``."""
+
+    if name in BACKBONES:
+        return BACKBONES[name]
+    if "." not in name:
+        raise ValueError(
+            f"unknown backbone_type {name!r}; expected one of {sorted(BACKBONES)} or an import path"
+        )
+    import importlib
+
+    module, _, attr = name.rpartition(".")
+    cls = getattr(importlib.import_module(module), attr, None)
+    missing = [
+        m
+        for m in ("from_preset", "from_pretrained_dit", "backbone_config", "patch_grid", "blocks")
+        if cls is None or not hasattr(cls, m)
+    ]
+    if missing:
+        raise ValueError(f"backbone_type {name!r} is not a MotionBackbone class (lacks {missing})")
+    return cls
 
 
 def i2v_condition(cond_latent: torch.Tensor, temporal_compression: int = 4) -> torch.Tensor:

@@ -26,14 +26,24 @@ LightningModule leaves them out of the optimiser.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from dimo.models.common import CLIP_MEAN, CLIP_STD, MissingWeightsError, freeze
+from dimo.models.threedimo.backbone import i2v_condition
 
-__all__ = ["WanVAE", "WanTextEncoder", "WanImageEncoder", "VAE_PRESETS", "TEXT_PRESETS", "IMAGE_PRESETS"]
+__all__ = [
+    "WanVAE",
+    "WanTextEncoder",
+    "WanImageEncoder",
+    "encode_i2v",
+    "VAE_PRESETS",
+    "TEXT_PRESETS",
+    "IMAGE_PRESETS",
+]
 
 VAE_PRESETS: dict[str, dict] = {
     "tiny": dict(
@@ -90,6 +100,19 @@ class WanVAE(nn.Module):
             if preset not in VAE_PRESETS:
                 raise KeyError(f"unknown VAE preset {preset!r}; expected one of {sorted(VAE_PRESETS)}")
             self.vae = AutoencoderKLWan(**VAE_PRESETS[preset])
+        self._setup(preset, path)
+
+    @classmethod
+    def wrap(cls, vae: nn.Module) -> WanVAE:
+        """A loaded ``AutoencoderKLWan`` (e.g. by ``DiffusionPipeline.from_pretrained``) as a frozen part."""
+
+        part = cls.__new__(cls)
+        nn.Module.__init__(part)
+        part.vae = vae
+        part._setup(None, None)
+        return part
+
+    def _setup(self, preset: str | None, path: Path | None) -> None:
         self.from_folder = path is not None
         self.config = {"preset": preset, "path": _abs(path)}  # rebuilds this part (checkpoints)
         cfg = self.vae.config
@@ -156,6 +179,22 @@ class WanTextEncoder(nn.Module):
                 raise KeyError(f"unknown text preset {preset!r}; expected one of {sorted(TEXT_PRESETS)}")
             self.tokenizer = ByT5Tokenizer()
             self.encoder = UMT5EncoderModel(UMT5Config(**TEXT_PRESETS[preset]))
+        self._setup(preset, path, max_length, cache, cache_size)
+
+    @classmethod
+    def wrap(cls, encoder: nn.Module, tokenizer, max_length: int = 512, cache: bool = True) -> WanTextEncoder:
+        """A loaded ``UMT5EncoderModel`` + tokenizer (e.g. by ``DiffusionPipeline.from_pretrained``) as a
+        frozen part."""
+
+        part = cls.__new__(cls)
+        nn.Module.__init__(part)
+        part.tokenizer, part.encoder = tokenizer, encoder
+        part._setup(None, None, max_length, cache, 128)
+        return part
+
+    def _setup(
+        self, preset: str | None, path: Path | None, max_length: int, cache: bool, cache_size: int
+    ) -> None:
         self.from_folder = path is not None
         self.config = {
             "preset": preset, "path": _abs(path), "max_length": max_length, "cache": cache, "cache_size": cache_size
@@ -233,11 +272,35 @@ class WanImageEncoder(nn.Module):
                     f"unknown image encoder preset {preset!r}; expected one of {sorted(IMAGE_PRESETS)}"
                 )
             self.encoder = CLIPVisionModel(CLIPVisionConfig(**IMAGE_PRESETS[preset]))
+        self._setup(preset, path, mean, std)
+
+    @classmethod
+    def wrap(
+        cls, encoder: nn.Module, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD
+    ) -> WanImageEncoder:
+        """A loaded ``CLIPVisionModel`` (e.g. by ``DiffusionPipeline.from_pretrained``) and its
+        normalisation as a frozen part."""
+
+        part = cls.__new__(cls)
+        nn.Module.__init__(part)
+        part.encoder = encoder
+        part._setup(None, None, mean, std)
+        return part
+
+    def _setup(
+        self, preset: str | None, path: Path | None, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
         self.from_folder = path is not None
         self.config = {"preset": preset, "path": _abs(path)}
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         freeze(self)
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        """The CLIP mean/std this encoder normalises with (stored with exports)."""
+
+        return {"image_mean": self.mean.flatten().tolist(), "image_std": self.std.flatten().tolist()}
 
     @property
     def dim(self) -> int:
@@ -259,3 +322,17 @@ class WanImageEncoder(nn.Module):
         dtype = next(self.encoder.parameters()).dtype
         out = self.encoder(pixel_values=x.to(dtype), output_hidden_states=True)
         return out.hidden_states[-2].float()
+
+
+@torch.no_grad()
+def encode_i2v(
+    vae: WanVAE, image_encoder: WanImageEncoder, reference: torch.Tensor, num_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan I2V conditions of a reference (B, 3, H, W) for ``num_frames`` frames: the channel condition
+    (B, 4 + 16, F, h, w) (mask + VAE latent of [reference, zeros...]) and the CLIP tokens (B, N, D).
+    Training and the pipeline's sampler both use this."""
+
+    b, c, h, w = reference.shape
+    video = torch.cat([reference[:, :, None], reference.new_zeros(b, c, num_frames - 1, h, w)], dim=2)
+    condition = i2v_condition(vae.encode(video), vae.temporal_compression)
+    return condition, image_encoder(reference)

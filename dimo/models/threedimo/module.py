@@ -57,8 +57,7 @@ from dimo.geometry.rotations import axis_angle_to_matrix, rot6d_to_matrix
 from dimo.geometry.skeleton import LEFT_HAND_IDS, NUM_JOINTS, RIGHT_HAND_IDS, forward_kinematics, rest_joints
 from dimo.models.attention import AttentionBackend, scope_attention_backend
 from dimo.models.common import DTYPES, FrozenDType, restore_prefixes, step_generator, strip_prefixes
-from dimo.models.threedimo.backbone import i2v_condition
-from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE
+from dimo.models.threedimo.frozen import WanImageEncoder, WanTextEncoder, WanVAE, encode_i2v
 from dimo.models.threedimo.modulation import set_compact_modulation
 from dimo.models.threedimo.network import ThreeDiMoNet
 
@@ -73,6 +72,9 @@ __all__ = [
 
 #: batch-index offset of the cross-view validation batches in the motion-gap protocol's noise seed
 CROSS_VIEW_BATCH_OFFSET = 10_000
+
+#: generator offset of the validation samples' noise (:meth:`ThreeDiMoModule.sample_generator`)
+SAMPLE_NOISE_OFFSET = 997
 
 #: checkpoint key of :meth:`ThreeDiMoModule.parts_config` (beside Lightning's ``hyper_parameters``,
 #: which LightningCLI merges into the run config on ``--ckpt_path``: the YAML keeps owning the parts)
@@ -349,14 +351,12 @@ class ThreeDiMoModule(LightningModule):
         for p in self.net.parameters():  # explicit in every mode (peft freezes what it wraps)
             p.requires_grad_(train_parts == "full" or id(p) in trained)
         if gradient_checkpointing:
-            self.net.transformer.enable_gradient_checkpointing()
-            for encoder in (self.net.encoders.body, self.net.encoders.hands):
-                encoder.gradient_checkpointing = True
-        if bf16_modulation:
-            set_compact_modulation(self.net.transformer)
+            self.net.enable_gradient_checkpointing()
+        if bf16_modulation and not set_compact_modulation(self.net.backbone):
+            raise ValueError("bf16_modulation applies to Wan blocks; this backbone has none")
         scope_attention_backend([self.net], attention_backend)
-        if compile:  # regional compilation: each Wan block (the backbone's ``_repeated_blocks``)
-            self.net.transformer.compile_repeated_blocks()
+        if compile:  # regional compilation: each backbone block (its ``_repeated_blocks``)
+            self.net.backbone.compile_repeated_blocks()
 
     # -- optimisation ---------------------------------------------------------------------------
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -464,20 +464,10 @@ class ThreeDiMoModule(LightningModule):
         ref = torch.stack([p[1] for p in pairs]).to(self.device)
         return x0, ref
 
-    @torch.no_grad()
-    def encode_i2v(self, batch: dict[str, Any], num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """I2V conditions of the reference: channel condition (B, 4 + 16, F, h, w), CLIP tokens (B, N, D)."""
-
-        ref = batch["reference"]  # (B, 3, H, W)
-        b, c, h, w = ref.shape
-        video = torch.cat([ref[:, :, None], ref.new_zeros(b, c, num_frames - 1, h, w)], dim=2)
-        condition = i2v_condition(self.vae.encode(video), self.vae.temporal_compression)
-        return condition, self.image_encoder(ref)
-
     def _timesteps(self, sigma: torch.Tensor, latent_shape: tuple[int, ...]) -> torch.Tensor:
         """Per-token timesteps (B, F'*h'*w'): 0 on the reference frame, 1000*sigma elsewhere."""
 
-        return reference_timesteps(sigma, self.net.transformer.patch_grid(latent_shape))
+        return reference_timesteps(sigma, self.net.patch_grid(latent_shape))
 
     @torch.no_grad()
     def _conditions(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -491,7 +481,9 @@ class ThreeDiMoModule(LightningModule):
         if self.net.is_i2v:
             x0 = self.vae.encode(batch["target"].transpose(1, 2))  # (B, 16, F, h, w)
             text = self.text_encoder(list(batch["prompt"]), device=self.device)
-            condition, image_embeds = self.encode_i2v(batch, batch["target"].shape[1])
+            condition, image_embeds = encode_i2v(
+                self.vae, self.image_encoder, batch["reference"], batch["target"].shape[1]
+            )
             return {"x0": x0, "text": text, "condition": condition, "image_embeds": image_embeds}
         x0, ref, text = self.encode_conditions(batch)
         if x0.shape[2] < 2:
@@ -734,45 +726,36 @@ class ThreeDiMoModule(LightningModule):
             add_dataloader_idx=False,
         )
 
-    # -- sampling -------------------------------------------------------------------------------
+    # -- sampling: the pipeline's sampler (dimo.pipelines.threedimo), over this module's parts -----
+    def pipeline(self) -> Any:
+        """A :class:`~dimo.pipelines.threedimo.ThreeDiMoPipeline` over this module's parts (shared)."""
+
+        from dimo.pipelines.threedimo import ThreeDiMoPipeline
+
+        return ThreeDiMoPipeline.from_module(self)
+
+    def sample_generator(self) -> torch.Generator:
+        """The generator :meth:`generate` draws its noise from at this step (seed, step, rank)."""
+
+        return self._generator(offset=SAMPLE_NOISE_OFFSET)
+
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], num_steps: int | None = None) -> torch.Tensor:
-        """Few-step Euler sample: (B, T, 3, H, W) generated frames in [-1, 1]."""
+        """Few-step sample of the batch by the pipeline's sampler (the whole clip in one window, noise
+        from the step generator): (B, T, 3, H, W) generated frames in [-1, 1]."""
 
         check_model_batch(batch)
-        if self.net.is_i2v:
-            return self._generate_i2v(batch, num_steps)
-        x0, ref, text = self.encode_conditions(batch)
-        driving = batch["driving"]
-        z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
-        noise = torch.randn(
-            x0.shape, generator=self._generator(offset=997), device=self.device, dtype=x0.dtype
+        driving = batch["driving"]  # (B, T, 3, H, W)
+        return self.pipeline().sample(
+            batch["reference"],
+            driving,
+            list(batch["prompt"]),
+            num_steps or self.sample_steps,
+            generator=self.sample_generator(),
+            window=driving.shape[1],
+            joints2d=batch.get("joints2d"),
+            joints2d_valid=batch.get("joints2d_valid"),
         )
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.net(x, self._timesteps(t / 1000.0, x.shape), text, z, driving.shape[1])
-
-        def clamp(x: torch.Tensor) -> torch.Tensor:
-            return torch.cat([ref, x[:, :, 1:]], dim=2)
-
-        latents = self.flow.sample(velocity, noise, num_steps or self.sample_steps, clamp=clamp)
-        return self.vae.decode(latents).transpose(1, 2)  # (B, T, 3, H, W)
-
-    @torch.no_grad()
-    def _generate_i2v(self, batch: dict[str, Any], num_steps: int | None = None) -> torch.Tensor:
-        driving, target = batch["driving"], batch["target"]
-        b, num_frames = target.shape[:2]
-        text = self.text_encoder(list(batch["prompt"]), device=self.device)
-        condition, image_embeds = self.encode_i2v(batch, num_frames)
-        z = self.net.encode_motion(driving, batch.get("joints2d"), batch.get("joints2d_valid"))
-        shape = (b, self.vae.latent_channels, *condition.shape[2:])
-        noise = torch.randn(shape, generator=self._generator(offset=997), device=self.device)
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return self.net(x, t, text, z, driving.shape[1], condition, image_embeds)
-
-        latents = self.flow.sample(velocity, noise, num_steps or self.sample_steps)
-        return self.vae.decode(latents).transpose(1, 2)  # (B, T, 3, H, W)
 
     def sample_media(
         self, batch: dict[str, Any], split: str, num_samples: int, generated: torch.Tensor | None = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from diffusers import ModelMixin
 from torch import nn
 
 from dimo.models.lora import (
@@ -29,9 +30,10 @@ from dimo.models.lora import (
 from dimo.models.threedimo.backbone import (
     WAN_PRESETS,
     MissingWeightsError,
-    ThreeDiMoTransformer,
+    MotionBackbone,
     load_strict,
     read_weights,
+    resolve_backbone,
 )
 from dimo.models.threedimo.geometric_decoder import GeometricDecoder
 from dimo.models.threedimo.motion_encoder import MotionEncoders
@@ -40,7 +42,6 @@ __all__ = ["ThreeDiMoNet"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-_BACKBONE = "transformer.transformer."  # state-dict prefix of the pretrained Wan weights
 
 
 def _check_net_sizes(args: dict) -> None:
@@ -68,11 +69,16 @@ def _check_net_sizes(args: dict) -> None:
         )
 
 
-class ThreeDiMoNet(nn.Module):
-    """3DiMo's trainable parts.
+class ThreeDiMoNet(ModelMixin):
+    """3DiMo's trainable parts (a diffusers ``ModelMixin``, so ``DiffusionPipeline.from_pretrained`` can load
+    it as a pipeline component; its own ``save_pretrained`` / ``from_pretrained`` read and write the folder).
 
     Args:
-        backbone: Wan preset name (``tiny``, ``wan2.1-t2v-1.3b``; I2V: ``tiny-i2v``, ``wan2.1-i2v-14b``).
+        backbone: preset name of the backbone (Wan: ``tiny``, ``wan2.1-t2v-1.3b``; I2V: ``tiny-i2v``,
+            ``wan2.1-i2v-14b``).
+        backbone_type: the DiT class (:class:`~dimo.models.threedimo.backbone.MotionBackbone`): ``wan``
+            (:class:`~dimo.models.threedimo.ThreeDiMoTransformer`), another name of
+            :data:`~dimo.models.threedimo.backbone.BACKBONES`, or a ``package.module.Class`` path.
         backbone_path: local diffusers folder of the Wan transformer (``<wan>/transformer``), or None
             for random init (tests; paper-scale counts on ``meta``).
         backbone_config: the Wan transformer's own config (random init of exactly that shape); set by
@@ -98,6 +104,7 @@ class ThreeDiMoNet(nn.Module):
     def __init__(
         self,
         backbone: str = "tiny",
+        backbone_type: str = "wan",
         backbone_path: Path | None = None,
         backbone_config: dict | None = None,
         injection: Literal["cross_attention", "channel_concat"] = "cross_attention",
@@ -118,7 +125,8 @@ class ThreeDiMoNet(nn.Module):
     ) -> None:
         super().__init__()
         lora = LoRASettings.coerce(lora)
-        if backbone not in WAN_PRESETS:
+        backbone_cls = resolve_backbone(backbone_type)
+        if backbone_type == "wan" and backbone not in WAN_PRESETS:
             raise ValueError(f"unknown backbone preset {backbone!r}; expected one of {sorted(WAN_PRESETS)}")
         _check_net_sizes(locals())
         self.config = {
@@ -134,15 +142,18 @@ class ThreeDiMoNet(nn.Module):
             motion_placement=motion_placement,
             temporal_compression=temporal_compression,
         )
+        # ``transformer``: the backbone (MotionBackbone); the attribute name keeps the checkpoint keys
         if backbone_path is not None:
-            self.transformer = ThreeDiMoTransformer.from_wan_pretrained(backbone_path, **kwargs)
+            self.transformer = backbone_cls.from_pretrained_dit(backbone_path, **kwargs)
         elif backbone_config is not None:
             cfg = dict(backbone_config)
             if "patch_size" in cfg:
                 cfg["patch_size"] = tuple(cfg["patch_size"])
-            self.transformer = ThreeDiMoTransformer(wan_config=cfg, **kwargs)
+            self.transformer = backbone_cls(cfg, **kwargs)
         else:
-            self.transformer = ThreeDiMoTransformer.from_preset(backbone, **kwargs)
+            self.transformer = backbone_cls.from_preset(backbone, **kwargs)
+        if not isinstance(self.transformer, MotionBackbone):
+            raise TypeError(f"backbone_type {backbone_type!r} does not implement MotionBackbone")
         self.encoders = MotionEncoders(
             image_size,
             patch_size,
@@ -156,26 +167,45 @@ class ThreeDiMoNet(nn.Module):
         )
         self.geo_decoder = GeometricDecoder(body_tokens + hand_tokens, motion_dim, geo_hidden, geo_layers)
         if lora is not None:  # after the pretrained weights: B = 0, so the backbone starts unchanged
-            add_lora(self.transformer.transformer, lora)
+            add_lora(self.backbone.dit, lora)
+
+    @property
+    def backbone(self) -> MotionBackbone:
+        """The DiT with motion injection, through its :class:`MotionBackbone` interface."""
+
+        return self.transformer
 
     @property
     def text_dim(self) -> int:
-        return self.transformer.transformer.config.text_dim
+        return self.backbone.text_dim
 
     @property
     def is_i2v(self) -> bool:
         """I2V backbone: reference via mask + condition latent channels and the CLIP image branch."""
 
-        return self.transformer.is_i2v
+        return self.backbone.is_i2v
 
     @property
     def image_dim(self) -> int | None:
-        return self.transformer.transformer.config.image_dim
+        return self.backbone.image_dim
+
+    def patch_grid(self, latent_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Token grid (F', h', w') of latents (B, C, F, h, w) in the backbone."""
+
+        return self.backbone.patch_grid(latent_shape)
+
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
+        """Recompute every backbone block and every motion-encoder layer in backward."""
+
+        self.backbone.enable_gradient_checkpointing()
+        for encoder in (self.encoders.body, self.encoders.hands):
+            encoder.gradient_checkpointing = True
 
     def motion_parameters(self) -> list[nn.Parameter]:
         """Everything new in 3DiMo: encoders, decoder and the injection layers (not the Wan weights)."""
 
-        new = [p for n, p in self.transformer.named_parameters() if not n.startswith("transformer.")]
+        prefix = self.backbone.pretrained_prefix
+        new = [p for n, p in self.transformer.named_parameters() if not n.startswith(prefix)]
         return [*self.encoders.parameters(), *self.geo_decoder.parameters(), *new]
 
     def lora_parameters(self) -> list[nn.Parameter]:
@@ -187,7 +217,8 @@ class ThreeDiMoNet(nn.Module):
         """State-dict keys of everything that is not the pretrained Wan backbone: the new 3DiMo layers
         and the LoRA adapters (what :meth:`save_adapters` writes)."""
 
-        return [k for k in self.state_dict() if not k.startswith(_BACKBONE) or is_lora_parameter(k)]
+        pretrained = f"transformer.{self.backbone.pretrained_prefix}"  # the DiT's own weights
+        return [k for k in self.state_dict() if not k.startswith(pretrained) or is_lora_parameter(k)]
 
     def save_adapters(self, folder: Path | str) -> Path:
         """Write the trained weights alone (:meth:`adapter_keys`; the Wan backbone stays in its own
@@ -195,7 +226,7 @@ class ThreeDiMoNet(nn.Module):
 
         if self.lora is None:
             raise ValueError("this network has no LoRA adapters (net.lora is null); export the whole network")
-        config = dict(self.export_config(), backbone_config=self.transformer.wan_config())
+        config = dict(self.export_config(), backbone_config=self.backbone.backbone_config())
         return save_adapters(self, self.adapter_keys(), folder, config, {"class": "ThreeDiMoNet"})
 
     @classmethod
@@ -208,11 +239,11 @@ class ThreeDiMoNet(nn.Module):
         config.update(backbone_path=Path(backbone_path), backbone_config=None)
         config["image_size"] = tuple(config["image_size"])
         net = cls(**config)
-        have = json.loads(json.dumps(net.transformer.wan_config()))
+        have = json.loads(json.dumps(net.backbone.backbone_config()))
         if have != json.loads(json.dumps(trained_on)):
             diff = sorted(k for k in set(have) | set(trained_on) if have.get(k) != trained_on.get(k))
             raise MissingWeightsError(
-                f"the Wan transformer at {backbone_path} is not the one the adapters in {folder} were "
+                f"the backbone at {backbone_path} is not the one the adapters in {folder} were "
                 f"trained on (config differs in {diff[:5]})"
             )
         load_adapters(net, net.adapter_keys(), folder)
@@ -252,7 +283,7 @@ class ThreeDiMoNet(nn.Module):
         """Constructor arguments that rebuild this network's exact shape with no file beside them:
         the backbone's own config (not a preset name, not a folder); the weights come separately."""
 
-        return dict(self.config, backbone_path=None, backbone_config=self.transformer.wan_config())
+        return dict(self.config, backbone_path=None, backbone_config=self.backbone.backbone_config())
 
     def save_pretrained(self, folder: Path | str) -> Path:
         from safetensors.torch import save_file
@@ -265,7 +296,12 @@ class ThreeDiMoNet(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str) -> ThreeDiMoNet:
+    def from_pretrained(cls, folder: Path | str, **loading: object) -> ThreeDiMoNet:
+        """Rebuild from ``config.json`` and load ``model.safetensors`` strictly, in eval mode. ``loading``: the options
+        ``DiffusionPipeline.from_pretrained`` passes to its components; ``torch_dtype`` is applied, the
+        placement options (``device_map``, offloading, quantization, variants) are refused in one line."""
+
+        dtype = _check_loading_options(loading)
         folder = Path(folder)
         config_file = folder / CONFIG_NAME
         if not config_file.is_file():
@@ -278,7 +314,23 @@ class ThreeDiMoNet(nn.Module):
         net = cls(**config)
         state, source = read_weights(folder)
         load_strict(net, state, source)
-        return net
+        if dtype is not None and dtype != torch.float32:
+            nn.Module.to(net, dtype=dtype)  # (ModelMixin.to warns about fp32 modules this network lacks)
+        return net.eval()  # as diffusers' from_pretrained: inference mode (dropout off)
+
+
+#: ``DiffusionPipeline.from_pretrained`` loading options that need diffusers' own weight loader
+_UNSUPPORTED_LOADING = ("device_map", "max_memory", "offload_folder", "quantization_config", "variant")
+
+
+def _check_loading_options(loading: dict) -> torch.dtype | None:
+    """The ``torch_dtype`` of diffusers' component-loading options; a placement option is one clear error."""
+
+    used = [k for k in _UNSUPPORTED_LOADING if loading.get(k) is not None]
+    if used or loading.get("use_safetensors") is False:
+        raise ValueError(f"ThreeDiMoNet.from_pretrained does not support {used or ['use_safetensors=False']}")
+    dtype = loading.get("torch_dtype")
+    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def _call_args(fn, local_vars: dict) -> dict:

@@ -1,0 +1,175 @@
+"""One 3DiMo sampler: the exported pipeline (T2V and I2V) reproduces the module's validation sample,
+loaded by dimo's loader and by ``diffusers.DiffusionPipeline.from_pretrained`` (opt-in remote code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from dimo.commands.export import main as export_main
+from dimo.pipelines.threedimo import ThreeDiMoPipeline
+from dimo.testing import threedimo_batch, tiny_threedimo_module, tiny_threedimo_net, tiny_trainer
+
+T, SIZE, STEPS = 9, 32, 2
+
+
+def _trained_looking(module):
+    with torch.no_grad():  # away from the zero-init, so the motion and every part change the output
+        for p in module.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return module.eval()
+
+
+def _export(module, root: Path) -> Path:
+    trainer = tiny_trainer(root, enable_checkpointing=False)
+    trainer.strategy.connect(module)
+    ckpt = root / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    out = root / "export"
+    assert export_main([str(ckpt), str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-i2v"])
+def exported(request, tmp_path_factory):
+    torch.manual_seed(0)
+    module = tiny_threedimo_module(net=tiny_threedimo_net(backbone=request.param))
+    module = _trained_looking(module)
+    return module, _export(module, tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture()
+def modules_cache(tmp_path, monkeypatch):
+    """diffusers copies an opted-in pipeline.py into its modules cache: keep that in the test's folder."""
+
+    import diffusers.utils.dynamic_modules_utils as dyn
+
+    monkeypatch.setattr(dyn, "HF_MODULES_CACHE", str(tmp_path / "hf_modules"))
+
+
+def test_export_reproduces_the_module_sample(exported):
+    module, folder = exported
+    batch = threedimo_batch(b=2, frames=T, height=SIZE, width=SIZE, seed=1)
+    want = module.generate(batch, num_steps=STEPS)  # (B, T, 3, H, W), the validation sample
+    pipe = ThreeDiMoPipeline.from_pretrained(folder)
+    assert pipe.net.is_i2v == module.net.is_i2v and (pipe.image_encoder is None) != module.net.is_i2v
+    got = pipe.sample(
+        batch["reference"], batch["driving"], batch["prompt"], STEPS, generator=module.sample_generator(),
+        joints2d=batch["joints2d"], joints2d_valid=batch["joints2d_valid"],
+    )  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # the user call (one video) is the same sampler
+    one = pipe(
+        batch["reference"][0], batch["driving"][0], batch["prompt"][0], num_inference_steps=STEPS,
+        window=T, generator=module.sample_generator(), progress=False,
+        joints2d=batch["joints2d"][0], joints2d_valid=batch["joints2d_valid"][0],
+    )  # fmt: skip
+    single = module.generate({k: v[:1] for k, v in batch.items()}, num_steps=STEPS)
+    torch.testing.assert_close(one, single[0], rtol=0, atol=0)
+    # and the sample depends on the motion
+    flipped = module.generate(dict(batch, driving=batch["driving"].flip(1)), num_steps=STEPS)
+    assert (flipped[:, 1:] - want[:, 1:]).abs().mean() > 1e-4
+
+
+def test_diffusers_loads_the_export_only_with_the_opt_in(exported, modules_cache):
+    module, folder = exported
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(folder)  # the folder's pipeline.py is not run by default
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(pipe).__name__ == "ThreeDiMoPipeline"
+    batch = threedimo_batch(b=1, frames=T, height=SIZE, width=SIZE, seed=2)
+    want = module.generate(batch, num_steps=STEPS)
+    got = pipe(
+        batch["reference"][0], batch["driving"][0], batch["prompt"][0], num_inference_steps=STEPS,
+        window=T, generator=module.sample_generator(), progress=False,
+        joints2d=batch["joints2d"][0], joints2d_valid=batch["joints2d_valid"][0],
+    )  # fmt: skip
+    torch.testing.assert_close(got, want[0], rtol=0, atol=0)
+
+
+def test_i2v_samples_one_window_and_t2v_slides_windows(exported):
+    from dimo.pipelines.errors import GenerateError
+
+    module, folder = exported
+    pipe = ThreeDiMoPipeline.from_pretrained(folder)
+    batch = threedimo_batch(b=1, frames=T, height=SIZE, width=SIZE)
+    args = (batch["reference"][0], batch["driving"][0], "Front view. The camera stays static.")
+    if module.net.is_i2v:  # Wan I2V conditions latent frame 0 only: no sliding windows
+        with pytest.raises(GenerateError, match="one window"):
+            pipe(*args, num_inference_steps=1, window=5, progress=False)
+    whole = pipe(*args, num_inference_steps=1, generator=torch.Generator().manual_seed(0), progress=False)
+    assert whole.shape == (T, 3, SIZE, SIZE) and bool(torch.isfinite(whole).all())
+    if not module.net.is_i2v:
+        windowed = pipe(
+            *args,
+            num_inference_steps=1,
+            window=5,
+            overlap=0,
+            generator=torch.Generator().manual_seed(0),
+            progress=False,
+        )
+        assert windowed.shape == whole.shape and not torch.equal(windowed, whole)
+
+
+# -- HVG: the pipeline's sampler is the module's; exports need no Lightning ------------------------
+@pytest.fixture(scope="module")
+def hvg_exported(tmp_path_factory):
+    from dimo.testing import tiny_hvg_module
+
+    torch.manual_seed(0)
+    module = tiny_hvg_module(guidance_scale=1.5)
+    with torch.no_grad():  # open the zero-initialised pose door so the bone maps matter
+        torch.nn.init.normal_(module.unet.pose_modulator.proj_out.weight, std=0.2)
+    return module.eval(), _export(module, tmp_path_factory.mktemp("hvg"))
+
+
+def test_hvg_export_reproduces_the_module_sample(hvg_exported):
+    from dimo.pipelines.hvg import HVGPipeline
+    from dimo.testing import hvg_batch
+
+    module, folder = hvg_exported
+    batch = hvg_batch(2, views=2, frames=2, height=SIZE, width=SIZE)
+    want = module.generate(batch, gen=torch.Generator().manual_seed(3), steps=2)  # (B, V, T, 3, H, W)
+    pipe = HVGPipeline.from_pretrained(folder)
+    assert pipe.guidance_scale == 1.5 and pipe.sampler == module.sampler and pipe.edm == module.edm
+    got = pipe.sample(batch, torch.Generator().manual_seed(3), 2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    moved = dict(batch, joints3d=batch["joints3d"] + 0.2)  # other bone maps, another sample
+    assert (pipe.sample(moved, torch.Generator().manual_seed(3), 2) - want).abs().mean() > 1e-4
+
+
+def test_exports_load_and_generate_without_lightning(exported, hvg_exported, tmp_path):
+    """Inference imports no Lightning: a fresh interpreter where importing it fails loads both exports."""
+
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("lightning", "pytorch_lightning"):
+            raise ImportError("no Lightning here")
+sys.meta_path.insert(0, Block())
+import torch
+from dimo.pipelines.hvg import CameraSet, HVGPipeline, ring_cameras
+from dimo.pipelines.threedimo import ThreeDiMoPipeline
+hvg = HVGPipeline.from_pretrained({str(hvg_exported[1])!r})
+joints = torch.zeros(2, 55, 3)
+video = hvg(torch.zeros(3, {SIZE}, {SIZE}), joints, ring_cameras(2, joints[0, 0], {SIZE}, {SIZE}), 1)
+assert video.shape == (2, 2, 3, {SIZE}, {SIZE}), video.shape
+wan = ThreeDiMoPipeline.from_pretrained({str(exported[1])!r})
+out = wan(torch.zeros(3, {SIZE}, {SIZE}), torch.zeros(5, 3, {SIZE}, {SIZE}), "Front view.", num_inference_steps=1, progress=False)
+assert out.shape == (5, 3, {SIZE}, {SIZE}), out.shape
+assert not any(m.split(".")[0] == "lightning" for m in sys.modules)
+print("ok")
+"""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
