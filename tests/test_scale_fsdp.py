@@ -257,3 +257,18 @@ def test_two_process_fsdp_sharded_checkpoint_resumes_exactly(toy_root, tmp_path)
     assert after["global_step"] == 3
     in_blocks = [n for n in after["params"] if ".transformer.blocks." in n]
     assert not all(torch.equal(after["params"][n], saved[0]["params"][n]) for n in in_blocks)
+
+    # the sharded checkpoint consolidates with Lightning's tool into one file that rebuilds the model
+    # strictly (dimo.pipelines.checkpoint.load_module: what export / generate read)
+    from safetensors.torch import load_file
+
+    from dimo.pipelines.checkpoint import load_module
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    tool = [sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(ckpt)]
+    proc = subprocess.run(tool, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module, _ = load_module(ckpt.parent / "last.ckpt.consolidated", "3dimo")
+    pretrained = load_file(REPO / "pretrained/toy-wan2.1/transformer/diffusion_pytorch_model.safetensors")
+    trained = module.net.transformer.transformer.state_dict()
+    assert not any(torch.equal(trained[k], v) for k, v in pretrained.items() if ".blocks." in k)
