@@ -272,3 +272,33 @@ def test_two_process_fsdp_sharded_checkpoint_resumes_exactly(toy_root, tmp_path)
     pretrained = load_file(REPO / "pretrained/toy-wan2.1/transformer/diffusion_pytorch_model.safetensors")
     trained = module.net.transformer.transformer.state_dict()
     assert not any(torch.equal(trained[k], v) for k, v in pretrained.items() if ".blocks." in k)
+
+
+def test_frozen_keys_are_stripped_only_where_the_module_puts_them_back(monkeypatch):
+    """DDP / single device: the frozen, folder-loaded VAE and text encoder stay out of checkpoints and
+    come back in on_load_checkpoint. FSDP / ModelParallel load weights before that hook (and DeepSpeed's
+    engine loads them itself): their checkpoints keep every key, and a checkpoint without a
+    ``state_dict`` (sharded metadata, DeepSpeed client state) is accepted."""
+
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+
+    from benchmarks.bench_train import build_module
+
+    module = build_module("3dimo.yaml")
+    assert module.vae.from_folder and module.text_encoder.from_folder
+    strategies = {DDPStrategy(): False, SingleDeviceStrategy("cpu"): False, FSDPStrategy(): True,
+                  ModelParallelStrategy(): True}  # fmt: skip
+    for strategy, keeps in strategies.items():
+        monkeypatch.setattr(
+            type(module), "trainer", property(lambda self, s=strategy: SimpleNamespace(strategy=s))
+        )
+        monkeypatch.setattr(module, "_trainer", object())
+        checkpoint = {"state_dict": module.state_dict()}
+        module.on_save_checkpoint(checkpoint)
+        frozen = [k for k in checkpoint["state_dict"] if k.startswith(("vae.", "text_encoder."))]
+        assert bool(frozen) == keeps, type(strategy).__name__
+        module.on_load_checkpoint(checkpoint)  # DDP: the frozen keys come back from the live module
+        assert checkpoint["state_dict"].keys() == module.state_dict().keys()
+    module.on_load_checkpoint({"global_step": 2})  # weights loaded by the strategy: nothing to do
