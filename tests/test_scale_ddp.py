@@ -59,7 +59,8 @@ def test_threedimo_paper_config_full_training_under_ddp(toy_root, tmp_path):
     net = "--model.init_args.net.init_args."
     args = [
         sys.executable, "-m", "dimo.cli", "fit",
-        "--config", str(REPO / "experiments/3dimo.yaml"), "--config", str(REPO / "experiments/3dimo_paper.yaml"),
+        "--config", str(REPO / "experiments/3dimo.yaml"),
+        "--config", str(REPO / "experiments/3dimo_paper.yaml"),
         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.accumulate_grad_batches=2",
         "--trainer.max_steps=2", f"--trainer.logger.init_args.save_dir={tmp_path}",
         f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
