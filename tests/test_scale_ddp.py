@@ -5,6 +5,7 @@ that left the ReferenceNet's parameters without gradient) and gradient checkpoin
 ``experiments/3dimo_paper.yaml`` itself (``train_parts: full``, checkpointing, bf16 modulation,
 ``bf16-mixed``, fused Adam, gradient accumulation) at the tiny preset's widths. Lightning's ``ddp``
 does not look for unused parameters: one trainable tensor without a gradient fails the next step.
+And a ``torchrun`` launch of ``dimo.cli fit`` as docs/scale.md writes it.
 """
 
 from __future__ import annotations
@@ -87,3 +88,32 @@ def test_threedimo_paper_config_full_training_under_ddp(toy_root, tmp_path):
         k for k, v in pretrained.items() if torch.equal(state[f"net.transformer.transformer.{k}"], v)
     ]
     assert not unchanged, unchanged[:5]  # full training: every backbone tensor moved
+
+
+def test_torchrun_launches_a_two_process_fit(toy_root, tmp_path):
+    """``torchrun ... -m dimo.cli fit`` as docs/scale.md writes it (c10d rendezvous): Lightning takes
+    the ranks from torchrun's environment and starts no processes of its own (2 ranks, not 4)."""
+
+    from test_reliability import _toy_wan_args
+
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+        "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "--rdzv-id=dimo-test",
+        "-m", "dimo.cli", "fit", "--config", str(REPO / "experiments/3dimo.yaml"),
+        "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.max_steps=2",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
+        f"--checkpoint.dirpath={tmp_path / 'ckpt'}", f"--data.init_args.root={toy_root}",
+        "--data.init_args.height=32", "--data.init_args.width=32", "--data.init_args.batch_size=1",
+        "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
+        "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
+        "--samples.every_n_steps=0", *_toy_wan_args(),
+    ]  # fmt: skip
+    proc = _run(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = sorted(line for line in (proc.stdout + proc.stderr).splitlines() if "GLOBAL_RANK" in line)
+    assert [r.split("distributed: ")[-1] for r in ranks] == [
+        "GLOBAL_RANK: 0, MEMBER: 1/2",
+        "GLOBAL_RANK: 1, MEMBER: 2/2",
+    ], ranks
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 2
