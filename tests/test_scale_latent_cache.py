@@ -252,3 +252,36 @@ def test_stage_scheduler_changes_the_mixture_from_cache(cache, overlay, tmp_path
     # of step 3 is drawn after step 2 ends, so stage b starts exactly on time
     assert sources[3:] == [{"ue5"}] * 3, sources
     assert all(t == "cross_view" for step in range(3, 6) for _, _, t in seen["cache"][step])
+
+
+def test_two_process_build_equals_one_process(cache, overlay, tmp_path):
+    """``data cache --devices 2`` (CPU, gloo, Lightning's distributed predict): one shard per rank and
+    the same windows and prompts as the one-process build, latents equal to float tolerance (another
+    batch composition), text embeddings equal."""
+
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    one, _ = cache
+    two = tmp_path / "two"
+    args = [sys.executable, "-m", "dimo.cli", "data", "cache", "--config", str(BASE), "--config", str(overlay),
+            "--out", str(two), "--window-step", "1", "--accelerator", "cpu", "--devices", "2"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in two.glob("shard-*")) == ["shard-r000-00000.safetensors",
+                                                           "shard-r001-00000.safetensors"]  # fmt: skip
+    index = [json.loads((c / "index.json").read_text()) for c in (one, two)]
+    assert index[0]["latents"].keys() == index[1]["latents"].keys() and index[1]["failed"] == {}
+    assert index[0]["texts"].keys() == index[1]["texts"].keys()
+    tensors = [{k: v for f in sorted(c.glob("shard-*")) for k, v in load_file(f).items()} for c in (one, two)]
+    assert tensors[0].keys() == tensors[1].keys()
+    for key, value in tensors[0].items():
+        if key.startswith("text/"):
+            assert torch.equal(tensors[1][key], value), key
+        else:
+            torch.testing.assert_close(tensors[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
