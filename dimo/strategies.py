@@ -1,4 +1,5 @@
-"""Typed, YAML-friendly pieces of the distributed strategies (FSDP wrap / activation-checkpoint policies).
+"""Typed, YAML-friendly pieces of the distributed strategies (FSDP wrap / activation-checkpoint policies),
+and :func:`loads_weights_itself` (which strategies load checkpoint weights before the module's hook).
 
 Lightning's ``FSDPStrategy`` takes ``auto_wrap_policy`` and ``activation_checkpointing_policy`` as sets
 of module classes or policy objects, which a YAML file cannot name. :class:`ClassWrapPolicy` is
