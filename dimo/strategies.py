@@ -1,4 +1,5 @@
-"""Typed, YAML-friendly pieces of the distributed strategies (FSDP wrap / activation-checkpoint policies).
+"""Typed, YAML-friendly pieces of the distributed strategies (FSDP wrap / activation-checkpoint policies),
+and :func:`loads_weights_itself` (which strategies load checkpoint weights before the module's hook).
 
 Lightning's ``FSDPStrategy`` takes ``auto_wrap_policy`` and ``activation_checkpointing_policy`` as sets
 of module classes or policy objects, which a YAML file cannot name. :class:`ClassWrapPolicy` is
@@ -24,7 +25,7 @@ Layers (one FSDP unit / one checkpointed region each):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -63,3 +64,20 @@ class ClassWrapPolicy(ModuleWrapPolicy):
             raise ValueError("ClassWrapPolicy needs at least one layer")
         self.layers = list(layers)
         super().__init__({layer_class(n) for n in layers})
+
+
+def loads_weights_itself(strategy: Any) -> bool:
+    """Whether ``strategy`` loads a checkpoint's weights inside its own ``load_checkpoint``, before
+    the LightningModule's ``on_load_checkpoint`` runs, and against the module's full key set.
+
+    Lightning's ``FSDPStrategy`` (sharded: a DCP load planned from the live module's state dict, which
+    fails on any key the checkpoint lacks; full: a strict ``load_state_dict``), ``ModelParallelStrategy``
+    (DCP) and ``DeepSpeedStrategy`` (its engine) do; DDP and single-device strategies load through
+    ``load_model_state_dict`` after the hook. A module that leaves frozen, folder-loaded weights out
+    of its checkpoints (and puts them back in ``on_load_checkpoint``) may only do so when this is
+    False: otherwise resuming fails (``tests/test_scale_fsdp.py``).
+    """
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))

@@ -1,17 +1,23 @@
-"""FSDP overlay for the 14B preset: parsed config, wrap policy on `meta`, strategy checkpointing exact.
+"""FSDP overlay for the 14B preset: parsed config, wrap policy on `meta`, strategy checkpointing exact,
+and a 2-process CPU run of the overlay's strategy with a sharded checkpoint resumed exactly.
 
-Lightning refuses FSDP on CPU (``FSDPStrategy`` "requires a GPU accelerator", checked in its
-accelerator connector), so no multi-process FSDP run is possible here: the config is parsed by the
-real CLI, the strategy is built from it, its wrap policy is applied to the real 14B network on the
-meta device, and the strategy's activation checkpointing is run on the tiny network (same gradients).
+Lightning refuses ``FSDPStrategy`` on CPU (its accelerator connector: "requires a GPU accelerator"),
+and its wrapping passes ``device_id=None`` there, which torch's FSDP1 rejects. Neither is a limit of
+FSDP1 on CPU: ``tests/sharded_cpu.py``'s ``CPUFSDPStrategy`` lifts exactly those two and runs the rest
+of Lightning's strategy, with the overlay's own strategy settings, over gloo
+(``test_two_process_fsdp_sharded_checkpoint_resumes_exactly``).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch.strategies import FSDPStrategy
 from test_experiments import _parse_args, _ParseOnlyCLI
 
@@ -153,3 +159,151 @@ def test_norm_clipping_under_fsdp_goes_through_the_root_module(monkeypatch):
     module.configure_gradient_clipping(None, 0.5, "norm")
     module.configure_gradient_clipping(None, 0.25, None)  # Lightning's default algorithm is norm
     assert calls == [0.5, 0.25]
+
+
+def _fsdp_fit(toy_root: Path, out: Path, strategy_yaml: Path, *extra: str) -> subprocess.CompletedProcess:
+    from test_reliability import _toy_wan_args
+
+    args = [
+        sys.executable, "-m", "dimo.cli", "fit",
+        "--config", str(REPO / "experiments/3dimo.yaml"), "--config", str(strategy_yaml),
+        "--trainer.devices=2", f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.default_root_dir={out}",
+        f"--checkpoint.dirpath={out / 'ckpt'}", "--checkpoint.every_n_train_steps=0",
+        f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
+        "--data.init_args.batch_size=1", "--data.init_args.val_batches=0",
+        "--data.init_args.log_preview=false",
+        "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
+        "--samples.every_n_steps=0", "--model.init_args.train_parts=full",
+        '--trainer.callbacks+={"class_path": "sharded_cpu.DumpLocalState", "init_args": {"out": "%s"}}'
+        % (out / "dump"),
+        *_toy_wan_args(), *extra,
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(args, cwd=out, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _unwrapped(name: str) -> str:
+    return name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_sharded_checkpoint_resumes_exactly(toy_root, tmp_path):
+    """The 14B overlay's strategy settings (full shard, units = Wan blocks, strategy checkpointing of
+    Wan blocks and motion-encoder layers, sharded checkpoints) on the tiny 3DiMo with ``train_parts:
+    full``, 2 processes: 2 steps with norm clipping, a sharded (DCP) checkpoint, a resume that
+    restores every rank's shard of every weight and of the Adam state exactly, one more step, and
+    Lightning's consolidation of the checkpoint. Before the fix the module stripped the frozen VAE /
+    text-encoder keys from the checkpoint and the resume failed in DCP's load planner ("Missing key in
+    checkpoint state_dict: model.vae...")."""
+
+    from torch.distributed.checkpoint import FileSystemReader
+
+    overlay = yaml.safe_load(CONFIG.read_text())["trainer"]["strategy"]
+    assert overlay["class_path"] == "lightning.pytorch.strategies.FSDPStrategy"
+    strategy_yaml = tmp_path / "strategy.yaml"
+    strategy_yaml.write_text(yaml.safe_dump({"trainer": {"strategy": {
+        "class_path": "sharded_cpu.CPUFSDPStrategy", "init_args": overlay["init_args"]}}}))  # fmt: skip
+
+    # norm clipping through the FSDP root (Lightning's FSDP precision plugin alone raises on it)
+    clip = "--trainer.gradient_clip_val=0.01"
+    first = _fsdp_fit(toy_root, tmp_path / "a", strategy_yaml, "--trainer.max_steps=2", clip)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ckpt = tmp_path / "a" / "ckpt" / "last.ckpt"
+    assert ckpt.is_dir() and sorted(p.name for p in ckpt.iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "meta.pt",
+    ]
+    sizes = {k: v.size for k, v in FileSystemReader(ckpt).read_metadata().state_dict_metadata.items()
+             if hasattr(v, "size")}  # fmt: skip
+    assert any(k.startswith("model.vae.") for k in sizes)  # frozen keys kept: DCP's load plans from them
+    assert any(k.startswith("optimizer_0.") for k in sizes)
+
+    second = _fsdp_fit(
+        toy_root, tmp_path / "b", strategy_yaml, "--trainer.max_steps=3", f"--ckpt_path={ckpt}"
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+
+    dumps = {(run, name): torch.load(tmp_path / run / "dump" / f"{name}.pt", weights_only=True)
+             for run, names in (("a", ["rank0_start_step0", "rank1_start_step0", "rank0_end_step2",
+                                       "rank1_end_step2"]),
+                                ("b", ["rank0_start_step2", "rank1_start_step2", "rank0_end_step3"]))
+             for name in names}  # fmt: skip
+    saved = [dumps["a", f"rank{r}_end_step2"] for r in (0, 1)]
+    # sharded: each parameter's two local pieces add up to the size the checkpoint records for it
+    for name, p0 in saved[0]["params"].items():
+        full = sizes[f"model.{_unwrapped(name)}"]
+        assert p0.numel() + saved[1]["params"][name].numel() == full.numel(), name
+    wan = [n for n in saved[0]["params"] if ".transformer.blocks." in n and n.endswith("attn1.to_q.weight")]
+    blocks = {n.split(".transformer.blocks.")[1].split(".")[0] for n in wan}
+    for b in blocks:  # every Wan block is a unit split over both ranks
+        names = [n for n in saved[0]["params"] if f".transformer.blocks.{b}." in n]
+        local = [sum(saved[r]["params"][n].numel() for n in names) for r in (0, 1)]
+        assert 0 < local[0] < sum(local) and 0 < local[1], (b, local)
+    for r in (0, 1):
+        start, end = dumps["a", f"rank{r}_start_step0"], saved[r]
+        resumed = dumps["b", f"rank{r}_start_step2"]
+        assert resumed["global_step"] == 2
+        # full training: the Wan blocks trained too
+        in_blocks = [n for n in end["params"] if ".transformer.blocks." in n]
+        assert not all(torch.equal(start["params"][n], end["params"][n]) for n in in_blocks)
+        assert resumed["params"].keys() == end["params"].keys()
+        for name, value in end["params"].items():
+            assert torch.equal(resumed["params"][name], value), (r, name)
+        assert resumed["optim"].keys() == end["optim"].keys() and len(end["optim"]) > 0
+        for name, state in end["optim"].items():
+            assert state.keys() == resumed["optim"][name].keys() == {"step", "exp_avg", "exp_avg_sq"}
+            for key, value in state.items():
+                assert torch.equal(resumed["optim"][name][key], value), (r, name, key)
+    after = dumps["b", "rank0_end_step3"]
+    assert after["global_step"] == 3
+    in_blocks = [n for n in after["params"] if ".transformer.blocks." in n]
+    assert not all(torch.equal(after["params"][n], saved[0]["params"][n]) for n in in_blocks)
+
+    # the sharded checkpoint consolidates with Lightning's tool into one file that rebuilds the model
+    # strictly (dimo.pipelines.checkpoint.load_module: what export / generate read)
+    from safetensors.torch import load_file
+
+    from dimo.pipelines.checkpoint import load_module
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    tool = [sys.executable, "-m", "lightning.pytorch.utilities.consolidate_checkpoint", str(ckpt)]
+    proc = subprocess.run(tool, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module, _ = load_module(ckpt.parent / "last.ckpt.consolidated", "3dimo")
+    pretrained = load_file(REPO / "pretrained/toy-wan2.1/transformer/diffusion_pytorch_model.safetensors")
+    trained = module.net.transformer.transformer.state_dict()
+    assert not any(torch.equal(trained[k], v) for k, v in pretrained.items() if ".blocks." in k)
+
+
+def test_frozen_keys_are_stripped_only_where_the_module_puts_them_back(monkeypatch):
+    """DDP / single device: the frozen, folder-loaded VAE and text encoder stay out of checkpoints and
+    come back in on_load_checkpoint. FSDP / ModelParallel load weights before that hook (and DeepSpeed's
+    engine loads them itself): their checkpoints keep every key, and a checkpoint without a
+    ``state_dict`` (sharded metadata, DeepSpeed client state) is accepted."""
+
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy, SingleDeviceStrategy
+
+    from benchmarks.bench_train import build_module
+
+    module = build_module("3dimo.yaml")
+    assert module.vae.from_folder and module.text_encoder.from_folder
+    strategies = {DDPStrategy(): False, SingleDeviceStrategy("cpu"): False, FSDPStrategy(): True,
+                  ModelParallelStrategy(): True}  # fmt: skip
+    for strategy, keeps in strategies.items():
+        monkeypatch.setattr(
+            type(module), "trainer", property(lambda self, s=strategy: SimpleNamespace(strategy=s))
+        )
+        monkeypatch.setattr(module, "_trainer", object())
+        checkpoint = {"state_dict": module.state_dict()}
+        module.on_save_checkpoint(checkpoint)
+        frozen = [k for k in checkpoint["state_dict"] if k.startswith(("vae.", "text_encoder."))]
+        assert bool(frozen) == keeps, type(strategy).__name__
+        module.on_load_checkpoint(checkpoint)  # DDP: the frozen keys come back from the live module
+        assert checkpoint["state_dict"].keys() == module.state_dict().keys()
+    module.on_load_checkpoint({"global_step": 2})  # weights loaded by the strategy: nothing to do

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from dimo.cli import run_lightning
 
@@ -180,3 +181,107 @@ def _root_of(overlay: Path) -> str:
     import yaml
 
     return yaml.safe_load(overlay.read_text())["data"]["init_args"]["root"]
+
+
+def test_from_cache_follows_the_mixture_weights(cache, overlay, tmp_path):
+    """Weights 3:1 (internet:ue5), cross_view 0.5: the from-cache loader serves exactly the keys the
+    online run's sampler draws (same sources, clips, tasks), and their counts follow the weights."""
+
+    out, _ = cache
+    law = ["--data.init_args.weights={internet: 3.0, ue5: 1.0}", "--data.init_args.cross_view=0.5",
+           "--data.init_args.batch_size=4", "--data.init_args.batches_per_epoch=60"]  # fmt: skip
+    online = _cli(["--config", str(BASE), "--config", str(overlay), *law], tmp_path / "a").datamodule
+    cached = _cli(["--config", str(BASE), "--config", str(overlay), "--config", str(FROM_CACHE),
+                   f"--data.init_args.latent_cache={out}", *law], tmp_path / "b").datamodule  # fmt: skip
+    keys = list(online.train_dataloader().sampler)  # keys only: nothing is decoded
+    samples = [(s, c, t) for b in cached.train_dataloader()
+               for s, c, t in zip(b["source"], b["clip_id"], b["task"])]  # fmt: skip
+    assert "x0" in next(iter(cached.train_dataloader()))  # really the cache's samples
+    pools = cached.pools
+    assert samples == [(k.source, pools[k.source][k.index].id, k.task) for k in keys]
+    n = len(samples)
+    assert n == 240
+    share = sum(s == "internet" for s, _, _ in samples) / n  # 0.75 expected; binomial sd 0.028
+    assert abs(share - 0.75) < 0.085, share
+    ue5_tasks = [t for s, _, t in samples if s == "ue5"]
+    assert abs(sum(t == "cross_view" for t in ue5_tasks) / len(ue5_tasks) - 0.5) < 0.2, ue5_tasks
+    assert {t for s, _, t in samples if s == "internet"} == {"reconstruction"}
+
+
+class BatchRecorder(Callback):
+    """The (source, clip, task) of every training batch, by global step."""
+
+    def __init__(self) -> None:
+        self.seen: dict[int, list[tuple[str, str, str]]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen[trainer.global_step] = list(zip(batch["source"], batch["clip_id"], batch["task"]))
+
+
+def test_stage_scheduler_changes_the_mixture_from_cache(cache, overlay, tmp_path):
+    """A 3 + 3 step schedule (internet only, then ue5 only, every sample cross-view) trained from the
+    cache: the mixture switches, and every step sees exactly the batch the online run sees."""
+
+    out, _ = cache
+    stages = tmp_path / "stages.yaml"
+    stages.write_text(
+        "trainer:\n  callbacks:\n"
+        "    - class_path: dimo.callbacks.StageScheduler\n      init_args:\n        stages:\n"
+        "          - {name: a, steps: 3, weights: {internet: 1.0}, cross_view: 0.0}\n"
+        "          - {name: b, steps: 3, weights: {ue5: 1.0}, cross_view: 1.0}\n"
+        "    - class_path: test_scale_latent_cache.BatchRecorder\n"
+    )
+    common = ["--config", str(BASE), "--config", str(overlay), "--config", str(stages),
+              "--data.init_args.batch_size=2", "--trainer.max_steps=6", "--trainer.val_check_interval=100",
+              "--trainer.enable_progress_bar=false",
+              "--checkpoint.every_n_train_steps=0", "--samples.every_n_steps=0"]  # fmt: skip
+    runs = {"online": [], "cache": ["--config", str(FROM_CACHE), f"--data.init_args.latent_cache={out}"]}
+    seen = {}
+    for name, extra in runs.items():
+        where = tmp_path / name
+        cli = run_lightning(["fit", *common, *extra, f"--trainer.default_root_dir={where}",
+                             f"--trainer.logger.init_args.save_dir={where}",
+                             f"--checkpoint.dirpath={where / 'ckpt'}"])  # fmt: skip
+        assert cli.trainer.global_step == 6
+        (recorder,) = [c for c in cli.trainer.callbacks if isinstance(c, BatchRecorder)]
+        seen[name] = recorder.seen
+    assert seen["cache"] == seen["online"]
+    sources = [{s for s, _, _ in seen["cache"][step]} for step in range(6)]
+    assert sources[0] == sources[1] == sources[2] == {"internet"}
+    # the scheduler sets the next draw's law at the end of each step; without loader workers the batch
+    # of step 3 is drawn after step 2 ends, so stage b starts exactly on time
+    assert sources[3:] == [{"ue5"}] * 3, sources
+    assert all(t == "cross_view" for step in range(3, 6) for _, _, t in seen["cache"][step])
+
+
+def test_two_process_build_equals_one_process(cache, overlay, tmp_path):
+    """``data cache --devices 2`` (CPU, gloo, Lightning's distributed predict): one shard per rank and
+    the same windows and prompts as the one-process build, latents equal to float tolerance (another
+    batch composition), text embeddings equal."""
+
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    one, _ = cache
+    two = tmp_path / "two"
+    args = [sys.executable, "-m", "dimo.cli", "data", "cache", "--config", str(BASE), "--config", str(overlay),
+            "--out", str(two), "--window-step", "1", "--accelerator", "cpu", "--devices", "2"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in two.glob("shard-*")) == ["shard-r000-00000.safetensors",
+                                                           "shard-r001-00000.safetensors"]  # fmt: skip
+    index = [json.loads((c / "index.json").read_text()) for c in (one, two)]
+    assert index[0]["latents"].keys() == index[1]["latents"].keys() and index[1]["failed"] == {}
+    assert index[0]["texts"].keys() == index[1]["texts"].keys()
+    tensors = [{k: v for f in sorted(c.glob("shard-*")) for k, v in load_file(f).items()} for c in (one, two)]
+    assert tensors[0].keys() == tensors[1].keys()
+    for key, value in tensors[0].items():
+        if key.startswith("text/"):
+            assert torch.equal(tensors[1][key], value), key
+        else:
+            torch.testing.assert_close(tensors[1][key], value, rtol=1e-4, atol=1e-5, msg=key)

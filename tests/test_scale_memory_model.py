@@ -49,9 +49,14 @@ def test_prediction_bounds_the_measured_tiny_peak(kind):
     predicted = estimate(kind, trainable, 4 * frozen, frozen, act).total_gib * 2**30
     # a close upper bound: the model adds every gradient to every saved activation, while backward frees
     # activations as the gradients arrive, so it over-counts by up to the gradients (+ the 10% allowance).
-    # Seen: 3DiMo with the width-256 toy backbone 219.5 vs 173.2 MiB; HVG checkpointed 56.8 vs 55.4 MiB.
-    # The tiny preset's shape in place of the loaded backbone predicted 134.9 (fails the lower bound).
+    # Seen: 3DiMo with the width-256 toy backbone 219.5 vs 173.2 MiB; HVG 252.7 vs 218.0; HVG checkpointed
+    # 84.9 vs 79.7 MiB. The tiny preset's shape in place of the loaded backbone predicted 134.9 (fails).
     assert 0.9 * measured <= predicted <= 1.35 * measured, (measured / 2**20, predicted / 2**20)
+    # the 10% allowance (OVERHEAD) covers every transient a CPU step shows beyond the counted states,
+    # frozen weights and saved activations: measured / (total before the allowance) was 0.87 (3DiMo),
+    # 0.95 (HVG), 1.03 (HVG checkpointed: the layer being recomputed). CUDA context and allocator
+    # fragmentation are not seen on CPU (docs/scale.md).
+    assert measured <= predicted, (measured / 2**20, predicted / 2**20)
 
 
 def test_checkpointing_keeps_less():
@@ -122,3 +127,29 @@ def test_configs_the_model_does_not_describe_are_refused():
             EXPERIMENTS / "3dimo_paper_14b_deepspeed.yaml",
             "--trainer.strategy.init_args.offload_optimizer=true",
         )
+
+
+# ---- the papers' batch per optimiser step, from the files as the CLI composes them ----------------
+PAPER_BATCH = {  # config: (samples per step over all GPUs, views x frames per sample, GPUs)
+    "3dimo_paper.yaml": (64, 1 * 121, 8),  # DESIGN §5: batch 64, 121 frames
+    "3dimo_paper_14b_fsdp.yaml": (64, 1 * 121, 32),
+    "3dimo_paper_14b_deepspeed.yaml": (64, 1 * 121, 32),
+    "hvg_paper_phase1.yaml": (2 * 32, 48 * 1, 32),  # DESIGN §6: 2 x 48 views per GPU, 32 GPUs
+    "hvg_paper_phase2.yaml": (1 * 32, 3 * 24, 32),  # 1 x 72 images (3 views x 24 frames) per GPU
+}
+
+
+def test_paper_configs_train_on_the_papers_batch():
+    """devices x num_nodes x batch_size x accumulate_grad_batches (and views x frames for HVG) of
+    every paper config equal the papers' batch, whatever micro-batching makes it fit."""
+
+    from benchmarks.memory_model import EXPERIMENTS, PAPER_CONFIGS, _gpus, parse_config
+
+    assert set(PAPER_BATCH) == set(PAPER_CONFIGS)
+    for name, (samples, images, gpus) in PAPER_BATCH.items():
+        cfg = parse_config(EXPERIMENTS / name)
+        data, trainer = cfg["data"]["init_args"], cfg["trainer"]
+        assert _gpus(cfg) == gpus, name
+        assert gpus * data["batch_size"] * trainer["accumulate_grad_batches"] == samples, name
+        per_sample = data["num_frames"] * (data["num_views"] if "hvg" in name else 1)
+        assert per_sample == images, name

@@ -413,14 +413,20 @@ class ThreeDiMoModule(LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from dimo.strategies import loads_weights_itself
+
         checkpoint[PARTS_KEY] = self.parts_config()
         drop = [f"{n}." for n in self._frozen_from_folder()]
-        if drop:
+        # FSDP / DeepSpeed load the weights before on_load_checkpoint can put the frozen ones back
+        # (a sharded resume failed on the first missing key): they keep every key
+        if drop and not (self._trainer is not None and loads_weights_itself(self.trainer.strategy)):
             checkpoint["state_dict"] = strip_prefixes(checkpoint["state_dict"], drop)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # put back the frozen weights that were loaded from their folder (strict loading stays on)
-        restore_prefixes(checkpoint["state_dict"], self, [f"{n}." for n in self._frozen_from_folder()])
+        # put back the frozen weights that were loaded from their folder (strict loading stays on);
+        # a sharded checkpoint's metadata has no state_dict (its strategy loaded the weights itself)
+        if "state_dict" in checkpoint:
+            restore_prefixes(checkpoint["state_dict"], self, [f"{n}." for n in self._frozen_from_folder()])
 
     # -- the step -------------------------------------------------------------------------------
     def _generator(self, offset: int = 0) -> torch.Generator:
