@@ -83,7 +83,9 @@ def toy_internet_sequences(
     from dimo.data.synth import SynthConfig, _cameras_for, make_identity, make_motion, pose_joints
     from dimo.geometry.cameras import project
 
-    cfg = SynthConfig(seed=seed, num_internet=num, num_frames=frames, height=size, width=size, fov_deg=fov_deg)
+    cfg = SynthConfig(
+        seed=seed, num_internet=num, num_frames=frames, height=size, width=size, fov_deg=fov_deg
+    )
     xs, confs = [], []
     for index in range(num):
         # the random streams of dimo.data.synth.make_clip("internet", index)
@@ -95,7 +97,9 @@ def toy_internet_sequences(
         traj = _cameras_for("internet", rng, cfg, clip_seed)[0]
         K = traj.K.double()
         uv, z = project(joints, K, traj.R.double(), traj.t.double())  # (T, 55, 2), (T, 55)
-        inside = (uv[..., 0] >= 0) & (uv[..., 0] < size) & (uv[..., 1] >= 0) & (uv[..., 1] < size) & (z > 1e-6)
+        inside = (
+            (uv[..., 0] >= 0) & (uv[..., 0] < size) & (uv[..., 1] >= 0) & (uv[..., 1] < size) & (z > 1e-6)
+        )
         xs.append(pixels_to_net(uv[:, list(J16)], K).float())
         confs.append(inside[:, list(J16)].float())
         del joints, z
@@ -298,10 +302,11 @@ class MultiView2DDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
         bs = min(self.batch_size, len(self.train_set))
-        return DataLoader(self.train_set, batch_size=bs, shuffle=True, drop_last=True, num_workers=self.num_workers)
+        return DataLoader(
+            self.train_set, batch_size=bs, shuffle=True, drop_last=True, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
-

@@ -28,7 +28,9 @@ def make_scheduler(num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> DDIMSchedu
     )
 
 
-def input_lines(x0: torch.Tensor, conf: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def input_lines(
+    x0: torch.Tensor, conf: torch.Tensor, R: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Epipolar lines of the input view's joints in every other view of a ring.
 
     ``x0 (B, T, J, 2)`` (view 0), ``conf (B, T, J)``, ring ``R (B, V, 3, 3)``, ``t (B, V, 3)`` ->
@@ -54,15 +56,19 @@ def multiview_cond(
     others = torch.cat(
         [torch.zeros_like(m), line_features(lines) * m, m, torch.zeros_like(m)], -1
     )  # (B, V-1, T, J, 9)
-    first = torch.cat(
-        [conf[..., None], x0.new_zeros(B, T, J, 7), torch.ones_like(conf[..., None])], -1
-    )[:, None]  # (B, 1, T, J, 9)
+    first = torch.cat([conf[..., None], x0.new_zeros(B, T, J, 7), torch.ones_like(conf[..., None])], -1)[
+        :, None
+    ]  # (B, 1, T, J, 9)
     return torch.cat([first, others], 1)
 
 
 @torch.no_grad()
 def sample_line(
-    net, lines: torch.Tensor, line_valid: torch.Tensor, steps: int = 20, generator: torch.Generator | None = None
+    net,
+    lines: torch.Tensor,
+    line_valid: torch.Tensor,
+    steps: int = 20,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """DDIM samples ``(N, T, J, 2)`` of the line-conditioned model given lines ``(N, T, J, 3)``."""
 

@@ -30,7 +30,9 @@ RING4: tuple[float, ...] = (0.0, 90.0, 180.0, 270.0)
 _TORSO = [J16.index(j) for j in (1, 2, 16, 17)]  # hips, shoulders (local J16 indices)
 
 
-def triangulate_views(views: torch.Tensor, conf: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def triangulate_views(
+    views: torch.Tensor, conf: torch.Tensor, R: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
     """``views (B, V, T, J, 2)`` on the ring ``R (B, V, 3, 3)``, ``t (B, V, 3)`` -> ``(B, T, J, 3)``.
 
     View 0 (the input) is weighted by ``conf (B, T, J)``, the virtual views by 1.
@@ -41,9 +43,7 @@ def triangulate_views(views: torch.Tensor, conf: torch.Tensor, R: torch.Tensor, 
     w = torch.ones(B, V, T, J, dtype=views.dtype)
     w[:, 0] = conf.clamp(0, 1)
     x = views.permute(0, 2, 1, 3, 4)  # (B, T, V, J, 2)
-    return triangulate(
-        x, Kn[:, None], R[:, None], t[:, None], w.permute(0, 2, 1, 3)
-    )  # (B, T, J, 3)
+    return triangulate(x, Kn[:, None], R[:, None], t[:, None], w.permute(0, 2, 1, 3))  # (B, T, J, 3)
 
 
 def fit_skeleton(
@@ -86,7 +86,9 @@ def fit_skeleton(
 
     def posed() -> torch.Tensor:
         s = log_s.exp()[:, None, None, None]
-        return s * forward_kinematics(pose_to_rotmats(orient, body), rest) + transl[..., None, :]  # (B, T, 55, 3)
+        return (
+            s * forward_kinematics(pose_to_rotmats(orient, body), rest) + transl[..., None, :]
+        )  # (B, T, 55, 3)
 
     for _ in range(iters):
         j = posed()
@@ -142,5 +144,10 @@ def make_synthetic(
         out_v.append(proj.view(*proj.shape[:2], *j16.shape[1:3], 2))
         out_R.append(R4)
         out_t.append(t4)
-        res.append(((j16 - pts).norm(dim=-1).mean((-1, -2)) / fit["scale"]))
-    return {"views2d": torch.cat(out_v), "R": torch.cat(out_R), "t": torch.cat(out_t), "residual": torch.cat(res)}
+        res.append((j16 - pts).norm(dim=-1).mean((-1, -2)) / fit["scale"])
+    return {
+        "views2d": torch.cat(out_v),
+        "R": torch.cat(out_R),
+        "t": torch.cat(out_t),
+        "residual": torch.cat(res),
+    }

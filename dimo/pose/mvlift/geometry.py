@@ -125,7 +125,9 @@ def ring_depth(x: torch.Tensor, conf: torch.Tensor, scale: float = COORD_SCALE) 
 def _rot_y(theta: torch.Tensor) -> torch.Tensor:
     c, s = torch.cos(theta), torch.sin(theta)
     z, o = torch.zeros_like(c), torch.ones_like(c)
-    return torch.stack([torch.stack([c, z, s], -1), torch.stack([z, o, z], -1), torch.stack([-s, z, c], -1)], -2)
+    return torch.stack(
+        [torch.stack([c, z, s], -1), torch.stack([z, o, z], -1), torch.stack([-s, z, c], -1)], -2
+    )
 
 
 def ring_cameras(
@@ -169,8 +171,8 @@ def epipolar_lines(F: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def lines_from_epipole(x: torch.Tensor, epipole: torch.Tensor) -> torch.Tensor:
-    """Normalised lines through each point ``x (..., N, 2)`` and the epipole ``(..., 2)`` (stage 1's
-    simulated epipolar lines): ``l = x~ cross e~``."""
+    """Normalised lines through each point ``x (..., N, 2)`` and the epipole ``(..., 2)`` (one per
+    leading index of ``x``, broadcastable; stage 1's simulated epipolar lines): ``l = x~ cross e~``."""
 
     xh = torch.cat([x, torch.ones_like(x[..., :1])], -1)
     eh = torch.cat([epipole, torch.ones_like(epipole[..., :1])], -1)[..., None, :].expand_as(xh)
@@ -212,7 +214,9 @@ def triangulate(
 
     P = K @ torch.cat([R, t[..., None]], -1)  # (..., V, 3, 4)
     P = P[..., None, :, :]  # (..., V, 1, 3, 4)
-    rows = torch.stack([x[..., 0:1] * P[..., 2, :] - P[..., 0, :], x[..., 1:2] * P[..., 2, :] - P[..., 1, :]], -2)
+    rows = torch.stack(
+        [x[..., 0:1] * P[..., 2, :] - P[..., 0, :], x[..., 1:2] * P[..., 2, :] - P[..., 1, :]], -2
+    )
     # rows (..., V, N, 2, 4)
     if weights is not None:
         rows = rows * weights[..., None, None]

@@ -123,7 +123,9 @@ def mvlift_lift(
     if variant not in VARIANTS:
         raise ValueError(f"unknown MVLift variant {variant!r}; expected one of {VARIANTS}")
     if uv.ndim != 3 or uv.shape[1:] != (55, 2) or conf.shape != uv.shape[:2]:
-        raise ValueError(f"expected uv (T, 55, 2) and conf (T, 55), got {tuple(uv.shape)} and {tuple(conf.shape)}")
+        raise ValueError(
+            f"expected uv (T, 55, 2) and conf (T, 55), got {tuple(uv.shape)} and {tuple(conf.shape)}"
+        )
     T = uv.shape[0]
     K = K.expand(T, 3, 3) if K.shape == (3, 3) else K
     if K.shape != (T, 3, 3):

@@ -17,7 +17,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from dimo.pose.mvlift.data import assert_no_3d
-from dimo.pose.mvlift.diffusion import input_lines, make_scheduler, multiview_cond, sample_line, sample_multiview
+from dimo.pose.mvlift.diffusion import (
+    input_lines,
+    make_scheduler,
+    multiview_cond,
+    sample_line,
+    sample_multiview,
+)
 from dimo.pose.mvlift.geometry import (
     COORD_SCALE,
     epipolar_distance,
@@ -44,7 +50,10 @@ def _optimizers(module: L.LightningModule, params) -> dict | torch.optim.Optimiz
     opt = module.optimizer_factory(params)
     if module.lr_scheduler_factory is None:
         return opt
-    return {"optimizer": opt, "lr_scheduler": {"scheduler": module.lr_scheduler_factory(opt), "interval": "step"}}
+    return {
+        "optimizer": opt,
+        "lr_scheduler": {"scheduler": module.lr_scheduler_factory(opt), "interval": "step"},
+    }
 
 
 class _Frozen:
@@ -83,7 +92,9 @@ class LineDiffusionModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if not 0 <= line_drop < 1 or not 0 <= ring_prob <= 1 or line_weight < 0 or val_sample_steps < 1:
-            raise ValueError("need 0 <= line_drop < 1, 0 <= ring_prob <= 1, line_weight >= 0, val_sample_steps >= 1")
+            raise ValueError(
+                "need 0 <= line_drop < 1, 0 <= ring_prob <= 1, line_weight >= 0, val_sample_steps >= 1"
+            )
         cfg = _net_config(net)
         self.save_hyperparameters({"net": asdict(cfg), "line_weight": line_weight, "line_drop": line_drop,
                                    "ring_prob": ring_prob, "val_sample_steps": val_sample_steps})  # fmt: skip
@@ -100,7 +111,10 @@ class LineDiffusionModule(L.LightningModule):
         S = COORD_SCALE
         theta = torch.empty(B).uniform_(math.radians(20), math.radians(340), generator=generator)
         ring = torch.stack(
-            [S * (1 / torch.tan(theta / 2) + 0.3 * torch.randn(B, generator=generator)), 0.1 * S * torch.randn(B, generator=generator)],
+            [
+                S * (1 / torch.tan(theta / 2) + 0.3 * torch.randn(B, generator=generator)),
+                0.1 * S * torch.randn(B, generator=generator),
+            ],
             -1,
         )
         box = (torch.rand(B, 2, generator=generator) * 2 - 1) * torch.tensor([2 * S, S])
@@ -113,7 +127,9 @@ class LineDiffusionModule(L.LightningModule):
         e = self.sample_epipoles(B, generator).to(x0)
         lines = lines_from_epipole(x0, e[:, None])  # (B, T, J, 3)
         mask = (torch.rand(B, T, J, generator=generator) >= self.line_drop).to(x0.device)
-        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (B,), generator=generator).to(x0.device)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (B,), generator=generator).to(
+            x0.device
+        )
         noise = torch.randn(x0.shape, generator=generator).to(x0)
         x_t = self.scheduler.add_noise(x0, noise, t)
         pred = self.net(x_t, t, line_features(lines), mask)
@@ -172,7 +188,9 @@ class ViewOptimisationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if len(angles) < 2 or float(angles[0]) != 0.0:
-            raise ValueError(f"angles must start at 0 (the input view) and have >= 2 views, got {list(angles)}")
+            raise ValueError(
+                f"angles must start at 0 (the input view) and have >= 2 views, got {list(angles)}"
+            )
         if sds_weight < 0 or epipolar_weight < 0 or not 0 <= t_min < t_max_end <= t_max <= 1:
             raise ValueError("need weights >= 0 and 0 <= t_min < t_max_end <= t_max <= 1")
         self.save_hyperparameters(
@@ -199,8 +217,15 @@ class ViewOptimisationModule(L.LightningModule):
         g = torch.Generator().manual_seed(self.init_seed)
         init = torch.cat(
             [
-                init_views(self._prior.net, x0[s : s + self.chunk], conf[s : s + self.chunk],
-                           R[s : s + self.chunk], t[s : s + self.chunk], self.init_steps, g)  # fmt: skip
+                init_views(
+                    self._prior.net,
+                    x0[s : s + self.chunk],
+                    conf[s : s + self.chunk],
+                    R[s : s + self.chunk],
+                    t[s : s + self.chunk],
+                    self.init_steps,
+                    g,
+                )  # fmt: skip
                 for s in range(0, x0.shape[0], self.chunk)
             ]
         )  # (N, V-1, T, J, 2)
@@ -215,7 +240,9 @@ class ViewOptimisationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         assert_no_3d(batch)
         idx = batch["index"]
-        progress = self.global_step / max(self.trainer.max_steps - 1, 1) if self.trainer.max_steps > 0 else 0.0
+        progress = (
+            self.global_step / max(self.trainer.max_steps - 1, 1) if self.trainer.max_steps > 0 else 0.0
+        )
         t_min, t_max, t_max_end = self.t_range
         losses = view_losses(
             self._prior.net, batch["x2d"], batch["conf"], self.views[idx], self.R[idx], self.t[idx], progress,
@@ -298,7 +325,9 @@ class MultiViewDiffusionModule(L.LightningModule):
         x0 = views[:, 0] * conf[..., None]
         lines, valid = input_lines(x0, conf, R, t)  # (B, V-1, T, J, 3)
         cond = multiview_cond(x0, conf, lines, valid)
-        ts = torch.randint(0, self.scheduler.config.num_train_timesteps, (B,), generator=generator).to(views.device)
+        ts = torch.randint(0, self.scheduler.config.num_train_timesteps, (B,), generator=generator).to(
+            views.device
+        )
         noise = torch.randn(views.shape, generator=generator).to(views)
         noisy = self.scheduler.add_noise(views, noise, ts)
         noisy = torch.cat([x0[:, None], noisy[:, 1:]], 1)

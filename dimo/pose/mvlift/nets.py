@@ -136,7 +136,8 @@ class _Pretrained(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().contiguous() for k, v in self.state_dict().items()}
+        # fp16 storage halves the folder (upcast on load), as the toy detector's
+        state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()}
         save_file(state, folder / WEIGHTS_NAME)
         cfg = {"model_type": self.kind, **asdict(self.cfg), **(extra or {})}
         (folder / CONFIG_NAME).write_text(json.dumps(cfg, indent=1) + "\n")
@@ -152,14 +153,18 @@ class LineDiffusionNet(_Pretrained):
         cfg = _coerce(cfg)
         super().__init__(cfg)
         J, D = cfg.num_joints, cfg.dim
-        self.embed = nn.Sequential(nn.Linear(J * (2 + LINE_FEATURES + 1), D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        self.embed = nn.Sequential(
+            nn.Linear(J * (2 + LINE_FEATURES + 1), D), nn.GELU(approximate="tanh"), nn.Linear(D, D)
+        )
         self.pos = nn.Parameter(torch.zeros(cfg.frames, D))
         nn.init.normal_(self.pos, std=0.02)
         self.time = _TimeEmbedding(D)
         self.blocks = nn.ModuleList()
         for _ in range(cfg.depth):
             self.blocks.append(
-                nn.ModuleList([_Modulated(D, _Attention(D, cfg.heads)), _Modulated(D, _mlp(D, cfg.mlp_ratio))])
+                nn.ModuleList(
+                    [_Modulated(D, _Attention(D, cfg.heads)), _Modulated(D, _mlp(D, cfg.mlp_ratio))]
+                )
             )
         self.out_norm = nn.LayerNorm(D)
         self.out = nn.Linear(D, J * 2)
@@ -169,7 +174,9 @@ class LineDiffusionNet(_Pretrained):
     ) -> torch.Tensor:
         B, T, J, _ = x_t.shape
         if T > self.cfg.frames or J != self.cfg.num_joints:
-            raise ValueError(f"expected (B, T <= {self.cfg.frames}, {self.cfg.num_joints}, 2), got {tuple(x_t.shape)}")
+            raise ValueError(
+                f"expected (B, T <= {self.cfg.frames}, {self.cfg.num_joints}, 2), got {tuple(x_t.shape)}"
+            )
         m = line_mask[..., None].to(x_t.dtype)
         tok = torch.cat([x_t, lines * m, m], -1).flatten(-2)  # (B, T, J * 9)
         h = self.embed(tok) + self.pos[:T]  # (B, T, D)
@@ -194,7 +201,9 @@ class MultiViewDiffusionNet(_Pretrained):
         cfg = _coerce(cfg)
         super().__init__(cfg)
         J, D = cfg.num_joints, cfg.dim
-        self.embed = nn.Sequential(nn.Linear(J * (2 + self.COND), D), nn.GELU(approximate="tanh"), nn.Linear(D, D))
+        self.embed = nn.Sequential(
+            nn.Linear(J * (2 + self.COND), D), nn.GELU(approximate="tanh"), nn.Linear(D, D)
+        )
         self.pos = nn.Parameter(torch.zeros(cfg.frames, D))
         self.view = nn.Parameter(torch.zeros(cfg.num_views, D))
         nn.init.normal_(self.pos, std=0.02)
@@ -246,11 +255,15 @@ def load_net(folder: str | os.PathLike, kind: str) -> LineDiffusionNet | MultiVi
     folder = Path(folder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name}: missing (an MVLift network folder; build it with `make train-mvlift`)")
+            raise FileNotFoundError(
+                f"{folder / name}: missing (an MVLift network folder; build it with `make train-mvlift`)"
+            )
     raw = json.loads((folder / CONFIG_NAME).read_text())
     if raw.get("model_type") != kind or kind not in _KINDS:
-        raise ValueError(f"{folder / CONFIG_NAME}: model_type must be {kind!r}, got {raw.get('model_type')!r}")
+        raise ValueError(
+            f"{folder / CONFIG_NAME}: model_type must be {kind!r}, got {raw.get('model_type')!r}"
+        )
     fields = {k: v for k, v in raw.items() if k in MotionNetConfig.__dataclass_fields__}
     net = _KINDS[kind](MotionNetConfig(**fields))
-    net.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
+    net.load_state_dict({k: v.float() for k, v in load_file(folder / WEIGHTS_NAME).items()}, strict=True)
     return net.eval()

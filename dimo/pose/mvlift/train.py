@@ -30,7 +30,11 @@ EXPERIMENTS = Path(__file__).resolve().parents[3] / "experiments"
 
 
 def _metrics(trainer) -> dict[str, float]:
-    return {k: round(float(v), 5) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    return {
+        k: round(float(v), 5)
+        for k, v in trainer.callback_metrics.items()
+        if torch.is_tensor(v) and v.numel() == 1
+    }
 
 
 def _fit(config: Path, run: Path, name: str, extra: Sequence[str]):
@@ -100,7 +104,12 @@ def train_pipeline(
     log(f"stage 3: {report['stages']['3_synthetic_data']}")
 
     t0 = time.perf_counter()
-    cli = _fit(exp / "mvlift_stage4.yaml", run, "stage4", [f"data.init_args.path={synth_file}", *over.get("stage4", [])])
+    cli = _fit(
+        exp / "mvlift_stage4.yaml",
+        run,
+        "stage4",
+        [f"data.init_args.path={synth_file}", *over.get("stage4", [])],
+    )
     cli.model.net.save_pretrained(out / "multiview_diffusion")
     report["stages"]["4_multiview_diffusion"] = {"seconds": round(time.perf_counter() - t0, 1),
                                                 "steps": cli.trainer.global_step, **_metrics(cli.trainer)}  # fmt: skip
@@ -119,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--run", type=Path, default=Path("runs/mvlift"), help="logs, checkpoints, stage 2/3 data")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: small ops, shared machine)")
     for s in ("stage1", "stage2", "stage4"):
-        p.add_argument(f"--{s}", action="append", default=[], metavar="KEY=VALUE", help=f"override for the {s} fit")
+        p.add_argument(
+            f"--{s}", action="append", default=[], metavar="KEY=VALUE", help=f"override for the {s} fit"
+        )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rep = train_pipeline(args.out, args.run, {s: getattr(args, s) for s in ("stage1", "stage2", "stage4")})
