@@ -205,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = sorted(kept + rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
                                                   r["input"] != "projected"))  # fmt: skip
         meta["command"] = prev["meta"].get("command", meta["command"])
+        meta["date"] = f"{prev['meta'].get('date')} ({', '.join(args.methods)}: {meta['date']})"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "rows": rows, "paper_aist": PAPER_AIST}, indent=1) + "\n"
