@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,12 @@ def _fit(config: Path, run: Path, name: str, extra: Sequence[str]):
         "--trainer.enable_progress_bar=false",
         *[f"--{kv}" for kv in extra],
     ]
-    return run_lightning(args)
+    # the stage's arguments are all in `args`: hide this command's own argv from LightningCLI (it warns)
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        return run_lightning(args)
+    finally:
+        sys.argv = argv
 
 
 def train_pipeline(
