@@ -10,8 +10,24 @@ diffusion model with cross-view attention (:class:`~dimo.pose.mvlift.modules.Mul
 lifts a sequence.
 """
 
-from dimo.pose.mvlift.data import Motion2DDataModule, MultiView2DDataModule
-from dimo.pose.mvlift.modules import LineDiffusionModule, MultiViewDiffusionModule, ViewOptimisationModule
+_LAZY = {
+    "Motion2DDataModule": "dimo.pose.mvlift.data",
+    "MultiView2DDataModule": "dimo.pose.mvlift.data",
+    "LineDiffusionModule": "dimo.pose.mvlift.modules",
+    "MultiViewDiffusionModule": "dimo.pose.mvlift.modules",
+    "ViewOptimisationModule": "dimo.pose.mvlift.modules",
+}
+
+
+def __getattr__(name: str):
+    # Lightning is imported only when a module or DataModule is asked for (configs name them as
+    # dimo.pose.mvlift.<Class>), so lifting with dimo.pose.mvlift.lift starts faster.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LineDiffusionModule",

@@ -210,8 +210,12 @@ class ViewOptimisationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.views is not None:
             return
+        data = getattr(self.trainer.datamodule, "train_set", None)
+        if data is None or not hasattr(data, "x2d"):
+            raise ValueError(
+                "ViewOptimisationModule needs single-view 2D data: data: dimo.pose.mvlift.Motion2DDataModule"
+            )
         self._prior = _Frozen(load_net(self.prior_path, LineDiffusionNet.kind))
-        data = self.trainer.datamodule.train_set
         x0, conf = data.x2d, data.conf
         R, t, _ = ring_cameras(x0, conf, self.angles)
         g = torch.Generator().manual_seed(self.init_seed)
