@@ -181,3 +181,13 @@ LIFT_ARGS ?= --clips-per-source 2
 .PHONY: eval-lifting
 eval-lifting: setup
 	$(PY) -m dimo.pose.eval_lifting --detector $(TOY_DETECTOR) $(LIFT_ARGS)
+
+# MVLift (docs/pose.md "MVLift"): its four stages on 2D-only toy data, CPU, one thread (experiments/mvlift_stage*.yaml)
+# -> $(MVLIFT_OUT) (line_diffusion/, multiview_diffusion/, report.json with each stage's time); logs and the stage-2/3
+# data under runs/mvlift. The mvlift rows of the lifting table: `make eval-lifting LIFT_ARGS="--methods mvlift
+# mvlift_stage1 mvlift_stage2 mvlift_stage2_noepi --merge"`.
+MVLIFT_OUT ?= pretrained/toy-mvlift
+MVLIFT_ARGS ?=
+.PHONY: train-mvlift
+train-mvlift: setup
+	OMP_NUM_THREADS=1 $(PY) -m dimo.pose.mvlift.train --out $(MVLIFT_OUT) --run runs/mvlift $(MVLIFT_ARGS)

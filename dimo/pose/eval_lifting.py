@@ -69,9 +69,27 @@ def iter_sequences(root: str | Path) -> Iterator[dict]:
 
 
 Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+MVLIFT = {"dir": Path("pretrained/toy-mvlift")}  # the folder the mvlift rows load (main's --mvlift)
+
+
+def _mvlift(variant: str) -> Method:
+    def lift(uv: torch.Tensor, conf: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+        from dimo.pose.mvlift.lift import mvlift_lift
+
+        return mvlift_lift(uv, conf, K, model_dir=MVLIFT["dir"], variant=variant)
+
+    return lift
+
+
 METHODS: dict[str, Method] = {
     "fixed_depth": lambda uv, conf, K: fixed_depth_lift(uv, conf > 0, K),
     "smplify": lambda uv, conf, K: smplify_lift(uv, conf, K),
+    # MVLift (final) and its ablation rows (docs/pose.md "MVLift"): the line-conditioned model alone,
+    # plus the stage-2 optimisation, and that optimisation without the epipolar loss
+    "mvlift": _mvlift("final"),
+    "mvlift_stage1": _mvlift("stage1"),
+    "mvlift_stage2": _mvlift("stage2"),
+    "mvlift_stage2_noepi": _mvlift("stage2_noepi"),
 }
 
 
@@ -148,7 +166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--detector", type=Path, default=Path("pretrained/toy-detector"))
     p.add_argument("--clips-per-source", type=int, default=2)
     p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
+    p.add_argument("--mvlift", type=Path, default=MVLIFT["dir"], help="MVLift folder (`make train-mvlift`)")
+    p.add_argument(
+        "--merge", action="store_true",
+        help="keep the other methods' rows of an existing --out table (same clips) and replace only these",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    MVLIFT["dir"] = args.mvlift
     from dimo.data.synth import synthesize
     from dimo.pose.detect import load_detector
     from dimo.toy.data import synth_config
@@ -157,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     detector = load_detector(args.detector)
     with tempfile.TemporaryDirectory(prefix="dimo-lifting-") as tmp:
         records = synthesize(tmp, synth_config(0, args.clips_per_source, args.frames, 64))
-        rows = evaluate(tmp, detector)
+        rows = evaluate(tmp, detector, methods=args.methods)
     meta = {
         "seed": 0,
         "clips": len(records),
@@ -169,6 +194,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "make eval-lifting",
         "date": time.strftime("%Y-%m-%d"),
     }
+    old = args.out.with_suffix(".json")
+    if args.merge and old.is_file():
+        prev = json.loads(old.read_text())
+        same = {k: prev["meta"].get(k) for k in ("seed", "sequences", "frames", "size")}
+        if same != {k: meta[k] for k in same}:
+            raise SystemExit(f"--merge: {old} was made on other clips ({same}); rerun without --merge")
+        order = list(METHODS)
+        kept = [r for r in prev["rows"] if r["method"] not in args.methods]
+        rows = sorted(kept + rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
+                                                  r["input"] != "projected"))  # fmt: skip
+        meta["command"] = prev["meta"].get("command", meta["command"])
+        meta["date"] = f"{prev['meta'].get('date')} ({', '.join(args.methods)}: {meta['date']})"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "rows": rows, "paper_aist": PAPER_AIST}, indent=1) + "\n"

@@ -18,11 +18,22 @@ x right, y down, z forward). No 3D label is used.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+
 import torch
 
 from dimo.geometry.skeleton import forward_kinematics, pose_to_rotmats, rest_joints
 
-__all__ = ["EVAL_JOINTS", "ROOT", "fixed_depth_lift", "smplify_lift", "toy_pose_prior"]
+__all__ = [
+    "EVAL_JOINTS",
+    "LIFTERS",
+    "ROOT",
+    "fixed_depth_lift",
+    "get_lifter",
+    "smplify_lift",
+    "toy_pose_prior",
+]
 
 # joints scored by the lifting evaluation (all have a COCO-WholeBody 2D keypoint): hips, knees, ankles,
 # feet, shoulders, elbows, wrists; the root is the mid-hip (the pelvis has no 2D keypoint)
@@ -177,3 +188,26 @@ def smplify_lift(
             }
             return j[pick], params
         return j[pick]
+
+
+def _fixed_depth(uv: torch.Tensor, conf: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    return fixed_depth_lift(uv, conf > 0, K)
+
+
+# Lifting methods by name (``evaluate``, the lifting table): "module:function" with the common signature
+# (uv (T, 55, 2) pixels, conf (T, 55) in [0, 1], K (T, 3, 3)) -> camera-space joints (T, 55, 3), metres.
+# Modules are imported when a method is asked for.
+LIFTERS: dict[str, str] = {
+    "fixed_depth": "dimo.pose.lifting:_fixed_depth",
+    "smplify": "dimo.pose.lifting:smplify_lift",
+    "mvlift": "dimo.pose.mvlift.lift:mvlift_lift",  # pretrained/toy-mvlift (`make train-mvlift`)
+}
+
+
+def get_lifter(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The lifting function registered as ``name`` in :data:`LIFTERS`."""
+
+    if name not in LIFTERS:
+        raise ValueError(f"unknown lifting method {name!r}; expected one of {sorted(LIFTERS)}")
+    module, _, func = LIFTERS[name].partition(":")
+    return getattr(importlib.import_module(module), func)
