@@ -181,3 +181,17 @@ LIFT_ARGS ?= --clips-per-source 2
 .PHONY: eval-lifting
 eval-lifting: setup
 	$(PY) -m dimo.pose.eval_lifting --detector $(TOY_DETECTOR) $(LIFT_ARGS)
+
+# Free3D (docs/pose.md, arXiv 2511.11368): the motion-lifting RQ-VAE trained on single-view 2D sequences of toy
+# internet clips only (no 3D label in any training batch), CPU; then exported to $(TOY_FREE3D) (config.json +
+# model.safetensors, committed) for `make eval-lifting` and `evaluate --metrics mpjpe ...`. An existing run
+# folder is never deleted: move it away to start over.
+FREE3D_RUN ?= runs/free3d/toy
+TOY_FREE3D ?= pretrained/toy-free3d
+.PHONY: train-free3d
+train-free3d: setup
+	@if [ -e $(FREE3D_RUN) ]; then echo "error: $(FREE3D_RUN) exists; move it away to start over" >&2; exit 2; fi
+	$(PY) -m dimo.cli fit --config experiments/free3d.yaml --trainer.logger.init_args.save_dir=$(dir $(patsubst %/,%,$(dir $(FREE3D_RUN)))) \
+		--trainer.logger.init_args.name=$(notdir $(patsubst %/,%,$(dir $(FREE3D_RUN)))) --trainer.logger.init_args.version=$(notdir $(FREE3D_RUN)) \
+		--checkpoint.dirpath=$(FREE3D_RUN)/checkpoints $(ARGS)
+	$(PY) -m dimo.pose.free3d_module export $(FREE3D_RUN)/checkpoints/last.ckpt $(TOY_FREE3D)
