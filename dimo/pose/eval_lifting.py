@@ -16,14 +16,14 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dimo.eval.pose import PoseMetrics
-from dimo.pose.lifting import EVAL_JOINTS, ROOT, fixed_depth_lift, smplify_lift
+from dimo.pose.lifting import EVAL_JOINTS, ROOT, get_lifter
 
 __all__ = ["PAPER_AIST", "evaluate", "iter_sequences", "main"]
 
@@ -68,17 +68,15 @@ def iter_sequences(root: str | Path) -> Iterator[dict]:
             }
 
 
-Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-METHODS: dict[str, Method] = {
-    "fixed_depth": lambda uv, conf, K: fixed_depth_lift(uv, conf > 0, K),
-    "smplify": lambda uv, conf, K: smplify_lift(uv, conf, K),
-}
-
-
 def evaluate(
-    root: str | Path, detector=None, methods: Sequence[str] = tuple(METHODS), log=print
+    root: str | Path,
+    detector=None,
+    methods: Sequence[str] = ("fixed_depth", "smplify", "free3d"),
+    log=print,
+    options: dict[str, dict] | None = None,
 ) -> list[dict]:
-    """Rows ``{method, input, mpjpe, pa_mpjpe, t_root, sequences, frames, seconds}`` (mm)."""
+    """Rows ``{method, input, mpjpe, pa_mpjpe, t_root, sequences, frames, seconds}`` (mm); methods by their
+    :func:`dimo.pose.lifting.get_lifter` name, built with ``options[name]``."""
 
     from dimo.pose.joints import wholebody_to_smplx
 
@@ -93,11 +91,12 @@ def evaluate(
         inputs["detected"] = det
     rows = []
     for name in methods:
+        lifter = get_lifter(name, **(options or {}).get(name, {}))
         for inp, pairs in inputs.items():
             metric = PoseMetrics(root=list(ROOT), joints=EVAL_JOINTS)
             start = time.perf_counter()
             for s, (uv, conf) in zip(seqs, pairs):
-                pred = METHODS[name](uv, conf, s["K"])
+                pred = lifter(uv, conf, s["K"])
                 metric.update(pred[None].double(), s["joints_cam"][None].double())
             out = {k: round(float(v), 1) for k, v in metric.compute().items()}
             row = {
@@ -148,6 +147,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--detector", type=Path, default=Path("pretrained/toy-detector"))
     p.add_argument("--clips-per-source", type=int, default=2)
     p.add_argument("--frames", type=int, default=20)
+    p.add_argument(
+        "--methods", nargs="+", default=["fixed_depth", "smplify", "free3d"],
+        help="lifting methods by name (dimo.pose.lifting.LIFTERS)",
+    )  # fmt: skip
+    p.add_argument("--free3d", type=Path, help="Free3D folder (default pretrained/toy-free3d)")
+    p.add_argument(
+        "--keep", action="store_true",
+        help="keep the rows of methods not re-run from the existing --out JSON (same clips, seed and frames)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     from dimo.data.synth import synthesize
     from dimo.pose.detect import load_detector
@@ -157,7 +165,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     detector = load_detector(args.detector)
     with tempfile.TemporaryDirectory(prefix="dimo-lifting-") as tmp:
         records = synthesize(tmp, synth_config(0, args.clips_per_source, args.frames, 64))
-        rows = evaluate(tmp, detector)
+        options = {"free3d": {"folder": args.free3d}} if args.free3d else {}
+        rows = evaluate(tmp, detector, methods=args.methods, options=options)
+    old = args.out.with_suffix(".json")
+    if args.keep and old.is_file():
+        prev = json.loads(old.read_text())
+        same = {k: prev["meta"].get(k) for k in ("seed", "clips", "frames_per_clip", "size")}
+        want = {"seed": 0, "clips": len(records), "frames_per_clip": args.frames, "size": 64}
+        if same != want:
+            raise SystemExit(f"error: --keep: {old} was made on other clips ({same} vs {want})")
+        rows = [r for r in prev["rows"] if r["method"] not in args.methods] + rows
     meta = {
         "seed": 0,
         "clips": len(records),

@@ -18,11 +18,26 @@ x right, y down, z forward). No 3D label is used.
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 
 from dimo.geometry.skeleton import forward_kinematics, pose_to_rotmats, rest_joints
 
-__all__ = ["EVAL_JOINTS", "ROOT", "fixed_depth_lift", "smplify_lift", "toy_pose_prior"]
+__all__ = [
+    "EVAL_JOINTS",
+    "LIFTERS",
+    "ROOT",
+    "Lifter",
+    "fixed_depth_lift",
+    "get_lifter",
+    "lifter_names",
+    "register_lifter",
+    "smplify_lift",
+    "toy_pose_prior",
+]
 
 # joints scored by the lifting evaluation (all have a COCO-WholeBody 2D keypoint): hips, knees, ankles,
 # feet, shoulders, elbows, wrists; the root is the mid-hip (the pelvis has no 2D keypoint)
@@ -177,3 +192,63 @@ def smplify_lift(
             }
             return j[pick], params
         return j[pick]
+
+
+# ---- lifting methods by name ----------------------------------------------------------------------
+
+Lifter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(uv (T, 55, 2) pixels, conf (T, 55) in [0, 1], K (T, 3, 3)) -> camera-space joints (T, 55, 3)``, metres."""
+
+# name -> "module:factory"; ``factory(**options)`` returns a :data:`Lifter`. Imported only when asked for,
+# so a method's heavy or optional code (a trained network) costs nothing until used. Another method
+# adds one line here (e.g. ``"mvlift": "dimo.pose.mvlift:load_lifter"``) or calls :func:`register_lifter`.
+LIFTERS: dict[str, str | Callable[..., Lifter]] = {
+    "fixed_depth": "dimo.pose.lifting:_fixed_depth_factory",
+    "smplify": "dimo.pose.lifting:_smplify_factory",
+    "free3d": "dimo.pose.lifting:_free3d_factory",
+}
+
+
+def register_lifter(name: str, factory: str | Callable[..., Lifter], overwrite: bool = False) -> None:
+    """Add a lifting method: ``factory`` is a callable or a ``"module:function"`` path to one."""
+
+    if name in LIFTERS and not overwrite:
+        raise ValueError(f"lifting method {name!r} is already registered")
+    LIFTERS[name] = factory
+
+
+def lifter_names() -> tuple[str, ...]:
+    return tuple(LIFTERS)
+
+
+def get_lifter(name: str, **options) -> Lifter:
+    """The lifting method ``name`` built with ``options`` (e.g. ``folder=`` for trained ones)."""
+
+    if name not in LIFTERS:
+        raise ValueError(f"unknown lifting method {name!r}; available: {', '.join(LIFTERS)}")
+    factory = LIFTERS[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"lifting method {name!r}: cannot load {LIFTERS[name]} ({err})") from None
+    return factory(**options)
+
+
+def _fixed_depth_factory() -> Lifter:
+    return lambda uv, conf, K: fixed_depth_lift(uv, conf > 0, K)
+
+
+def _smplify_factory(iters: int = 300) -> Lifter:
+    prior = toy_pose_prior()
+    return lambda uv, conf, K: smplify_lift(uv, conf, K, iters=iters, prior=prior)
+
+
+DEFAULT_FREE3D = Path(__file__).resolve().parents[2] / "pretrained" / "toy-free3d"
+
+
+def _free3d_factory(folder: str | Path | None = None) -> Lifter:
+    from dimo.pose.free3d import Free3DLifter
+
+    return Free3DLifter.from_pretrained(DEFAULT_FREE3D if folder is None else folder)
