@@ -175,8 +175,10 @@ toy-detector: setup
 keypoints: setup data
 	$(PY) -m dimo.cli data keypoints $(DATA_ROOT) --detector $(TOY_DETECTOR)
 
-# 3D lifting on held-out toy clips (docs/pose.md): fixed-depth and SMPLify-like baselines on projected and
-# detected 2D keypoints -> benchmarks/results/lifting-toy.{json,md} (MPJPE, PA-MPJPE, T_root in mm).
+# 3D lifting on held-out toy clips (docs/pose.md): the fixed-depth and SMPLify-like baselines and Free3D
+# (pretrained/toy-free3d, `make train-free3d`) on projected and detected 2D keypoints ->
+# benchmarks/results/lifting-toy.{json,md} (MPJPE, PA-MPJPE, T_root in mm). One method, keeping the others'
+# rows: LIFT_ARGS="--clips-per-source 2 --methods free3d --keep".
 LIFT_ARGS ?= --clips-per-source 2
 .PHONY: eval-lifting
 eval-lifting: setup

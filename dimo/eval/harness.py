@@ -303,6 +303,11 @@ def build_metric(name: str, cfg: EvalConfig) -> Metric:
         "fvd_v": lambda: multiview.MultiViewFVD("view", **fvd),
         "fvd_f": lambda: multiview.MultiViewFVD("time", **fvd),
     }
+    if name in POSE:
+        raise ValueError(
+            f"{name!r} detects and lifts whole videos against their driving motion (dimo.eval.motion): it runs "
+            "in `dimo.cli evaluate` (run_evaluation), not as a per-batch metric object"
+        )
     if name not in factories:
         raise ValueError(f"unknown metric {name!r}; available: {', '.join(ALL_METRICS)}")
     return factories[name]()
