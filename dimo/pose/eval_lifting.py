@@ -122,7 +122,13 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['frames_per_clip']} frames at {meta['size']}x{meta['size']}), {meta['frames']} frames; "
         "camera-space joints, mm. MPJPE after mid-hip alignment, PA-MPJPE per-frame Procrustes, "
         "T_root = mid-hip trajectory error after removing the first-frame offset; "
-        f"14 joints with a 2D keypoint. Produced by `{meta['command']}` on {meta['date']}.",
+        f"14 joints with a 2D keypoint. Produced by `{meta['command']}` on {meta['date']}"
+        + (
+            f" (rows of {', '.join(sorted({r['method'] for r in rows if r.get('date')}))} kept from the run of "
+            f"{', '.join(sorted({r['date'] for r in rows if r.get('date')}))} on the same clips, `--keep`)."
+            if any(r.get("date") for r in rows)
+            else "."
+        ),
         "",
         "| method | 2D input | T_root | MPJPE | PA-MPJPE | seconds |",
         "|---|---|---:|---:|---:|---:|",
@@ -174,7 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         want = {"seed": 0, "clips": len(records), "frames_per_clip": args.frames, "size": 64}
         if same != want:
             raise SystemExit(f"error: --keep: {old} was made on other clips ({same} vs {want})")
-        rows = [r for r in prev["rows"] if r["method"] not in args.methods] + rows
+        kept = [r for r in prev["rows"] if r["method"] not in args.methods]
+        for r in kept:
+            r.setdefault("date", prev["meta"].get("date"))
+        rows = kept + rows
     meta = {
         "seed": 0,
         "clips": len(records),
