@@ -175,8 +175,10 @@ toy-detector: setup
 keypoints: setup data
 	$(PY) -m dimo.cli data keypoints $(DATA_ROOT) --detector $(TOY_DETECTOR)
 
-# 3D lifting on held-out toy clips (docs/pose.md): fixed-depth and SMPLify-like baselines on projected and
-# detected 2D keypoints -> benchmarks/results/lifting-toy.{json,md} (MPJPE, PA-MPJPE, T_root in mm).
+# 3D lifting on held-out toy clips (docs/pose.md): the fixed-depth and SMPLify-like baselines and Free3D
+# (pretrained/toy-free3d, `make train-free3d`) on projected and detected 2D keypoints ->
+# benchmarks/results/lifting-toy.{json,md} (MPJPE, PA-MPJPE, T_root in mm). One method, keeping the others'
+# rows: LIFT_ARGS="--clips-per-source 2 --methods free3d --keep".
 LIFT_ARGS ?= --clips-per-source 2
 .PHONY: eval-lifting
 eval-lifting: setup
@@ -191,3 +193,17 @@ MVLIFT_ARGS ?=
 .PHONY: train-mvlift
 train-mvlift: setup
 	OMP_NUM_THREADS=1 $(PY) -m dimo.pose.mvlift.train --out $(MVLIFT_OUT) --run runs/mvlift $(MVLIFT_ARGS)
+
+# Free3D (docs/pose.md, arXiv 2511.11368): the motion-lifting RQ-VAE trained on single-view 2D sequences of toy
+# internet clips only (no 3D label in any training batch), CPU; then exported to $(TOY_FREE3D) (config.json +
+# model.safetensors, committed) for `make eval-lifting` and `evaluate --metrics mpjpe ...`. An existing run
+# folder is never deleted: move it away to start over.
+FREE3D_RUN ?= runs/free3d/toy
+TOY_FREE3D ?= pretrained/toy-free3d
+.PHONY: train-free3d
+train-free3d: setup
+	@if [ -e $(FREE3D_RUN) ]; then echo "error: $(FREE3D_RUN) exists; move it away to start over" >&2; exit 2; fi
+	$(PY) -m dimo.cli fit --config experiments/free3d.yaml --trainer.logger.init_args.save_dir=$(dir $(patsubst %/,%,$(dir $(FREE3D_RUN)))) \
+		--trainer.logger.init_args.name=$(notdir $(patsubst %/,%,$(dir $(FREE3D_RUN)))) --trainer.logger.init_args.version=$(notdir $(FREE3D_RUN)) \
+		--checkpoint.dirpath=$(FREE3D_RUN)/checkpoints $(ARGS)
+	$(PY) -m dimo.pose.free3d_module export $(FREE3D_RUN)/checkpoints/last.ckpt $(TOY_FREE3D)

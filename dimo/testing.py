@@ -70,6 +70,8 @@ def threedimo_batch(
         "hand_pose": torch.randn(b, frames, 30, 3, generator=g) * 0.4,
         "body_valid": torch.ones(b, frames, dtype=torch.bool),
         "hand_valid": torch.ones(b, frames, 2, dtype=torch.bool),
+        "body_pseudo": torch.zeros(b, dtype=torch.bool),
+        "hand_pseudo": torch.zeros(b, dtype=torch.bool),
         "joints2d": torch.rand(b, frames, 55, 2, generator=g) * torch.tensor([width, height]),
         "joints2d_valid": torch.ones(b, frames, 55, dtype=torch.bool),
     }

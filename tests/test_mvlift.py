@@ -500,11 +500,32 @@ def test_pipeline_and_lifting_end_to_end(tmp_path):
 
 
 def test_lifting_registry_names_mvlift():
-    from dimo.pose.lifting import LIFTERS, get_lifter, smplify_lift
+    from dimo.pose.lifting import LIFTERS, get_lifter
     from dimo.pose.mvlift.lift import mvlift_lift
 
-    assert get_lifter("mvlift") is mvlift_lift and get_lifter("smplify") is smplify_lift
-    assert {"fixed_depth", "smplify", "mvlift"} <= set(LIFTERS)
+    assert {
+        "fixed_depth",
+        "smplify",
+        "mvlift",
+        "mvlift_stage1",
+        "mvlift_stage2",
+        "mvlift_stage2_noepi",
+    } <= set(LIFTERS)
+    # the registered names reach mvlift_lift with their variant and folder
+    seen = []
+    import dimo.pose.mvlift.lift as lift_mod
+
+    original = lift_mod.mvlift_lift
+    lift_mod.mvlift_lift = lambda uv, conf, K, model_dir, variant, **kw: seen.append(
+        (str(model_dir), variant)
+    )
+    try:
+        get_lifter("mvlift", folder="x")(None, None, None)
+        get_lifter("mvlift_stage2_noepi")(None, None, None)
+    finally:
+        lift_mod.mvlift_lift = original
+    assert seen == [("x", "final"), (str(lift_mod.DEFAULT_DIR), "stage2_noepi")]
+    assert callable(get_lifter("smplify")) and mvlift_lift is original
     with pytest.raises(ValueError, match="unknown lifting method"):
         get_lifter("nope")
 

@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="dimo evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--generated", required=True, help="folder of generated videos / frame folders")
-    p.add_argument("--reference", required=True, help="folder of reference items, matched by name")
+    p.add_argument(
+        "--reference",
+        help="folder of reference items, matched by name (not needed when only pose metrics are asked for)",
+    )
     p.add_argument(
         "--metrics",
         nargs="+",
@@ -67,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="half-sample draws (videos without replacement) for the FID/FVD intervals (0: none)",
     )
     p.add_argument("--seed", type=int, help="seed of the half-sample draws")
+    g = p.add_argument_group("pose metrics (mpjpe, pa_mpjpe, t_root; dimo.eval.motion)")
+    g.add_argument(
+        "--pose-detector", dest="pose_detector", help="2D keypoint detector folder (toy or ViTPose)"
+    )
+    g.add_argument("--lifter", help="lifting method by name: smplify (default), free3d, fixed_depth, ...")
+    g.add_argument("--lifter-folder", help="folder of a trained lifter (e.g. a Free3D folder)")
+    g.add_argument(
+        "--reference-motion",
+        dest="reference_motion",
+        help="dataset folder or folder of <item>.npz (default: the driving clip named by each item's sidecar)",
+    )
+    g.add_argument(
+        "--no-pose-on-driving", dest="pose_on_driving", action="store_const", const=False,
+        help="do not also score detector + lifter on the driving videos",
+    )  # fmt: skip
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
@@ -102,9 +120,15 @@ def main(argv: Sequence[str]) -> int:
             if getattr(args, f.name, None) is not None
         }
         merged = OmegaConf.merge(merged, overrides)
+        if args.lifter_folder is not None:
+            merged = OmegaConf.merge(merged, {"lifter_options": {"folder": args.lifter_folder}})
         cfg = EvalConfig(**OmegaConf.to_container(merged, resolve=True))
+        from dimo.eval.harness import POSE
+
+        if args.reference is None and any(m not in POSE for m in cfg.metrics):
+            raise ValueError("--reference is required for metrics other than mpjpe / pa_mpjpe / t_root")
         for name in ("generated", "reference"):
-            if not Path(getattr(args, name)).is_dir():
+            if getattr(args, name) is not None and not Path(getattr(args, name)).is_dir():
                 raise FileNotFoundError(f"--{name} {getattr(args, name)} is not a folder")
         if args.no_cache:
             cfg.cache_dir = None
@@ -115,7 +139,7 @@ def main(argv: Sequence[str]) -> int:
         report = run_evaluation(args.generated, args.reference, cfg, progress=args.progress)
         extra = {
             "generated": str(args.generated),
-            "reference": str(args.reference),
+            "reference": None if args.reference is None else str(args.reference),
             "command": shlex.join(["python", "-m", "dimo.cli", "evaluate", *argv]),
         }
         write_results(out, report.values, cfg, extra=extra, report=report)  # rank 0 only

@@ -339,6 +339,9 @@ class ClipDataset(Dataset):
             "hand_pose": hand_pose.float(),
             "body_valid": body_valid,
             "hand_valid": hand_valid,
+            # label kinds (manifest flags): pseudo labels (estimates, `data label`) vs ground truth
+            "body_pseudo": torch.tensor(motion is not None and record.motion.body == "pseudo"),
+            "hand_pseudo": torch.tensor(motion is not None and record.motion.hands == "pseudo"),
             "joints2d": joints2d,
             "joints2d_valid": joints2d_valid,
             "source": record.source,

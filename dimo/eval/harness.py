@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ PAIRED = (
 )
 DISTRIBUTION = ("fid", "fid_clean", "fid_disco", "fvd", "fvd_disco", "fvd_videomae", "fid_vid")
 MULTIVIEW = ("fvd_v", "fvd_f")
-ALL_METRICS = PAIRED + DISTRIBUTION + MULTIVIEW
+POSE = ("mpjpe", "pa_mpjpe", "t_root")  # detect + lift + compare with the driving motion (dimo.eval.motion)
+ALL_METRICS = PAIRED + DISTRIBUTION + MULTIVIEW + POSE
 DEFAULT_METRICS = ("fid", "fvd", "fid_vid", "lpips_alex", "ssim", "psnr", "l1")
 
 _DISCO = "DisCo tool/metrics (github.com/Wangt-CN/DisCo)"
@@ -136,6 +137,12 @@ class EvalConfig:
             bias-corrected confidence intervals (:func:`half_sample_interval`); 0: off.
         confidence: the interval's coverage.
         seed: seed of the half-sample draws.
+        pose_detector: 2D keypoint detector folder of the pose metrics (``mpjpe``, ``pa_mpjpe``, ``t_root``).
+        lifter: their lifting method by name (:data:`dimo.pose.lifting.LIFTERS`), built with ``lifter_options``
+            (e.g. ``{"folder": ...}`` for a trained Free3D).
+        reference_motion: where the driving motion comes from (:mod:`dimo.eval.motion`): a dataset folder,
+            a folder of ``<item>.npz``, or None (the generate sidecar's driving clip).
+        pose_on_driving: also run detector + lifter on the driving video (the estimator's own error).
     """
 
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
@@ -155,6 +162,11 @@ class EvalConfig:
     bootstrap: int = 100
     confidence: float = 0.95
     seed: int = 0
+    pose_detector: str | None = None
+    lifter: str = "smplify"
+    lifter_options: dict[str, Any] = field(default_factory=dict)
+    reference_motion: str | None = None
+    pose_on_driving: bool = True
 
 
 # -- reading -----------------------------------------------------------------------------------------
@@ -291,6 +303,11 @@ def build_metric(name: str, cfg: EvalConfig) -> Metric:
         "fvd_v": lambda: multiview.MultiViewFVD("view", **fvd),
         "fvd_f": lambda: multiview.MultiViewFVD("time", **fvd),
     }
+    if name in POSE:
+        raise ValueError(
+            f"{name!r} detects and lifts whole videos against their driving motion (dimo.eval.motion): it runs "
+            "in `dimo.cli evaluate` (run_evaluation), not as a per-batch metric object"
+        )
     if name not in factories:
         raise ValueError(f"unknown metric {name!r}; available: {', '.join(ALL_METRICS)}")
     return factories[name]()
@@ -627,7 +644,7 @@ def half_sample_interval(
 
 def run_evaluation(
     generated_dir: str | os.PathLike,
-    reference_dir: str | os.PathLike,
+    reference_dir: str | os.PathLike | None,
     cfg: EvalConfig,
     metrics: dict[str, Metric] | None = None,
     progress: bool = True,
@@ -642,6 +659,32 @@ def run_evaluation(
     for name in cfg.metrics:
         if name not in ALL_METRICS and (metrics is None or name not in metrics):
             raise ValueError(f"unknown metric {name!r}; available: {', '.join(ALL_METRICS)}")
+    pose = [n for n in cfg.metrics if n in POSE and (metrics is None or n not in metrics)]
+    if pose:
+        if cfg.grid:
+            raise ValueError(
+                "the pose metrics (mpjpe, pa_mpjpe, t_root) score single videos, not grid=True items"
+            )
+        from dataclasses import replace
+
+        from dimo.eval.motion import run_pose_evaluation
+
+        pose_report = run_pose_evaluation(generated_dir, cfg, pose, progress)
+        rest = [n for n in cfg.metrics if n not in pose]
+        if not rest:
+            return pose_report
+        report = run_evaluation(generated_dir, reference_dir, replace(cfg, metrics=rest), metrics, progress)
+        by_item = {r["item"]: r for r in report.per_video}
+        for r in pose_report.per_video:
+            by_item.setdefault(r["item"], {}).update(r)
+        return EvalReport(
+            {**report.values, **pose_report.values},
+            {**report.details, **pose_report.details},
+            list(by_item.values()),
+            report.cache,
+        )
+    if reference_dir is None:
+        raise ValueError("these metrics compare with reference videos: pass a reference folder (--reference)")
     if cfg.grid and any(n not in MULTIVIEW for n in cfg.metrics):
         raise ValueError("grid=True items are (V, T) grids: only the multi-view metrics (fvd_v, fvd_f) apply")
     if not cfg.grid and any(n in MULTIVIEW for n in cfg.metrics):

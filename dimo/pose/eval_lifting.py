@@ -16,14 +16,14 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dimo.eval.pose import PoseMetrics
-from dimo.pose.lifting import EVAL_JOINTS, ROOT, fixed_depth_lift, smplify_lift
+from dimo.pose.lifting import EVAL_JOINTS, ROOT, get_lifter
 
 __all__ = ["PAPER_AIST", "evaluate", "iter_sequences", "main"]
 
@@ -68,35 +68,15 @@ def iter_sequences(root: str | Path) -> Iterator[dict]:
             }
 
 
-Method = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-MVLIFT = {"dir": Path("pretrained/toy-mvlift")}  # the folder the mvlift rows load (main's --mvlift)
-
-
-def _mvlift(variant: str) -> Method:
-    def lift(uv: torch.Tensor, conf: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-        from dimo.pose.mvlift.lift import mvlift_lift
-
-        return mvlift_lift(uv, conf, K, model_dir=MVLIFT["dir"], variant=variant)
-
-    return lift
-
-
-METHODS: dict[str, Method] = {
-    "fixed_depth": lambda uv, conf, K: fixed_depth_lift(uv, conf > 0, K),
-    "smplify": lambda uv, conf, K: smplify_lift(uv, conf, K),
-    # MVLift (final) and its ablation rows (docs/pose.md "MVLift"): the line-conditioned model alone,
-    # plus the stage-2 optimisation, and that optimisation without the epipolar loss
-    "mvlift": _mvlift("final"),
-    "mvlift_stage1": _mvlift("stage1"),
-    "mvlift_stage2": _mvlift("stage2"),
-    "mvlift_stage2_noepi": _mvlift("stage2_noepi"),
-}
-
-
 def evaluate(
-    root: str | Path, detector=None, methods: Sequence[str] = tuple(METHODS), log=print
+    root: str | Path,
+    detector=None,
+    methods: Sequence[str] = ("fixed_depth", "smplify", "free3d"),
+    log=print,
+    options: dict[str, dict] | None = None,
 ) -> list[dict]:
-    """Rows ``{method, input, mpjpe, pa_mpjpe, t_root, sequences, frames, seconds}`` (mm)."""
+    """Rows ``{method, input, mpjpe, pa_mpjpe, t_root, sequences, frames, seconds}`` (mm); methods by their
+    :func:`dimo.pose.lifting.get_lifter` name, built with ``options[name]``."""
 
     from dimo.pose.joints import wholebody_to_smplx
 
@@ -111,11 +91,12 @@ def evaluate(
         inputs["detected"] = det
     rows = []
     for name in methods:
+        lifter = get_lifter(name, **(options or {}).get(name, {}))
         for inp, pairs in inputs.items():
             metric = PoseMetrics(root=list(ROOT), joints=EVAL_JOINTS)
             start = time.perf_counter()
             for s, (uv, conf) in zip(seqs, pairs):
-                pred = METHODS[name](uv, conf, s["K"])
+                pred = lifter(uv, conf, s["K"])
                 metric.update(pred[None].double(), s["joints_cam"][None].double())
             out = {k: round(float(v), 1) for k, v in metric.compute().items()}
             row = {
@@ -141,7 +122,13 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['frames_per_clip']} frames at {meta['size']}x{meta['size']}), {meta['frames']} frames; "
         "camera-space joints, mm. MPJPE after mid-hip alignment, PA-MPJPE per-frame Procrustes, "
         "T_root = mid-hip trajectory error after removing the first-frame offset; "
-        f"14 joints with a 2D keypoint. Produced by `{meta['command']}` on {meta['date']}.",
+        f"14 joints with a 2D keypoint. Produced by `{meta['command']}` on {meta['date']}"
+        + (
+            f" (rows of {', '.join(sorted({r['method'] for r in rows if r.get('date')}))} kept from the run of "
+            f"{', '.join(sorted({r['date'] for r in rows if r.get('date')}))} on the same clips, `--keep`)."
+            if any(r.get("date") for r in rows)
+            else "."
+        ),
         "",
         "| method | 2D input | T_root | MPJPE | PA-MPJPE | seconds |",
         "|---|---|---:|---:|---:|---:|",
@@ -166,14 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--detector", type=Path, default=Path("pretrained/toy-detector"))
     p.add_argument("--clips-per-source", type=int, default=2)
     p.add_argument("--frames", type=int, default=20)
-    p.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
-    p.add_argument("--mvlift", type=Path, default=MVLIFT["dir"], help="MVLift folder (`make train-mvlift`)")
     p.add_argument(
-        "--merge", action="store_true",
-        help="keep the other methods' rows of an existing --out table (same clips) and replace only these",
+        "--methods", nargs="+", default=["fixed_depth", "smplify", "free3d"],
+        help="lifting methods by name (dimo.pose.lifting.LIFTERS)",
+    )  # fmt: skip
+    p.add_argument("--free3d", type=Path, help="Free3D folder (default pretrained/toy-free3d)")
+    p.add_argument("--mvlift", type=Path, help="MVLift folder (default pretrained/toy-mvlift)")
+    p.add_argument(
+        "--keep", "--merge", dest="keep", action="store_true",
+        help="keep the rows of methods not re-run from the existing --out JSON (same clips, seed and frames)",
     )  # fmt: skip
     args = p.parse_args(argv)
-    MVLIFT["dir"] = args.mvlift
     from dimo.data.synth import synthesize
     from dimo.pose.detect import load_detector
     from dimo.toy.data import synth_config
@@ -182,7 +172,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     detector = load_detector(args.detector)
     with tempfile.TemporaryDirectory(prefix="dimo-lifting-") as tmp:
         records = synthesize(tmp, synth_config(0, args.clips_per_source, args.frames, 64))
-        rows = evaluate(tmp, detector, methods=args.methods)
+        options = {"free3d": {"folder": args.free3d}} if args.free3d else {}
+        if args.mvlift:
+            options.update({m: {"folder": args.mvlift} for m in args.methods if m.startswith("mvlift")})
+        rows = evaluate(tmp, detector, methods=args.methods, options=options)
+    old = args.out.with_suffix(".json")
+    if args.keep and old.is_file():
+        prev = json.loads(old.read_text())
+        same = {k: prev["meta"].get(k) for k in ("seed", "clips", "frames_per_clip", "size")}
+        want = {"seed": 0, "clips": len(records), "frames_per_clip": args.frames, "size": 64}
+        if same != want:
+            raise SystemExit(f"error: --keep: {old} was made on other clips ({same} vs {want})")
+        kept = [r for r in prev["rows"] if r["method"] not in args.methods]
+        for r in kept:
+            r.setdefault("date", prev["meta"].get("date"))
+        rows = kept + rows
     meta = {
         "seed": 0,
         "clips": len(records),
@@ -194,18 +198,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": "make eval-lifting",
         "date": time.strftime("%Y-%m-%d"),
     }
-    old = args.out.with_suffix(".json")
-    if args.merge and old.is_file():
-        prev = json.loads(old.read_text())
-        same = {k: prev["meta"].get(k) for k in ("seed", "sequences", "frames", "size")}
-        if same != {k: meta[k] for k in same}:
-            raise SystemExit(f"--merge: {old} was made on other clips ({same}); rerun without --merge")
-        order = list(METHODS)
-        kept = [r for r in prev["rows"] if r["method"] not in args.methods]
-        rows = sorted(kept + rows, key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
-                                                  r["input"] != "projected"))  # fmt: skip
-        meta["command"] = prev["meta"].get("command", meta["command"])
-        meta["date"] = f"{prev['meta'].get('date')} ({', '.join(args.methods)}: {meta['date']})"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(
         json.dumps({"meta": meta, "rows": rows, "paper_aist": PAPER_AIST}, indent=1) + "\n"

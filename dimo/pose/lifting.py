@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -29,8 +30,11 @@ __all__ = [
     "EVAL_JOINTS",
     "LIFTERS",
     "ROOT",
+    "Lifter",
     "fixed_depth_lift",
     "get_lifter",
+    "lifter_names",
+    "register_lifter",
     "smplify_lift",
     "toy_pose_prior",
 ]
@@ -190,24 +194,86 @@ def smplify_lift(
         return j[pick]
 
 
-def _fixed_depth(uv: torch.Tensor, conf: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    return fixed_depth_lift(uv, conf > 0, K)
+# ---- lifting methods by name ----------------------------------------------------------------------
 
+Lifter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(uv (T, 55, 2) pixels, conf (T, 55) in [0, 1], K (T, 3, 3)) -> camera-space joints (T, 55, 3)``, metres."""
 
-# Lifting methods by name (``evaluate``, the lifting table): "module:function" with the common signature
-# (uv (T, 55, 2) pixels, conf (T, 55) in [0, 1], K (T, 3, 3)) -> camera-space joints (T, 55, 3), metres.
-# Modules are imported when a method is asked for.
-LIFTERS: dict[str, str] = {
-    "fixed_depth": "dimo.pose.lifting:_fixed_depth",
-    "smplify": "dimo.pose.lifting:smplify_lift",
-    "mvlift": "dimo.pose.mvlift.lift:mvlift_lift",  # pretrained/toy-mvlift (`make train-mvlift`)
+# name -> "module:factory"; ``factory(**options)`` returns a :data:`Lifter`. Imported only when asked for,
+# so a method's heavy or optional code (a trained network) costs nothing until used. Another method
+# adds one line here (e.g. ``"mvlift": "dimo.pose.mvlift:load_lifter"``) or calls :func:`register_lifter`.
+LIFTERS: dict[str, str | Callable[..., Lifter]] = {
+    "fixed_depth": "dimo.pose.lifting:_fixed_depth_factory",
+    "smplify": "dimo.pose.lifting:_smplify_factory",
+    "free3d": "dimo.pose.lifting:_free3d_factory",
+    # MVLift (pretrained/toy-mvlift, `make train-mvlift`) and its ablation variants (docs/pose.md "MVLift"):
+    # the line-conditioned model alone, plus the stage-2 optimisation, and that without the epipolar loss
+    "mvlift": "dimo.pose.lifting:_mvlift_factory",
+    "mvlift_stage1": "dimo.pose.lifting:_mvlift_stage1_factory",
+    "mvlift_stage2": "dimo.pose.lifting:_mvlift_stage2_factory",
+    "mvlift_stage2_noepi": "dimo.pose.lifting:_mvlift_stage2_noepi_factory",
 }
 
 
-def get_lifter(name: str) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The lifting function registered as ``name`` in :data:`LIFTERS`."""
+def register_lifter(name: str, factory: str | Callable[..., Lifter], overwrite: bool = False) -> None:
+    """Add a lifting method: ``factory`` is a callable or a ``"module:function"`` path to one."""
+
+    if name in LIFTERS and not overwrite:
+        raise ValueError(f"lifting method {name!r} is already registered")
+    LIFTERS[name] = factory
+
+
+def lifter_names() -> tuple[str, ...]:
+    return tuple(LIFTERS)
+
+
+def get_lifter(name: str, **options) -> Lifter:
+    """The lifting method ``name`` built with ``options`` (e.g. ``folder=`` for trained ones)."""
 
     if name not in LIFTERS:
-        raise ValueError(f"unknown lifting method {name!r}; expected one of {sorted(LIFTERS)}")
-    module, _, func = LIFTERS[name].partition(":")
-    return getattr(importlib.import_module(module), func)
+        raise ValueError(f"unknown lifting method {name!r}; available: {', '.join(LIFTERS)}")
+    factory = LIFTERS[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"lifting method {name!r}: cannot load {LIFTERS[name]} ({err})") from None
+    return factory(**options)
+
+
+def _fixed_depth_factory() -> Lifter:
+    return lambda uv, conf, K: fixed_depth_lift(uv, conf > 0, K)
+
+
+def _smplify_factory(iters: int = 300) -> Lifter:
+    prior = toy_pose_prior()
+    return lambda uv, conf, K: smplify_lift(uv, conf, K, iters=iters, prior=prior)
+
+
+DEFAULT_FREE3D = Path(__file__).resolve().parents[2] / "pretrained" / "toy-free3d"
+
+
+def _free3d_factory(folder: str | Path | None = None) -> Lifter:
+    from dimo.pose.free3d import Free3DLifter
+
+    return Free3DLifter.from_pretrained(DEFAULT_FREE3D if folder is None else folder)
+
+
+def _mvlift_factory(folder: str | Path | None = None, variant: str = "final", **options) -> Lifter:
+    from dimo.pose.mvlift.lift import DEFAULT_DIR, mvlift_lift
+
+    model_dir = DEFAULT_DIR if folder is None else folder
+    return lambda uv, conf, K: mvlift_lift(uv, conf, K, model_dir=model_dir, variant=variant, **options)
+
+
+def _mvlift_stage1_factory(folder: str | Path | None = None, **options) -> Lifter:
+    return _mvlift_factory(folder, "stage1", **options)
+
+
+def _mvlift_stage2_factory(folder: str | Path | None = None, **options) -> Lifter:
+    return _mvlift_factory(folder, "stage2", **options)
+
+
+def _mvlift_stage2_noepi_factory(folder: str | Path | None = None, **options) -> Lifter:
+    return _mvlift_factory(folder, "stage2_noepi", **options)

@@ -66,6 +66,7 @@ __all__ = [
     "ThreeDiMoModule",
     "geometric_loss",
     "geometric_mpjpe",
+    "label_masks",
     "other_clip_index",
     "relative_gap",
 ]
@@ -84,6 +85,27 @@ PARTS_KEY = "dimo_parts"
 def _masked_mean(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(err.dtype)
     return (err * m).sum() / m.sum().clamp_min(1.0)
+
+
+def label_masks(
+    batch: dict[str, Any], geo_labels: str = "gt_and_pseudo"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``body_valid (B, T)`` and ``hand_valid (B, T, 2)`` of the labels the geometric loss may use: with
+    ``geo_labels="gt"`` the samples whose labels are pseudo (``body_pseudo`` / ``hand_pseudo`` (B,); absent:
+    none) are masked out."""
+
+    body, hand = batch["body_valid"], batch["hand_valid"]
+    if geo_labels == "gt_and_pseudo":
+        return body, hand
+    if geo_labels != "gt":
+        raise ValueError(f"geo_labels must be 'gt_and_pseudo' or 'gt', got {geo_labels!r}")
+    bp = batch.get("body_pseudo")
+    hp = batch.get("hand_pseudo")
+    if bp is not None:
+        body = body & ~bp.to(body.device).bool()[:, None]
+    if hp is not None:
+        hand = hand & ~hp.to(hand.device).bool()[:, None, None]
+    return body, hand
 
 
 def geometric_loss(
@@ -236,6 +258,10 @@ class ThreeDiMoModule(LightningModule):
             through the VAE (``val/kp_err_recon``: the best a sample decoded by this VAE can do) and the
             real target frames (``val/kp_err_real``, the detector's floor). Reconstruction samples with
             projected joints only (in a cross-view sample the 2-D joints are the driving view's).
+        geo_labels: which body/hand labels the geometric loss uses: ``gt_and_pseudo`` (default, as the
+            paper, whose labels are CameraHMR / WiLoR estimates: pseudo labels, e.g. from
+            ``python -m dimo.cli data label``, supervise clips that have no ground truth) or ``gt`` (labels
+            flagged ``pseudo`` in the manifest are ignored; the samples' ``body_pseudo`` / ``hand_pseudo``).
     """
 
     def __init__(
@@ -264,6 +290,7 @@ class ThreeDiMoModule(LightningModule):
         motion_lr_mult: float = 1.0,
         from_cache: bool = False,
         pose_detector: str | None = None,
+        geo_labels: Literal["gt_and_pseudo", "gt"] = "gt_and_pseudo",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -312,6 +339,7 @@ class ThreeDiMoModule(LightningModule):
         self._latent_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.train_parts = train_parts
         self.geo_weight = float(geo_weight)
+        self.geo_labels = geo_labels
         self.noise_seed = noise_seed
         self.sample_steps = sample_steps
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
@@ -580,7 +608,8 @@ class ThreeDiMoModule(LightningModule):
         self, batch: dict[str, Any], z: torch.Tensor, num_frames: int, loss_diffusion: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         body6d, hand6d = self.net.decode_geometry(z, num_frames)
-        labels = (batch["body_pose"], batch["hand_pose"], batch["body_valid"], batch["hand_valid"])
+        body_valid, hand_valid = label_masks(batch, self.geo_labels)
+        labels = (batch["body_pose"], batch["hand_pose"], body_valid, hand_valid)
         loss_geo = geometric_loss(body6d.float(), hand6d.float(), *labels)
         out = {
             "loss": loss_diffusion + self.geo_weight * loss_geo,
