@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
         "transformer are kept; see dimo.toy.wan.refine_toy_wan_decoder)",
     )
     w.add_argument("--decoder-steps", type=int, default=None)
+    w.add_argument(
+        "--crop-recipe",
+        action="store_true",
+        help="train the VAE on 32x32 crops, 6000 steps, 64 clips per source (docs/toy.md; not the committed folder)",
+    )
     w.add_argument("--threads", type=int, default=None, help="torch threads (default: 2)")
     w.add_argument(
         "--work", type=Path, default=None, help="folder for the synthesised toy clips (kept and reused)"
@@ -46,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if args.cmd == "wan":
-        from dimo.toy.wan import ToyWanConfig, build_toy_wan, refine_toy_wan_decoder
+        from dimo.toy.wan import ToyWanConfig, build_toy_wan, crop_recipe, refine_toy_wan_decoder
 
         if args.refine_decoder:
             cfg = ToyWanConfig(seed=args.seed)
@@ -60,7 +65,7 @@ def main(argv: Sequence[str]) -> int:
         if (args.out / "model_index.json").is_file() and not args.force:
             print(f"{args.out} exists (pass --force to rebuild)")
             return 0
-        cfg = ToyWanConfig(seed=args.seed)
+        cfg = crop_recipe(seed=args.seed) if args.crop_recipe else ToyWanConfig(seed=args.seed)
         if args.vae_steps is not None:
             cfg.vae_steps = args.vae_steps
         if args.transformer_steps is not None:
