@@ -150,12 +150,15 @@ def check_model_data(model, datamodule) -> None:
 
     spec = getattr(datamodule, "spec", None)
     config = getattr(getattr(model, "net", None), "config", None)
+    config = config if isinstance(config, dict) else {}
     check_agreement(
         from_cache=bool(getattr(model, "from_cache", False)),
         latent_cache=getattr(datamodule, "latent_cache", None),
         task=None if spec is None else spec.task,
         num_frames=None if spec is None else spec.num_frames,
-        temporal_compression=config.get("temporal_compression") if isinstance(config, dict) else None,
+        temporal_compression=config.get("temporal_compression"),
+        image_size=config.get("image_size"),
+        frame_size=(None, None) if spec is None else (spec.height, spec.width),
     )
 
 
@@ -173,20 +176,36 @@ def check_config(config: dict) -> None:
     init = (model.get("init_args") or {}) if isinstance(model, dict) else {}
     data_init = (data.get("init_args") or {}) if isinstance(data, dict) else {}
     net = init.get("net") if isinstance(init.get("net"), dict) else {}
+    net_init = net.get("init_args") or {}
     check_agreement(
         from_cache=bool(init.get("from_cache", False)),
         latent_cache=data_init.get("latent_cache"),
         task=data_init.get("task"),
         num_frames=data_init.get("num_frames"),
-        temporal_compression=(net.get("init_args") or {}).get("temporal_compression"),
+        temporal_compression=net_init.get("temporal_compression"),
+        image_size=net_init.get("image_size"),
+        frame_size=(data_init.get("height"), data_init.get("width")),
     )
 
 
-def check_agreement(from_cache: bool, latent_cache, task, num_frames, temporal_compression) -> None:
-    """Model/data agreements a wrong YAML breaks deep inside the first step, as one line each.
+#: how far ``net.image_size``'s aspect ratio may be from the frames' (the paper: 480x848 at 256x448, 1%)
+ASPECT_TOLERANCE = 0.02
 
-    (The motion encoder resizes the driving frames to ``net.image_size``: it need not equal the
-    data's height x width; the paper config encodes 480x848 frames at 256x448.)
+
+def check_agreement(
+    from_cache: bool,
+    latent_cache,
+    task,
+    num_frames,
+    temporal_compression,
+    image_size=None,
+    frame_size=(None, None),
+) -> None:
+    """Model/data agreements a wrong YAML breaks deep inside the first step (or silently), one line each.
+
+    The motion encoder resizes the driving frames to ``net.image_size``, which need not equal the
+    data's height x width (the paper config encodes 480x848 frames at 256x448), but a different
+    aspect ratio would squash every pose: that is refused.
     """
 
     if from_cache and latent_cache is None:
@@ -210,6 +229,14 @@ def check_agreement(from_cache: bool, latent_cache, task, num_frames, temporal_c
             f"data.num_frames={num_frames} does not fit the Wan VAE: frame counts must be 1 + {tc}k "
             f"(e.g. {lo} or {lo + tc})"
         )
+    h, w = frame_size
+    if task == "3dimo" and image_size is not None and h and w:
+        ih, iw = (int(v) for v in image_size)
+        if abs((iw / ih) / (w / h) - 1) > ASPECT_TOLERANCE:
+            raise ValueError(
+                f"model net.image_size={[ih, iw]} (aspect {iw / ih:.2f}) would squash the data's {h}x{w} "
+                f"frames (aspect {w / h:.2f}): keep the aspect ratio"
+            )
 
 
 # ---- every setting typed once: links from one source to the keys that must agree with it ----------

@@ -78,7 +78,7 @@ class StageScheduler(Callback):
         geo_anneal_steps: int = 12000,
         plot_points: int = 50,
     ) -> None:
-        stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages or []]
+        stages = [as_stage(s) for s in stages or []]
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -208,19 +208,25 @@ class StageScheduler(Callback):
         self.restored = dict(state_dict)
 
 
+def as_stage(stage) -> Stage:
+    """A :class:`Stage` from itself, a dict, or the namespace jsonargparse parses one into
+    (``{class_path, init_args}`` while links are applied)."""
+
+    if isinstance(stage, Stage):
+        return stage
+    d = stage.as_dict() if hasattr(stage, "as_dict") else dict(stage)
+    d = d.get("init_args", d)
+    return Stage(**{k: v for k, v in d.items() if k in Stage.__dataclass_fields__})
+
+
 def initial_mixture(stages) -> tuple[dict[str, float] | None, float]:
-    """``(weights, cross_view)`` of the first of ``stages`` (:class:`Stage` s, or their parsed
-    dicts / namespaces as the CLI links them), ``(None, 0.0)`` for none."""
+    """``(weights, cross_view)`` of the first of ``stages`` (:class:`Stage` s, dicts or parsed
+    namespaces), ``(None, 0.0)`` for none."""
 
     if not stages:
         return None, 0.0
-    first = stages[0]
-    get = first.get if isinstance(first, dict) else lambda k, d=None: getattr(first, k, d)
-    weights = get("weights")
-    if weights is None:  # the Stage default
-        weights = Stage(str(get("name")), 1).weights
-    weights = weights.as_dict() if hasattr(weights, "as_dict") else weights
-    return {str(k): float(v) for k, v in dict(weights).items()}, float(get("cross_view", 0.0))
+    first = as_stage(stages[0])
+    return {str(k): float(v) for k, v in first.weights.items()}, float(first.cross_view)
 
 
 class StageChainError(RuntimeError):
