@@ -32,9 +32,10 @@ def small_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def overlay(small_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("cache_cfg") / "root.yaml"
+    # the mixture is the schedule's (its first stage's is the data's initial one; linked by the CLI)
     path.write_text(
-        f"data:\n  init_args:\n    root: {small_root}\n    weights: {{internet: 1.0, ue5: 1.0}}\n"
-        "    cross_view: 0.5\n    val_batches: 1\n    augment: {enabled: false}\n"
+        "schedule:\n  stages:\n    - {name: mix, steps: 100, weights: {internet: 1.0, ue5: 1.0}, cross_view: 0.5}\n"
+        f"data:\n  init_args:\n    root: {small_root}\n    val_batches: 1\n    augment: {{enabled: false}}\n"
     )
     return path
 
