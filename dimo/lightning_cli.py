@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from lightning.pytorch.cli import LightningCLI
 
 
@@ -21,7 +24,11 @@ class DimoCLI(LightningCLI):
       :class:`~dimo.callbacks.ema.EMA`),
     * a learning-rate monitor, and a progress display unless ``--trainer.enable_progress_bar=false``:
       the rich bar on a terminal, plain periodic lines when stdout is redirected,
-    * seeding on by default (``--seed_everything``), deterministic data order per seed.
+    * seeding on by default (``--seed_everything``), deterministic data order per seed,
+    * the 3DiMo :class:`~dimo.callbacks.StageScheduler` as ``--schedule.*`` (off without stages),
+    * every setting typed once (:data:`LINKS`): values that must agree between sections are derived
+      from one source at parse time, and typing a derived key is refused with one line naming its
+      source; the cross-checks that remain (:func:`check_config`) run at parse time too.
     """
 
     def __init__(self, *args, **kwargs):
@@ -53,8 +60,16 @@ class DimoCLI(LightningCLI):
         from lightning.pytorch.plugins.io import CheckpointIO
 
         from dimo.callbacks.reliability import AtomicCheckpointIO, default_progress_bar
+        from dimo.callbacks.stage_scheduler import StageScheduler
 
         config = dict(config)
+        # the schedule section: left out when it has no stages (HVG), otherwise first among the
+        # callbacks, where trainer.callbacks used to put it (the mixture is set before anything else)
+        schedulers = [c for c in callbacks if isinstance(c, StageScheduler)]
+        callbacks = [c for c in callbacks if not isinstance(c, StageScheduler)]
+        listed = config.get("callbacks")
+        listed = [] if listed is None else list(listed) if isinstance(listed, list) else [listed]
+        config["callbacks"] = [*(c for c in schedulers if c.active), *listed]
         plugins = config.get("plugins")
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -70,13 +85,25 @@ class DimoCLI(LightningCLI):
 
         from dimo.callbacks.ema import EMA
         from dimo.callbacks.samples import SampleLogger
+        from dimo.callbacks.stage_scheduler import StageScheduler
 
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(EMA, "ema")  # `ema: {enabled: true, decay: ...}` (off by default)
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
         parser.add_lightning_class_args(SampleLogger, "samples")
+        parser.add_lightning_class_args(StageScheduler, "schedule")  # 3DiMo stages; off without stages
+        for source, target, compute_fn in LINKS:
+            parser.link_arguments(source, target, compute_fn=compute_fn)
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        refuse_typed_links(parser, args, self.config)
 
     # ---- checks before any work --------------------------------------------------------------------
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        check_config(config.as_dict() if hasattr(config, "as_dict") else config)
+
     def instantiate_classes(self) -> None:
         self.check_pretrained_paths()
         super().instantiate_classes()
@@ -92,11 +119,6 @@ class DimoCLI(LightningCLI):
                 + "; ".join(f"{key}={path}" for key, path in missing)
                 + " (nothing is downloaded: place the files there or point the config at them)"
             )
-
-    def before_fit(self) -> None:
-        check_model_data(self.model, self.datamodule)
-
-    before_validate = before_test = before_predict = before_fit
 
 
 # config keys that name pretrained inputs which must exist before anything is built
@@ -124,31 +146,191 @@ def missing_paths(node, prefix: str = "") -> list[tuple[str, str]]:
 
 
 def check_model_data(model, datamodule) -> None:
-    """Model/data agreements a wrong YAML breaks deep inside the first step, checked up front."""
+    """:func:`check_agreement` on built objects (programmatic runs; the CLI checks its config)."""
 
-    from_cache, cache = getattr(model, "from_cache", False), getattr(datamodule, "latent_cache", None)
-    if from_cache and cache is None:
+    spec = getattr(datamodule, "spec", None)
+    config = getattr(getattr(model, "net", None), "config", None)
+    config = config if isinstance(config, dict) else {}
+    check_agreement(
+        from_cache=bool(getattr(model, "from_cache", False)),
+        latent_cache=getattr(datamodule, "latent_cache", None),
+        task=None if spec is None else spec.task,
+        num_frames=None if spec is None else spec.num_frames,
+        temporal_compression=config.get("temporal_compression"),
+        image_size=config.get("image_size"),
+        frame_size=(None, None) if spec is None else (spec.height, spec.width),
+    )
+
+
+def check_config(config: dict) -> None:
+    """The model/data agreements no link can express, on the parsed config (nothing built yet)."""
+
+    callbacks = (config.get("trainer") or {}).get("callbacks") or []
+    for cb in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if isinstance(cb, dict) and str(cb.get("class_path", "")).endswith("StageScheduler"):
+            raise ValueError(
+                "the StageScheduler is the `schedule:` section (it owns the mixture and the geometric "
+                "weight), not a trainer.callbacks entry: move its init_args there"
+            )
+    model, data = config.get("model") or {}, config.get("data") or {}
+    init = (model.get("init_args") or {}) if isinstance(model, dict) else {}
+    data_init = (data.get("init_args") or {}) if isinstance(data, dict) else {}
+    net = init.get("net") if isinstance(init.get("net"), dict) else {}
+    net_init = net.get("init_args") or {}
+    check_agreement(
+        from_cache=bool(init.get("from_cache", False)),
+        latent_cache=data_init.get("latent_cache"),
+        task=data_init.get("task"),
+        num_frames=data_init.get("num_frames"),
+        temporal_compression=net_init.get("temporal_compression"),
+        image_size=net_init.get("image_size"),
+        frame_size=(data_init.get("height"), data_init.get("width")),
+    )
+
+
+#: how far ``net.image_size``'s aspect ratio may be from the frames' (the paper: 480x848 at 256x448, 1%)
+ASPECT_TOLERANCE = 0.02
+
+
+def check_agreement(
+    from_cache: bool,
+    latent_cache,
+    task,
+    num_frames,
+    temporal_compression,
+    image_size=None,
+    frame_size=(None, None),
+) -> None:
+    """Model/data agreements a wrong YAML breaks deep inside the first step (or silently), one line each.
+
+    The motion encoder resizes the driving frames to ``net.image_size``, which need not equal the
+    data's height x width (the paper config encodes 480x848 frames at 256x448), but a different
+    aspect ratio would squash every pose: that is refused.
+    """
+
+    if from_cache and latent_cache is None:
         raise ValueError(
             "model from_cache: true needs data latent_cache: <folder of `python -m dimo.cli data cache`>"
         )
-    if cache is not None and not from_cache:
+    if latent_cache is not None and not from_cache:
         raise ValueError(
-            f"data latent_cache={cache} needs model from_cache: true (the frozen encoders are not run)"
+            f"data latent_cache={latent_cache} needs model from_cache: true (the frozen encoders are not run)"
         )
-    spec = getattr(datamodule, "spec", None)
-    net = getattr(model, "net", None)
-    config = getattr(net, "config", None)
-    if spec is None or not isinstance(config, dict):
-        return
-    tc = config.get("temporal_compression")
-    if spec.task == "3dimo" and isinstance(tc, int) and tc > 1 and (spec.num_frames - 1) % tc:
-        lo = (spec.num_frames - 1) // tc * tc + 1
+    tc = temporal_compression
+    if (
+        task == "3dimo"
+        and isinstance(tc, int)
+        and tc > 1
+        and isinstance(num_frames, int)
+        and (num_frames - 1) % tc
+    ):
+        lo = (num_frames - 1) // tc * tc + 1
         raise ValueError(
-            f"data.num_frames={spec.num_frames} does not fit the Wan VAE: frame counts must be 1 + {tc}k "
+            f"data.num_frames={num_frames} does not fit the Wan VAE: frame counts must be 1 + {tc}k "
             f"(e.g. {lo} or {lo + tc})"
         )
-    size = config.get("image_size")
-    if spec.task == "3dimo" and size is not None and tuple(size) != (spec.height, spec.width):
-        raise ValueError(
-            f"model net.image_size={list(size)} differs from data height x width = {spec.height}x{spec.width}"
-        )
+    h, w = frame_size
+    if task == "3dimo" and image_size is not None and h and w:
+        ih, iw = (int(v) for v in image_size)
+        if abs((iw / ih) / (w / h) - 1) > ASPECT_TOLERANCE:
+            raise ValueError(
+                f"model net.image_size={[ih, iw]} (aspect {iw / ih:.2f}) would squash the data's {h}x{w} "
+                f"frames (aspect {w / h:.2f}): keep the aspect ratio"
+            )
+
+
+# ---- every setting typed once: links from one source to the keys that must agree with it ----------
+def first_stage_weights(stages) -> dict[str, float] | None:
+    """The DataModule's initial source weights: the first stage's (None without stages: its default)."""
+
+    from dimo.callbacks.stage_scheduler import initial_mixture
+
+    return initial_mixture(stages)[0]
+
+
+def first_stage_cross_view(stages) -> float:
+    from dimo.callbacks.stage_scheduler import initial_mixture
+
+    return initial_mixture(stages)[1]
+
+
+def transformer_folder(pretrained):
+    return None if pretrained is None else Path(pretrained) / "transformer"
+
+
+def vae_folder(pretrained):
+    return None if pretrained is None else Path(pretrained) / "vae"
+
+
+def frozen_part_preset(backbone: str) -> str:
+    """The VAE / text / image encoder preset of the net's backbone preset."""
+
+    from dimo.models.threedimo.frozen import part_preset
+
+    return part_preset(backbone)
+
+
+def vae_stride(pretrained, backbone: str) -> int:
+    """Frames per latent frame of the VAE the run will load: ``<pretrained>/vae/config.json`` when
+    present (a missing folder stops the run before anything is built), else the backbone's VAE preset."""
+
+    import json
+
+    from dimo.models.threedimo.frozen import VAE_PRESETS, part_preset, vae_temporal_compression
+
+    if pretrained is not None:
+        config = Path(pretrained).expanduser() / "vae" / "config.json"
+        if config.is_file():
+            return vae_temporal_compression(json.loads(config.read_text()))
+    return vae_temporal_compression(VAE_PRESETS.get(part_preset(backbone), {}))
+
+
+_M = "model.init_args."
+#: ``(source(s), target, compute_fn)``: the target is derived, never typed (:func:`refuse_typed_links`).
+#: A link whose keys the chosen classes do not have (e.g. HVG's) is skipped by jsonargparse.
+LINKS: list[tuple[str | tuple[str, ...], str, Callable | None]] = [
+    # the stage scheduler owns the mixture and the geometric weight
+    ("schedule.stages", "data.init_args.weights", first_stage_weights),
+    ("schedule.stages", "data.init_args.cross_view", first_stage_cross_view),
+    ("schedule.geo_weight_start", _M + "geo_weight", None),
+    # 3DiMo: one pretrained Wan folder for every part
+    (_M + "pretrained", _M + "net.init_args.backbone_path", transformer_folder),
+    (_M + "pretrained", _M + "vae.init_args.path", vae_folder),
+    (_M + "pretrained", _M + "text_encoder.init_args.path", None),
+    (_M + "pretrained", _M + "image_encoder.init_args.path", None),
+    # one preset: the frozen parts follow the backbone's
+    (_M + "net.init_args.backbone", _M + "vae.init_args.preset", frozen_part_preset),
+    (_M + "net.init_args.backbone", _M + "text_encoder.init_args.preset", frozen_part_preset),
+    (_M + "net.init_args.backbone", _M + "image_encoder.init_args.preset", frozen_part_preset),
+    # the VAE's temporal stride, which the net groups motion tokens by (data frames are checked against it)
+    (
+        (_M + "pretrained", _M + "net.init_args.backbone"),
+        _M + "net.init_args.temporal_compression",
+        vae_stride,
+    ),
+]
+
+
+def refuse_typed_links(parser, args, config) -> None:
+    """One line for a derived key that the config files or the command line set (it would be
+    overwritten): name the key it comes from instead."""
+
+    # jsonargparse has no public switch for "parse without applying links"; tests/test_links.py checks
+    # that this still finds a typed target, so a jsonargparse change cannot silently disable it
+    from jsonargparse._link_arguments import skip_apply_links
+
+    with skip_apply_links():
+        try:
+            if isinstance(args, dict):
+                typed = parser.parse_object(args, defaults=False)
+            else:
+                typed = parser.parse_args(args, defaults=False)
+        except (SystemExit, Exception):  # the real parse above accepted these arguments  # noqa: BLE001
+            return
+    subcommand = config.get("subcommand") if hasattr(config, "get") else None
+    if subcommand and subcommand in typed:
+        typed = typed[subcommand]
+    for source, target, _ in LINKS:
+        if target in typed and typed[target] is not None:
+            names = " and ".join(source) if isinstance(source, tuple) else source
+            parser.error(f"{target} is derived from {names}: set that instead (each setting is typed once)")

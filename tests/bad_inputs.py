@@ -543,7 +543,9 @@ CONFIG_CASES = {
     "frames not 1+4k": ("--data.init_args.num_frames=8",),
     "body_tokens 0": ("--model.init_args.net.init_args.body_tokens=0",),
     "hand_crop 1000": ("--model.init_args.net.init_args.hand_crop=1000",),
-    "negative weight": ("--data.init_args.weights={internet: -1.0}",),
+    # the mixture is the schedule's (data.init_args.weights is derived from its first stage)
+    "negative weight": ("--schedule.stages=[{name: s, steps: 1, weights: {internet: -1.0}}]",),
+    "derived key typed": ("--data.init_args.weights={internet: 1.0}",),
     "unknown key": ("--trainer.max_stepz=3",),
     "wrong type": ("--data.init_args.batch_size=two",),
     "data/model size mismatch": ("--data.init_args.height=64",),

@@ -7,8 +7,11 @@ import os
 import pytest
 import torch
 
-# Tests are small; more threads than cores only adds contention on the 2-core CI machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread unless OMP_NUM_THREADS asks for more. The tests run small ops, where a second
+# thread only adds per-op synchronisation, and on a busy 2-core machine it spin-waits: measured at load
+# 4.4, three tiny HVG training steps took 0.3 s on one thread and 60 s on two (the suite's slowest test,
+# test_hvg_module's fit/resume, went from 129 s to a few seconds). Subprocesses inherit the variable.
+torch.set_num_threads(max(1, min(int(os.environ.get("OMP_NUM_THREADS") or 1), os.cpu_count() or 1)))
 
 
 def pytest_collection_modifyitems(config, items):

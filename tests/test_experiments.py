@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dimo.callbacks import StageScheduler
 from dimo.cli import DimoCLI, run_lightning
 
 
@@ -59,6 +60,10 @@ def test_config_parses(path: Path, tmp_path: Path):
     else:
         cli = run_lightning(_parse_args(path, tmp_path), run=False)
         assert cli.model is not None and cli.datamodule is not None
+        # the schedule: section is the run's one StageScheduler, first among the callbacks; none for HVG
+        schedulers = [c for c in cli.trainer.callbacks if isinstance(c, StageScheduler)]
+        staged = bool(cli.config["schedule"]["stages"])
+        assert len(schedulers) == int(staged) and (not staged or cli.trainer.callbacks[0] is schedulers[0])
 
 
 def test_bad_key_fails_at_parse_time(tmp_path: Path):

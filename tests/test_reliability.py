@@ -36,11 +36,8 @@ def _fit_cmd(toy_root, tmp_path, *extra):
 def _toy_wan_args():
     """The config's relative pretrained paths, made absolute (these runs start in a temporary folder)."""
 
-    wan = REPO / "pretrained" / "toy-wan2.1"
     return [
-        f"--model.init_args.net.init_args.backbone_path={wan / 'transformer'}",
-        f"--model.init_args.vae.init_args.path={wan / 'vae'}",
-        f"--model.init_args.text_encoder.init_args.path={wan}",
+        f"--model.init_args.pretrained={REPO / 'pretrained' / 'toy-wan2.1'}",
         f"--model.init_args.pose_detector={REPO / 'pretrained' / 'toy-detector'}",
     ]
 

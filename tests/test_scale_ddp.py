@@ -69,11 +69,9 @@ def test_threedimo_paper_config_full_training_under_ddp(toy_root, tmp_path):
         f"--data.init_args.root={toy_root}", "--data.init_args.num_frames=9", "--data.init_args.height=32",
         "--data.init_args.width=32", "--data.init_args.num_workers=0", "--data.init_args.val_batches=0",
         "--data.init_args.log_preview=false",
-        f"{net}backbone=tiny", f"{net}backbone_path={wan / 'transformer'}", f"{net}image_size=[32,32]",
+        f"--model.init_args.pretrained={wan}", f"{net}backbone=tiny", f"{net}image_size=[32,32]",
         f"{net}patch_size=8", f"{net}hand_crop=16", f"{net}motion_dim=64", f"{net}motion_depth=2",
         f"{net}motion_heads=4", f"{net}geo_hidden=64",
-        "--model.init_args.vae.init_args.preset=tiny", f"--model.init_args.vae.init_args.path={wan / 'vae'}",
-        f"--model.init_args.text_encoder.init_args.path={wan}",
         "--model.init_args.text_encoder.init_args.max_length=48",
     ]  # fmt: skip
     proc = _run(args, tmp_path)

@@ -33,9 +33,10 @@ def small_root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def overlay(small_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("cache_cfg") / "root.yaml"
+    # the mixture is the schedule's (its first stage's is the data's initial one; linked by the CLI)
     path.write_text(
-        f"data:\n  init_args:\n    root: {small_root}\n    weights: {{internet: 1.0, ue5: 1.0}}\n"
-        "    cross_view: 0.5\n    val_batches: 1\n    augment: {enabled: false}\n"
+        "schedule:\n  stages:\n    - {name: mix, steps: 100, weights: {internet: 1.0, ue5: 1.0}, cross_view: 0.5}\n"
+        f"data:\n  init_args:\n    root: {small_root}\n    val_batches: 1\n    augment: {{enabled: false}}\n"
     )
     return path
 
@@ -188,7 +189,8 @@ def test_from_cache_follows_the_mixture_weights(cache, overlay, tmp_path):
     online run's sampler draws (same sources, clips, tasks), and their counts follow the weights."""
 
     out, _ = cache
-    law = ["--data.init_args.weights={internet: 3.0, ue5: 1.0}", "--data.init_args.cross_view=0.5",
+    # the mixture is the schedule's (one stage); the data's weights and cross_view are linked from it
+    law = ["--schedule.stages=[{name: mix, steps: 1000, weights: {internet: 3.0, ue5: 1.0}, cross_view: 0.5}]",
            "--data.init_args.batch_size=4", "--data.init_args.batches_per_epoch=60"]  # fmt: skip
     online = _cli(["--config", str(BASE), "--config", str(overlay), *law], tmp_path / "a").datamodule
     cached = _cli(["--config", str(BASE), "--config", str(overlay), "--config", str(FROM_CACHE),
@@ -225,10 +227,10 @@ def test_stage_scheduler_changes_the_mixture_from_cache(cache, overlay, tmp_path
     out, _ = cache
     stages = tmp_path / "stages.yaml"
     stages.write_text(
+        "schedule:\n  stages:\n"
+        "    - {name: a, steps: 3, weights: {internet: 1.0}, cross_view: 0.0}\n"
+        "    - {name: b, steps: 3, weights: {ue5: 1.0}, cross_view: 1.0}\n"
         "trainer:\n  callbacks:\n"
-        "    - class_path: dimo.callbacks.StageScheduler\n      init_args:\n        stages:\n"
-        "          - {name: a, steps: 3, weights: {internet: 1.0}, cross_view: 0.0}\n"
-        "          - {name: b, steps: 3, weights: {ue5: 1.0}, cross_view: 1.0}\n"
         "    - class_path: test_scale_latent_cache.BatchRecorder\n"
     )
     common = ["--config", str(BASE), "--config", str(overlay), "--config", str(stages),

@@ -17,6 +17,11 @@ Every step :class:`StageScheduler`
 
 Its state (the stage list and schedule) is saved in the checkpoint; a resumed run with a different
 stage list warns. :class:`StopAfterStage` ends a run at the end of a named stage (per-stage runs).
+
+It owns the mixture and the geometric weight: in the CLI it is the ``schedule:`` section (not a
+``trainer.callbacks`` entry), and the DataModule's initial ``weights`` / ``cross_view`` (its first
+stage's) and the module's ``geo_weight`` (``geo_weight_start``) are linked from it
+(:mod:`dimo.lightning_cli`), so each is typed once. With no ``stages`` it is off (HVG).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-__all__ = ["Stage", "StageChainError", "StageScheduler", "StopAfterStage"]
+__all__ = ["Stage", "StageChainError", "StageScheduler", "StopAfterStage", "initial_mixture"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,8 @@ class StageScheduler(Callback):
     """Stage mixture + geometric-weight schedule on the global step.
 
     Args:
-        stages: the stages in order (the last one continues past its end).
+        stages: the stages in order (the last one continues past its end); None or empty: the
+            scheduler is off (sets nothing; the CLI leaves it out of the trainer's callbacks).
         geo_weight_start, geo_weight_end: geometric-loss weight at step 0 and after the anneal.
         geo_anneal_steps: length of the linear anneal (paper: 12000).
         plot_points: points of the planned-schedule plot logged at fit start (0: none).
@@ -66,15 +72,13 @@ class StageScheduler(Callback):
 
     def __init__(
         self,
-        stages: list[Stage],
+        stages: list[Stage] | None = None,
         geo_weight_start: float = 0.1,
         geo_weight_end: float = 0.0,
         geo_anneal_steps: int = 12000,
         plot_points: int = 50,
     ) -> None:
-        if not stages:
-            raise ValueError("StageScheduler needs at least one stage")
-        stages = [s if isinstance(s, Stage) else Stage(**s) for s in stages]
+        stages = [as_stage(s) for s in stages or []]
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
@@ -88,6 +92,18 @@ class StageScheduler(Callback):
         self._last_stage: int | None = None
 
     # -- the schedule (pure functions of the global step) ----------------------------------------
+    @property
+    def active(self) -> bool:
+        """Whether there are stages to apply (an empty scheduler does nothing)."""
+
+        return bool(self.stages)
+
+    def initial_mixture(self) -> tuple[dict[str, float] | None, float]:
+        """``(weights, cross_view)`` of the first stage: the DataModule's mixture before training
+        starts (its validation batches are drawn with it); ``(None, 0.0)`` when off."""
+
+        return initial_mixture(self.stages)
+
     @property
     def total_steps(self) -> int:
         return sum(s.steps for s in self.stages)
@@ -131,6 +147,8 @@ class StageScheduler(Callback):
     def apply(self, trainer: Trainer, pl_module: LightningModule, step: int) -> None:
         """geo_weight for the step about to run and the mixture of the next batch drawn."""
 
+        if not self.active:
+            return
         pl_module.geo_weight = self.geo_weight_at(step)
         stage = self.stage_at(step)
         datamodule = getattr(trainer, "datamodule", None)
@@ -144,6 +162,8 @@ class StageScheduler(Callback):
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # after a checkpoint restore (the global step is known), before the first batch is drawn
+        if not self.active:
+            return
         if self.restored is not None and self.restored.get("config") != self.config():
             rank_zero_warn(
                 "StageScheduler: the stages/schedule differ from the checkpoint's; the new ones apply "
@@ -156,6 +176,8 @@ class StageScheduler(Callback):
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if not self.active:
+            return
         step = trainer.global_step
         pl_module.geo_weight = self.geo_weight_at(step)
         pl_module.log("train/stage", float(self.stage_index(step)), on_step=True, on_epoch=False)
@@ -184,6 +206,27 @@ class StageScheduler(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.restored = dict(state_dict)
+
+
+def as_stage(stage) -> Stage:
+    """A :class:`Stage` from itself, a dict, or the namespace jsonargparse parses one into
+    (``{class_path, init_args}`` while links are applied)."""
+
+    if isinstance(stage, Stage):
+        return stage
+    d = stage.as_dict() if hasattr(stage, "as_dict") else dict(stage)
+    d = d.get("init_args", d)
+    return Stage(**{k: v for k, v in d.items() if k in Stage.__dataclass_fields__})
+
+
+def initial_mixture(stages) -> tuple[dict[str, float] | None, float]:
+    """``(weights, cross_view)`` of the first of ``stages`` (:class:`Stage` s, dicts or parsed
+    namespaces), ``(None, 0.0)`` for none."""
+
+    if not stages:
+        return None, 0.0
+    first = as_stage(stages[0])
+    return {str(k): float(v) for k, v in first.weights.items()}, float(first.cross_view)
 
 
 class StageChainError(RuntimeError):
@@ -217,6 +260,8 @@ class StopAfterStage(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         scheduler = self._scheduler(trainer)
+        if not scheduler.active:
+            raise RuntimeError(f"StopAfterStage({self.stage!r}) needs a StageScheduler with stages")
         end = scheduler.stage_end(self.stage)
         self._end = end
         self._trainer = trainer

@@ -43,6 +43,9 @@ __all__ = [
     "VAE_PRESETS",
     "TEXT_PRESETS",
     "IMAGE_PRESETS",
+    "PART_PRESETS",
+    "part_preset",
+    "vae_temporal_compression",
 ]
 
 VAE_PRESETS: dict[str, dict] = {
@@ -73,6 +76,46 @@ IMAGE_PRESETS: dict[str, dict] = {
         patch_size=8,
     ),
 }
+
+
+#: the frozen parts' preset of each backbone preset (``ThreeDiMoNet(backbone=...)``): the CLI sets the
+#: VAE / text / image encoder presets from the net's (``dimo.lightning_cli``), so a preset is typed once.
+#: ``wan2.1`` text and image encoders have no file-free config: they load from a Wan folder.
+PART_PRESETS: dict[str, str] = {
+    "tiny": "tiny",
+    "tiny-i2v": "tiny",
+    "wan2.1-t2v-1.3b": "wan2.1",
+    "wan2.1-i2v-14b": "wan2.1",
+}
+
+
+def part_preset(backbone: str) -> str:
+    """The frozen parts' preset for a backbone preset (an unknown name is passed through)."""
+
+    return PART_PRESETS.get(backbone, backbone)
+
+
+def vae_temporal_compression(config: dict) -> int:
+    """Frames per latent frame of an ``AutoencoderKLWan`` config (its ``temperal_downsample``
+    switches; diffusers' default, the Wan2.1 VAE, is 4): frame counts are ``1 + c * k``."""
+
+    import inspect
+
+    from diffusers import AutoencoderKLWan
+
+    flags = config.get("temperal_downsample")
+    if flags is None:
+        flags = inspect.signature(AutoencoderKLWan.__init__).parameters["temperal_downsample"].default
+    return 2 ** sum(bool(x) for x in flags)
+
+
+def _no_preset(kind: str, preset: str, known: dict) -> KeyError:
+    if preset in PART_PRESETS.values():
+        return KeyError(
+            f"the {preset} {kind} has no file-free config: load it from a Wan folder "
+            "(model.init_args.pretrained, or path=)"
+        )
+    return KeyError(f"unknown {kind} preset {preset!r}; expected one of {sorted(known)}")
 
 
 def _abs(path: Path | None) -> str | None:
@@ -118,7 +161,7 @@ class WanVAE(nn.Module):
         cfg = self.vae.config
         # strides from the config: Wan2.1 is 8x in space, 4x in time; the toy folder is 4x / 4x
         self.spatial_compression = 2 ** (len(cfg.dim_mult) - 1)
-        self.temporal_compression = 2 ** sum(bool(x) for x in cfg.temperal_downsample)
+        self.temporal_compression = vae_temporal_compression(dict(cfg))
         self.register_buffer("mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False)
         freeze(self)
@@ -176,7 +219,7 @@ class WanTextEncoder(nn.Module):
             self.encoder = UMT5EncoderModel.from_pretrained(path / "text_encoder", local_files_only=True)
         else:
             if preset not in TEXT_PRESETS:
-                raise KeyError(f"unknown text preset {preset!r}; expected one of {sorted(TEXT_PRESETS)}")
+                raise _no_preset("text encoder", preset, TEXT_PRESETS)
             self.tokenizer = ByT5Tokenizer()
             self.encoder = UMT5EncoderModel(UMT5Config(**TEXT_PRESETS[preset]))
         self._setup(preset, path, max_length, cache, cache_size)
@@ -268,9 +311,7 @@ class WanImageEncoder(nn.Module):
                 mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
         else:
             if preset not in IMAGE_PRESETS:
-                raise KeyError(
-                    f"unknown image encoder preset {preset!r}; expected one of {sorted(IMAGE_PRESETS)}"
-                )
+                raise _no_preset("image encoder", preset, IMAGE_PRESETS)
             self.encoder = CLIPVisionModel(CLIPVisionConfig(**IMAGE_PRESETS[preset]))
         self._setup(preset, path, mean, std)
 

@@ -45,6 +45,7 @@ scores every test batch under ``test/``. Lightning computes, syncs (DDP) and res
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -208,18 +209,38 @@ def _check_from_cache(net, vae, text_encoder, val_metrics) -> None:
         )
 
 
+def _check_pretrained(pretrained: Path | None, net, vae, text_encoder, image_encoder) -> None:
+    """Every part that reads a folder reads it from ``pretrained`` (when set)."""
+
+    if pretrained is None:
+        return
+    root = Path(pretrained).expanduser().resolve()
+    parts = {
+        "net.backbone_path": (net, "backbone_path", root / "transformer"),
+        "vae.path": (vae, "path", root / "vae"),
+        "text_encoder.path": (text_encoder, "path", root),
+        "image_encoder.path": (image_encoder, "path", root),
+    }
+    for name, (part, key, want) in parts.items():
+        got = None if part is None else (getattr(part, "config", None) or {}).get(key)
+        if got is not None and Path(got).expanduser().resolve() != want:
+            raise ValueError(f"model {name}={got} is not read from pretrained={pretrained} (expected {want})")
+
+
 class ThreeDiMoModule(LightningModule):
     """3DiMo training.
 
     Args:
         net: the trainable network (motion encoders, geometric decoder, Wan + injection).
-        vae: frozen Wan VAE.
-        text_encoder: frozen UMT5 text encoder (must output ``net``'s text width).
+        vae: frozen Wan VAE (default: ``pretrained``'s ``vae/``, or the tiny random one).
+        text_encoder: frozen UMT5 text encoder (must output ``net``'s text width; default:
+            ``pretrained``'s, or the tiny random one).
         flow: flow-matching settings (shift, sigma sampling).
         train_parts: ``full`` (Wan weights train too, as in the paper), ``motion`` (only the new
             3DiMo layers: encoders, decoder, injection; the Wan weights are frozen) or ``lora`` (the
             new layers plus LoRA adapters on the frozen Wan weights; needs ``net.lora``).
-        geo_weight: initial geometric-loss weight (the stage scheduler overrides it every step).
+        geo_weight: initial geometric-loss weight (the stage scheduler overrides it every step; in the
+            CLI it is the scheduler's ``geo_weight_start``, linked, never typed here).
         frozen_dtype: compute dtype of the frozen VAE and text encoder.
         gradient_checkpointing: checkpoint every Wan block and every motion-encoder layer.
         bf16_modulation: keep every Wan block's modulation (shift/scale/gate; (B, N, 6, D) with
@@ -236,7 +257,7 @@ class ThreeDiMoModule(LightningModule):
         metrics_weights_dir: weight files of LPIPS/FID/FVD/FID-VID (default ``$DIMO_WEIGHTS_DIR``).
         val_metric_batches: validation batches per epoch that are sampled and scored (0: none).
         optimizer, lr_scheduler: injected by LightningCLI (paper: Adam, lr 1e-5).
-        image_encoder: frozen CLIP vision encoder for I2V backbones (default: the ``tiny`` one; its
+        image_encoder: frozen CLIP vision encoder for I2V backbones (default: ``pretrained``'s, or the ``tiny`` one; its
             width must equal the backbone's ``image_dim``); must be None for T2V backbones.
         gap_sigmas: the fixed noise levels of the conditioning-use protocol (``val/motion_gap``,
             :meth:`conditioning_losses`); empty to switch it off.
@@ -262,6 +283,11 @@ class ThreeDiMoModule(LightningModule):
             paper, whose labels are CameraHMR / WiLoR estimates: pseudo labels, e.g. from
             ``python -m dimo.cli data label``, supervise clips that have no ground truth) or ``gt`` (labels
             flagged ``pseudo`` in the manifest are ignored; the samples' ``body_pseudo`` / ``hand_pseudo``).
+        pretrained: the local Wan diffusers folder the parts are read from (``transformer/``, ``vae/``,
+            ``tokenizer/`` + ``text_encoder/``, I2V: ``image_encoder/``): the method's one pretrained
+            setting. The CLI derives ``net.backbone_path``, ``vae.path``, ``text_encoder.path`` and
+            ``image_encoder.path`` from it (:mod:`dimo.lightning_cli`); here a part read from another
+            folder is refused. None: every part is random (its preset) or names its own folder.
     """
 
     def __init__(
@@ -291,10 +317,15 @@ class ThreeDiMoModule(LightningModule):
         from_cache: bool = False,
         pose_detector: str | None = None,
         geo_labels: Literal["gt_and_pseudo", "gt"] = "gt_and_pseudo",
+        pretrained: Path | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
             ignore=["net", "vae", "text_encoder", "optimizer", "lr_scheduler", "image_encoder"]
+        )
+        # a plain string (checkpoints load with weights_only=True), absolute like the parts' own paths
+        self.hparams["pretrained"] = (
+            None if pretrained is None else str(Path(pretrained).expanduser().resolve())
         )
         self.net = net if net is not None else ThreeDiMoNet()
         self.from_cache = from_cache
@@ -305,15 +336,16 @@ class ThreeDiMoModule(LightningModule):
                     "from_cache: true samples nothing to detect keypoints on: set pose_detector: null"
                 )
             self.vae, self.text_encoder = None, None  # never built: the batches carry their encodings
-        else:
-            self.vae = vae if vae is not None else WanVAE()
-            self.text_encoder = text_encoder if text_encoder is not None else WanTextEncoder()
+        else:  # unset frozen parts: the pretrained folder's, or the tiny random ones
+            root = None if pretrained is None else Path(pretrained)
+            self.vae = vae if vae is not None else WanVAE(path=None if root is None else root / "vae")
+            self.text_encoder = text_encoder if text_encoder is not None else WanTextEncoder(path=root)
         if self.text_encoder is not None and self.text_encoder.dim != self.net.text_dim:
             raise ValueError(
                 f"text encoder width {self.text_encoder.dim} != backbone text_dim {self.net.text_dim}"
             )
         if self.net.is_i2v:
-            image_encoder = image_encoder if image_encoder is not None else WanImageEncoder()
+            image_encoder = image_encoder if image_encoder is not None else WanImageEncoder(path=pretrained)
             if image_encoder.dim != self.net.image_dim:
                 raise ValueError(
                     f"image encoder width {image_encoder.dim} != backbone image_dim {self.net.image_dim}"
@@ -322,6 +354,7 @@ class ThreeDiMoModule(LightningModule):
         elif image_encoder is not None:
             raise ValueError("image_encoder is only used by I2V backbones (image_dim set); this one is T2V")
         self.image_encoder = image_encoder
+        _check_pretrained(pretrained, self.net, self.vae, self.text_encoder, image_encoder)
         self.flow = flow if flow is not None else FlowMatching()
         if any(not 0.0 < float(x) <= 1.0 for x in gap_sigmas):
             raise ValueError(f"gap_sigmas must lie in (0, 1], got {list(gap_sigmas)}")
