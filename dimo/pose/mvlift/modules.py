@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from dimo.models.common import freeze
 from dimo.pose.mvlift.data import assert_no_3d
 from dimo.pose.mvlift.diffusion import (
     input_lines,
@@ -56,16 +57,32 @@ def _optimizers(module: L.LightningModule, params) -> dict | torch.optim.Optimiz
     }
 
 
+class _DenoiserSteps:
+    """The training and validation losses both diffusion modules log (``losses(batch[, generator])``
+    returns loss / l1 / line; ``batch_key`` names the batch's 2D tensor, for the batch size)."""
+
+    batch_key: str
+
+    def _loss_step(self, batch: dict, stage: str, generator: torch.Generator | None = None) -> dict:
+        out = self.losses(batch) if generator is None else self.losses(batch, generator)
+        B = batch[self.batch_key].shape[0]
+        for k in ("loss", "l1", "line"):
+            self.log(f"{stage}/{k}", out[k], prog_bar=stage == "train" and k == "loss", batch_size=B)
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        assert_no_3d(batch)
+        return self._loss_step(batch, "train")["loss"]
+
+
 class _Frozen:
     """Holds a frozen network outside the module tree: no checkpoint keys, never optimised."""
 
     def __init__(self, net: torch.nn.Module) -> None:
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.net = net.eval()
+        self.net = freeze(net)
 
 
-class LineDiffusionModule(L.LightningModule):
+class LineDiffusionModule(_DenoiserSteps, L.LightningModule):
     """Stage 1: a 2D motion diffusion model conditioned on simulated epipolar lines.
 
     For each training sequence one virtual epipole is drawn (:meth:`sample_epipoles`); every joint's
@@ -79,6 +96,8 @@ class LineDiffusionModule(L.LightningModule):
     epipole falls (``x = S cot(theta / 2) + jitter``, ``theta`` uniform in [20, 340] degrees, ``y`` near 0),
     else uniform in ``[-2S, 2S] x [-S, S]``.
     """
+
+    batch_key = "x2d"
 
     def __init__(
         self,
@@ -138,20 +157,10 @@ class LineDiffusionModule(L.LightningModule):
         line = (point_line_distance(pred, lines) * w).sum() / w.sum().clamp_min(1e-6)
         return {"loss": l1 + self.line_weight * line, "l1": l1, "line": line, "lines": lines, "mask": mask}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        assert_no_3d(batch)
-        out = self.losses(batch)
-        B = batch["x2d"].shape[0]
-        for k in ("loss", "l1", "line"):
-            self.log(f"train/{k}", out[k], prog_bar=k == "loss", batch_size=B)
-        return out["loss"]
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         g = torch.Generator().manual_seed(1000 + batch_idx)
-        out = self.losses(batch, g)
+        out = self._loss_step(batch, "val", g)
         B = batch["x2d"].shape[0]
-        for k in ("loss", "l1", "line"):
-            self.log(f"val/{k}", out[k], batch_size=B)
         # samples drawn from the lines alone: how well they follow them (network units; x 64 / (2 S)
         # is roughly pixels of a 64 px frame)
         x = sample_line(self.net, out["lines"], out["mask"], self.val_sample_steps, g)
@@ -277,7 +286,7 @@ class ViewOptimisationModule(L.LightningModule):
         save_file(self.all_views(), self.out)
 
 
-class MultiViewDiffusionModule(L.LightningModule):
+class MultiViewDiffusionModule(_DenoiserSteps, L.LightningModule):
     """Stage 4: the multi-view 2D motion diffusion model, trained on stage 3's synthetic 4-view data.
 
     Each sample's views are rolled so that a random one is the given input (the 4 views are 90 degrees
@@ -286,6 +295,8 @@ class MultiViewDiffusionModule(L.LightningModule):
     views are noised; loss: L1 on their predicted clean sequences + ``line_weight`` x the distance to
     the epipolar lines of the input's joints.
     """
+
+    batch_key = "views2d"
 
     def __init__(
         self,
@@ -341,20 +352,10 @@ class MultiViewDiffusionModule(L.LightningModule):
         line = (point_line_distance(pred, lines) * w).sum() / w.sum().clamp_min(1e-6)
         return {"loss": l1 + self.line_weight * line, "l1": l1, "line": line}
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        assert_no_3d(batch)
-        out = self.losses(batch)
-        B = batch["views2d"].shape[0]
-        for k in ("loss", "l1", "line"):
-            self.log(f"train/{k}", out[k], prog_bar=k == "loss", batch_size=B)
-        return out["loss"]
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         g = torch.Generator().manual_seed(1000 + batch_idx)
-        out = self.losses(batch, g)
+        self._loss_step(batch, "val", g)
         B = batch["views2d"].shape[0]
-        for k in ("loss", "l1", "line"):
-            self.log(f"val/{k}", out[k], batch_size=B)
         views, R, t = batch["views2d"], batch["R"], batch["t"]
         conf = torch.ones(views.shape[0], *views.shape[2:4], dtype=views.dtype, device=views.device)
         x = sample_multiview(self.net, views[:, 0], conf, R, t, self.val_sample_steps, g)
