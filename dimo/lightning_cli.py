@@ -314,19 +314,21 @@ LINKS: list[tuple[str | tuple[str, ...], str, Callable | None]] = [
 def apply_model_links(init: dict) -> dict:
     """The model-side :data:`LINKS` applied to a plain ``model.init_args`` dict (a run's ``config.yaml``
     read without the CLI, as ``generate --config`` does): the derived keys the CLI fills at parse time
-    (the pretrained folder's parts, the presets, the VAE stride). A part that is not built (None) is
-    left alone; a copy is returned."""
+    (the pretrained folder's parts, the presets, the VAE stride). A part that is not built (None), or a
+    link whose source the config does not name, is left alone; a copy is returned."""
 
     import copy
 
     init = copy.deepcopy(init)
 
+    missing = object()
+
     def lookup(key: str):
         d = init
         for part in key[len(_M) :].split("."):
-            if not isinstance(d, dict):
-                return None
-            d = d.get(part)
+            if not isinstance(d, dict) or part not in d:
+                return missing
+            d = d[part]
         return d
 
     for source, target, compute in LINKS:
@@ -337,6 +339,8 @@ def apply_model_links(init: dict) -> dict:
         if not isinstance(init.get(section), dict) or "class_path" not in init[section]:
             continue  # not built here (None) or given as an object: nothing to derive
         values = [lookup(s) for s in sources]
+        if any(v is missing for v in values):
+            continue  # a hand-written config without the source: the target keeps its default
         derived = compute(*values) if compute is not None else values[0]
         parent = init[section]
         for key in middle:

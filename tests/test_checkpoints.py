@@ -44,8 +44,8 @@ def test_threedimo_checkpoint_rebuilds_without_a_run_config(tmp_path):
 def test_a_cli_run_checkpoint_rebuilds_with_or_without_its_config_yaml(toy_root, tmp_path):
     """`make generate` on a `make train-stage1` checkpoint: the run's config.yaml (as LightningCLI writes
     it) names one `pretrained` folder and not the parts the CLI derives from it; loading through it once
-    built random frozen parts and failed on the missing VAE keys. The checkpoint describes itself; the
-    config path applies the CLI's links."""
+    built random frozen parts and failed on the missing VAE keys: the config path now applies the CLI's
+    links. Without the config.yaml the checkpoint describes itself."""
 
     from dimo.lightning_cli import DimoCLI
 
@@ -68,15 +68,12 @@ def test_a_cli_run_checkpoint_rebuilds_with_or_without_its_config_yaml(toy_root,
     (run / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
 
     own = module.state_dict()
-    for kwargs in ({}, {"config": run / "config.yaml"}):
+    for kwargs in ({}, {"config": run / "config.yaml"}):  # the config.yaml beside it / named
         loaded, _ = load_module(ckpt_path, "3dimo", **kwargs)
         assert loaded.vae.from_folder and loaded.text_encoder.from_folder, kwargs
         back = loaded.state_dict()
         assert own.keys() == back.keys() and all(torch.equal(own[k], back[k]) for k in own), kwargs
-    # a checkpoint written before checkpoints described their parts: the config.yaml beside it is used
-    ckpt = torch.load(ckpt_path, weights_only=False)
-    del ckpt[PARTS_KEY]
-    torch.save(ckpt, ckpt_path)
+    (run / "config.yaml").unlink()  # no run config: the checkpoint rebuilds itself
     loaded, _ = load_module(ckpt_path, "3dimo")
     back = loaded.state_dict()
     assert all(torch.equal(own[k], back[k]) for k in own)

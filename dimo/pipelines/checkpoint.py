@@ -108,11 +108,7 @@ def load_module(
     data_hp = dict(ckpt.get("datamodule_hyper_parameters") or {})
     try:
         if kind == "3dimo":
-            from dimo.models.threedimo.module import PARTS_KEY
-
-            if config is None and not isinstance(ckpt.get(PARTS_KEY), dict):  # written before checkpoints
-                config = find_run_config(path)  # described their parts: the run's config.yaml beside it
-            module = _build_threedimo(ckpt, config)
+            module = _build_threedimo(ckpt, config if config is not None else find_run_config(path))
         else:
             module = _build_hvg(ckpt)
     except FileNotFoundError as err:  # incl. MissingWeightsError: a pretrained folder of the run is gone
