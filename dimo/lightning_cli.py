@@ -311,6 +311,46 @@ LINKS: list[tuple[str | tuple[str, ...], str, Callable | None]] = [
 ]
 
 
+def apply_model_links(init: dict) -> dict:
+    """The model-side :data:`LINKS` applied to a plain ``model.init_args`` dict (a run's ``config.yaml``
+    read without the CLI, as ``generate --config`` does): the derived keys the CLI fills at parse time
+    (the pretrained folder's parts, the presets, the VAE stride). A part that is not built (None), or a
+    link whose source the config does not name, is left alone; a copy is returned."""
+
+    import copy
+
+    init = copy.deepcopy(init)
+
+    missing = object()
+
+    def lookup(key: str):
+        d = init
+        for part in key[len(_M) :].split("."):
+            if not isinstance(d, dict) or part not in d:
+                return missing
+            d = d[part]
+        return d
+
+    for source, target, compute in LINKS:
+        sources = (source,) if isinstance(source, str) else source
+        if not target.startswith(_M) or not all(s.startswith(_M) for s in sources):
+            continue
+        section, *middle, leaf = target[len(_M) :].split(".")  # e.g. vae, [init_args], path
+        if not isinstance(init.get(section), dict) or "class_path" not in init[section]:
+            continue  # not built here (None) or given as an object: nothing to derive
+        values = [lookup(s) for s in sources]
+        if any(v is missing for v in values):
+            continue  # a hand-written config without the source: the target keeps its default
+        derived = compute(*values) if compute is not None else values[0]
+        parent = init[section]
+        for key in middle:
+            if not isinstance(parent.get(key), dict):
+                parent[key] = {}
+            parent = parent[key]
+        parent[leaf] = str(derived) if isinstance(derived, Path) else derived
+    return init
+
+
 def refuse_typed_links(parser, args, config) -> None:
     """One line for a derived key that the config files or the command line set (it would be
     overwritten): name the key it comes from instead."""

@@ -244,6 +244,30 @@ def test_resume_from_checkpoint_continues_the_stream(toy_root, tmp_path):
     assert first.seen + second.seen == full.seen
 
 
+def test_validation_keys_survive_a_checkpoint_written_after_a_mixture_switch(toy_root):
+    """The validation set is drawn from the configured law, not from the restored stream: a checkpoint
+    written after a stage switch (the mixture's history truncated to the new law) once made
+    ``validate --ckpt_path`` and resumed stages score other clips than training did."""
+
+    trained = _dm(toy_root, weights={"internet": 1.0}, cross_view=0.0, val_batches=3)
+    trained.setup("fit")
+    keys = trained.val_keys()
+    assert {k.source for k in keys} == {"internet"}
+    loader = iter(trained.train_dataloader())
+    for _ in range(3):
+        trained.on_before_batch_transfer(next(loader), 0)
+    trained.set_mixture({"ue5": 1.0, "multiview": 1.0}, 0.5)  # the scheduler's stage switch
+    for _ in range(2):
+        trained.on_before_batch_transfer(next(loader), 0)
+    state = trained.state_dict()
+    assert all(entry[1]["internet"] == 0.0 for entry in state["mixture"]["history"])  # stage 1's law is gone
+
+    restored = _dm(toy_root, weights={"internet": 1.0}, cross_view=0.0, val_batches=3)
+    restored.setup("validate")
+    restored.load_state_dict(state)
+    assert restored.val_keys() == keys
+
+
 def test_missing_root_is_synthesized_or_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="dimo.cli data synth"):
         ViewRichDataModule(root=tmp_path / "none", synthesize_if_missing=False).setup("fit")

@@ -183,3 +183,28 @@ def test_gap_protocol_repeats_exactly_between_validations(toy_root):
         torch.testing.assert_close(again[k], first[k], rtol=0, atol=0)
     other = module.conditioning_losses(batch, 2)  # another validation batch gets its own noise
     assert not torch.equal(other["own"], first["own"])
+
+
+def test_validation_samples_again_with_a_donors_bone_maps():
+    """``val/psnr_novel_own`` / ``val/psnr_novel_other_pose``: the same grids (same noise) drawn with
+    their own bone maps and with the donor's; the own one is the validation sample's PSNR, the two
+    differ when the bone maps differ and are equal when the donor has the same motion and cameras."""
+
+    module = _module()
+    with torch.no_grad():  # a pose path that reaches the output (zero-initialised otherwise)
+        torch.nn.init.normal_(module.unet.pose_modulator.proj_out.weight, std=0.2)
+    module.val_metric_batches = 1
+    batch = _batch(2)
+    trainer = tiny_trainer()
+    logged = trainer.validate(module, DataLoader([batch], batch_size=None), verbose=False)[0]
+    own, other = float(logged["val/psnr_novel_own"]), float(logged["val/psnr_novel_other_pose"])
+    assert own == pytest.approx(float(logged["val/psnr_novel"]), rel=1e-5)  # both grids have a donor
+    assert abs(own - other) > 1e-4, (own, other)
+    same = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()}
+    for key in ("joints3d", "K", "R", "t"):
+        same[key][1] = same[key][0]
+    logged = tiny_trainer().validate(module, DataLoader([same], batch_size=None), verbose=False)[0]
+    assert float(logged["val/psnr_novel_own"]) == float(logged["val/psnr_novel_other_pose"])
+    module.val_swap_samples = False
+    logged = tiny_trainer().validate(module, DataLoader([batch], batch_size=None), verbose=False)[0]
+    assert "val/psnr_novel_other_pose" not in logged

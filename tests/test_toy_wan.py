@@ -90,10 +90,10 @@ def test_committed_toy_vae_encodes_held_out_clips(tmp_path):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="the committed toy Wan VAE reaches 24.5 dB on held-out toy clips (24.5 dB on first frames) after "
-    "1800 CPU steps on 9-frame windows (toy_report.json), short of the 28 dB target (DESIGN.md 3.5): the "
-    "checkerboard floor, stripes and H.264 noise need far more training; remove this mark when a rebuilt "
-    "folder passes",
+    reason="the committed toy Wan VAE reaches 26.6 dB on its held-out clips (27.4 dB on first frames; "
+    "toy_report.json) after 6000 CPU steps on 32x32 crops of 9-frame windows, short of the 28 dB target "
+    "(DESIGN.md 3.5); a further 1000-step decoder-only phase gained 0.1 dB, so the encoder/latent is the "
+    "limit: remove this mark when a rebuilt folder passes",
 )
 def test_committed_toy_vae_reaches_28_db(tmp_path):
     score, _, _ = _heldout_scores(tmp_path)
@@ -218,7 +218,9 @@ def test_decoder_refinement_keeps_the_latent_space_and_the_transformer(tmp_path)
     assert all(torch.equal(tf_before[k], tf_after[k]) for k in tf_before)
     assert json.loads((tmp_path / "wan" / "vae" / "config.json").read_text())["latents_std"] == stats
     saved = json.loads((tmp_path / "wan" / "toy_report.json").read_text())
-    assert saved["vae"] == report["vae"] and saved["config"]["vae_decoder_steps"] == 3
+    assert saved["vae"] == report["vae"] and saved["config"]["vae_decoder_steps"] == 2  # the build's own
+    (refinement,) = saved["decoder_refinements"]
+    assert refinement["vae_decoder_steps"] == 3 and refinement["after"].items() <= saved["vae"].items()
     with pytest.raises(FileNotFoundError, match="no toy Wan VAE to refine"):
         refine_toy_wan_decoder(tmp_path / "nowhere", cfg)
 

@@ -36,9 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--decoder-steps", type=int, default=None)
     w.add_argument(
-        "--crop-recipe",
-        action="store_true",
-        help="train the VAE on 32x32 crops, 6000 steps, 64 clips per source (docs/toy.md; not the committed folder)",
+        "--decoder-window",
+        type=int,
+        default=None,
+        help="frames per decoder-phase window, 1 + 4k (default 17)",
     )
     w.add_argument("--threads", type=int, default=None, help="torch threads (default: 2)")
     w.add_argument(
@@ -51,12 +52,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
     if args.cmd == "wan":
-        from dimo.toy.wan import ToyWanConfig, build_toy_wan, crop_recipe, refine_toy_wan_decoder
+        from dimo.toy.wan import ToyWanConfig, build_toy_wan, refine_toy_wan_decoder
 
         if args.refine_decoder:
             cfg = ToyWanConfig(seed=args.seed)
             if args.decoder_steps is not None:
                 cfg.vae_decoder_steps = args.decoder_steps
+            if args.decoder_window is not None:
+                cfg.vae_decoder_window = args.decoder_window
             if args.threads is not None:
                 cfg.threads = args.threads
             report = refine_toy_wan_decoder(args.out, cfg, work=args.work)
@@ -65,7 +68,7 @@ def main(argv: Sequence[str]) -> int:
         if (args.out / "model_index.json").is_file() and not args.force:
             print(f"{args.out} exists (pass --force to rebuild)")
             return 0
-        cfg = crop_recipe(seed=args.seed) if args.crop_recipe else ToyWanConfig(seed=args.seed)
+        cfg = ToyWanConfig(seed=args.seed)
         if args.vae_steps is not None:
             cfg.vae_steps = args.vae_steps
         if args.transformer_steps is not None:

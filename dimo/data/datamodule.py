@@ -175,6 +175,11 @@ class ViewRichDataModule(LightningDataModule):
             weights = {"multiview": 1.0} if task == "hvg" else {s: 1.0 for s in SOURCES}
         self._seed = seed
         self.stream = MixtureStream(weights, cross_view, seed=self._resolve_seed(), hvg=task == "hvg")
+        # the validation keys' law: the configured (initial) one, fixed for the run. Not the stream's
+        # history, which a checkpoint truncates to the law in force at its step (a stage-1 checkpoint
+        # written at the stage switch restores stage 2's mixture), so `validate --ckpt_path` and every
+        # resumed stage would score other clips than training did
+        self._val_law = self.stream.law(0)
         self.pools: dict[str, list[ClipRecord]] = {}
         self.problems: list[Problem] = []
         self.skipped_draws = 0
@@ -344,10 +349,11 @@ class ViewRichDataModule(LightningDataModule):
         return self._loader(dataset, sampler)
 
     def val_keys(self) -> list[SampleKey]:
-        """Fixed validation sample keys, drawn from the initial law with a separate seed."""
+        """Fixed validation sample keys, drawn from the configured initial law (``weights``,
+        ``cross_view``) with a separate seed; the same after a checkpoint is restored."""
 
         self.setup("validate")
-        weights, cross_view = self.stream.law(0)
+        weights, cross_view = self._val_law
         stream = MixtureStream(weights, cross_view, seed=self.stream.seed + 104_729, hvg=self.task == "hvg")
         stream.bind({s: len(v) for s, v in self.pools.items()}, self.batch_size)
         return [k for _ in range(self.val_batches) for k in stream.draw()]

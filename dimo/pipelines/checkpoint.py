@@ -119,6 +119,7 @@ def load_module(
     except RuntimeError as err:
         first = str(err).strip().splitlines()
         hint = first[1].strip() if len(first) > 1 else first[0]
+        hint = hint if len(hint) <= 300 else hint[:300] + " ..."  # one readable line, not every key
         raise GenerateError(
             f"checkpoint {path} does not match the model built from its config ({hint}); "
             "pass the run's config.yaml with --config"
@@ -174,7 +175,10 @@ def _build_threedimo(ckpt: dict[str, Any], config: str | os.PathLike | None) -> 
         raise GenerateError(
             f"{config} has no 'model' section with a class_path; expected a LightningCLI config.yaml"
         )
-    init = {k: v for k, v in (model.get("init_args") or {}).items() if k not in _RETIRED}
+    from dimo.lightning_cli import apply_model_links
+
+    # the keys the CLI derived at parse time (the parts' folders under `pretrained`, presets, stride)
+    init = apply_model_links({k: v for k, v in (model.get("init_args") or {}).items() if k not in _RETIRED})
     init.update(compile=False, gradient_checkpointing=False, pose_detector=None)  # validation-only detector
     module = instantiate_module(ThreeDiMoModule, {"_class_path": model["class_path"], **init})
     if not isinstance(module, ThreeDiMoModule):

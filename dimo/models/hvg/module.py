@@ -116,6 +116,10 @@ class HVGModule(LightningModule):
             ``fvd``, ``fvd_v``, ...) logged as ``val/<label>`` and ``test/<label>``.
         metrics_weights_dir: weight files of LPIPS/FID/FVD/FID-VID (default ``$DIMO_WEIGHTS_DIR``).
         val_metric_batches: validation batches per epoch that are sampled and scored (0: none).
+        val_swap_samples: on those batches, sample every grid that has a donor from another clip a second
+            time with the donor's motion and cameras for its bone maps (same noise, reference and
+            target) and log the PSNR of the novel cells with its own bone maps (``val/psnr_novel_own``)
+            and with the donor's (``val/psnr_novel_other_pose``). Doubles the validation sampling cost.
         gap_sigmas: the fixed noise levels of the conditioning-use gaps (``val/pose_gap``,
             ``val/reference_gap``, see :meth:`conditioning_losses`); empty: no gaps.
         pose_lr_mult: learning-rate multiplier of the pose modulator (its own parameter group).
@@ -177,6 +181,7 @@ class HVGModule(LightningModule):
         lora: LoRASettings | None = None,
         consistency_detector: Path | None = None,
         consistency_min_score: float = 0.3,
+        val_swap_samples: bool = True,
     ) -> None:
         super().__init__()
         lora = LoRASettings.coerce(lora)
@@ -249,6 +254,14 @@ class HVGModule(LightningModule):
         # PSNR of the samples and of a static baseline (the reference repeated) on the same cells
         self.metrics_val_pair = torch.nn.ModuleDict(
             {k: build_metrics(["psnr"], metrics_weights_dir)["psnr"] for k in ("psnr_novel", "psnr_static")}
+        )
+        # do the samples follow their bone maps? the same grids drawn with a donor's bone maps
+        self.val_swap_samples = bool(val_swap_samples)
+        self.metrics_val_swap = torch.nn.ModuleDict(
+            {
+                k: build_metrics(["psnr"], metrics_weights_dir)["psnr"]
+                for k in ("psnr_novel_own", "psnr_novel_other_pose")
+            }
         )
         if any(not (s > 0 and math.isfinite(s)) for s in gap_sigmas):
             raise ValueError(f"gap_sigmas must be finite and > 0, got {list(gap_sigmas)}")
@@ -553,6 +566,8 @@ class HVGModule(LightningModule):
             self.generate(batch, gen=gen).float().clamp(-1, 1),
             batch["target"].float(),
         )  # (B, V, T, 3, H, W)
+        if split == "val" and self.val_swap_samples:
+            self._update_swapped_samples(batch, g, batch_idx)
         if split == "val":
             # generated vs static baseline (the reference frame repeated) on the same cells: every
             # view x frame except the reference's own cell (view 0, frame 0), each cell one frame
@@ -569,6 +584,31 @@ class HVGModule(LightningModule):
                 metric.update(g.flatten(0, 1), r.flatten(0, 1))  # every view a video
         self.log_dict({f"{split}/{k}": m for k, m in metrics.items()}, batch_size=g.shape[0])
         return g
+
+    @torch.no_grad()
+    def _update_swapped_samples(self, batch: dict[str, Any], generated: torch.Tensor, batch_idx: int) -> None:
+        """The batch sampled again with each grid's bone maps rendered from its donor's motion and
+        cameras (``joints3d``, ``K``, ``R``, ``t``; the ``val/pose_gap`` donor), the same noise; PSNR of
+        the novel cells (all but the reference's own) against the target, own vs donor's, on the grids
+        that have a donor."""
+
+        donor, kept = donor_indices(batch.get("clip_id"), batch["target"].shape[0])
+        if not kept.any():
+            return
+        swapped = dict(batch)
+        for key in ("joints3d", "K", "R", "t"):
+            swapped[key] = batch[key][donor]
+        gen = step_generator(self.noise_seed * 31 + 7_919 + batch_idx, self.device)  # as _update_metrics
+        other = self.generate(swapped, gen=gen).float().clamp(-1, 1)
+        idx = torch.nonzero(kept).flatten()
+
+        def cells(x: torch.Tensor) -> torch.Tensor:  # (N*(V*T-1), 1, 3, H, W)
+            return x[idx].flatten(1, 2)[:, 1:].flatten(0, 1)[:, None]
+
+        target = cells(batch["target"].float())
+        self.metrics_val_swap["psnr_novel_own"].update(cells(generated), target)
+        self.metrics_val_swap["psnr_novel_other_pose"].update(cells(other), target)
+        self.log_dict({f"val/{k}": m for k, m in self.metrics_val_swap.items()}, batch_size=len(idx))
 
     @torch.no_grad()
     def detect_keypoints(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

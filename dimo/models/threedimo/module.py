@@ -251,6 +251,14 @@ class ThreeDiMoModule(LightningModule):
             injection, motion encoders) only; ``auto`` = PyTorch's choice (:mod:`dimo.models.attention`).
         compile: ``torch.compile`` each Wan block (regional compilation).
         sample_steps: Euler steps of the validation sampler (metrics and logged samples).
+        sample_motion_guidance: motion guidance of the validation sampler (the pipeline's
+            ``motion_guidance_scale``: the velocity is pushed away from the motion-free network's by this
+            factor; 1 = off, two network calls a step otherwise).
+        val_swap_samples: on the sampled validation batches, sample every clip that has a partner from
+            another clip a second time with the partner's driving frames (same noise, reference, prompt
+            and target) and log the PSNR of frames 1.. with its own motion (``val/psnr_gen_own``) and with
+            the other clip's (``val/psnr_gen_other_motion``): a sample that follows its motion scores
+            higher with its own. Doubles the validation sampling cost.
         noise_seed: base seed of the per-step noise generator.
         val_metrics: video metrics (harness names: ``psnr``, ``ssim``, ``l1``, ``lpips_alex``, ``fid``,
             ``fvd``, ...) logged as ``val/<label>`` and ``test/<label>``.
@@ -304,6 +312,8 @@ class ThreeDiMoModule(LightningModule):
         compile: bool = False,
         attention_backend: AttentionBackend = "auto",
         sample_steps: int = 4,
+        sample_motion_guidance: float = 1.0,
+        val_swap_samples: bool = True,
         noise_seed: int = 0,
         val_metrics: Sequence[str] = ("psnr", "ssim", "l1"),
         metrics_weights_dir: str | None = None,
@@ -375,6 +385,9 @@ class ThreeDiMoModule(LightningModule):
         self.geo_labels = geo_labels
         self.noise_seed = noise_seed
         self.sample_steps = sample_steps
+        if not sample_motion_guidance >= 1.0:
+            raise ValueError(f"sample_motion_guidance must be >= 1 (1 = off), got {sample_motion_guidance}")
+        self.sample_motion_guidance = float(sample_motion_guidance)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         # one collection per split (submodules: moved to the device, synced under DDP; no checkpoint keys)
         from dimo.eval.harness import build_metrics
@@ -388,6 +401,12 @@ class ThreeDiMoModule(LightningModule):
         self.metrics_val_gen = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_static = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.metrics_val_frame0 = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
+        # do the *samples* use the motion? the same samples (same noise) driven by another clip's frames:
+        # PSNR of frames 1.. with the own driving clip (``val/psnr_gen_own``) and with the other clip's
+        # (``val/psnr_gen_other_motion``), on the samples that have a partner from another clip
+        self.val_swap_samples = bool(val_swap_samples)
+        self.metrics_val_gen_own = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
+        self.metrics_val_gen_other = build_metrics(["psnr"], metrics_weights_dir, allow_grid=False)
         self.kp_detector = None  # a plain attribute: no submodule, no checkpoint keys, not optimised
         if pose_detector is not None:
             from dimo.eval.pose import KeypointError
@@ -693,7 +712,33 @@ class ThreeDiMoModule(LightningModule):
             )
             if self.kp_detector is not None:
                 self.update_motion_following(batch, generated)
+            if self.val_swap_samples:
+                self.update_swapped_samples(batch, generated)
         return None if generated is None else {"generated": generated}  # reused by the SampleLogger
+
+    @torch.no_grad()
+    def update_swapped_samples(self, batch: dict[str, Any], generated: torch.Tensor) -> None:
+        """Sample the batch again with each clip's driving frames (and 2-D joints) replaced by the next
+        clip's from another clip (:func:`other_clip_index`, the ``val/motion_gap`` partner), with the same
+        noise; log PSNR of frames 1.. against the target for both drives on those samples."""
+
+        b = generated.shape[0]
+        other = other_clip_index(batch.get("clip_id"), b).to(generated.device)
+        keep = torch.nonzero(other != torch.arange(b, device=generated.device)).flatten()
+        if not len(keep):
+            return
+        swapped = dict(batch)
+        for key in ("driving", "joints2d", "joints2d_valid"):
+            if torch.is_tensor(batch.get(key)):
+                swapped[key] = batch[key][other]
+        other_motion = self.generate(swapped)  # the same step generator: the same noise as `generated`
+        target = batch["target"][keep][:, 1:]
+        self._update_metrics(
+            self.metrics_val_gen_own, "val", generated[keep][:, 1:], target, suffix="_gen_own"
+        )
+        self._update_metrics(
+            self.metrics_val_gen_other, "val", other_motion[keep][:, 1:], target, suffix="_gen_other_motion"
+        )
 
     @torch.no_grad()
     def update_motion_following(self, batch: dict[str, Any], generated: torch.Tensor) -> None:
@@ -821,6 +866,7 @@ class ThreeDiMoModule(LightningModule):
             num_steps or self.sample_steps,
             generator=self.sample_generator(),
             window=driving.shape[1],
+            motion_guidance_scale=self.sample_motion_guidance,
             joints2d=batch.get("joints2d"),
             joints2d_valid=batch.get("joints2d_valid"),
         )
