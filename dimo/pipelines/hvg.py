@@ -20,7 +20,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -275,12 +275,21 @@ class HVGPipeline(DiffusionPipeline):
     settings; no Lightning. :meth:`sample` (EDM + the progressive spatio-temporal sampler of
     :mod:`dimo.models.hvg.sampling`) is HVG's only sampler: ``__call__`` (one reference, joints and a
     camera set) and :meth:`dimo.models.hvg.HVGModule.generate` (validation samples) both call it.
-    Folder (``save_pretrained``/``from_pretrained``, read by dimo only)::
 
-        model_index.json        diffusers index + the stored defaults (size, frames)
-        hvg/config.json         the parts' presets (UNet config incl. ablation switches, VAE, CLIP) and
-                                the sampling settings (EDM, windows, steps, guidance, SVD conditioning)
-        hvg/model.safetensors   every weight (``unet.*``, ``vae.*``, ``image_encoder.*``), strict load
+    Folder (``save_pretrained``), SVD-xt diffusers style (:mod:`dimo.pipelines.exports`)::
+
+        README.md          model card: the model, its training, parts, conditioning inputs, loading
+        model_index.json   parts + stored settings (EDM, sampler windows, steps, guidance, SVD
+                           conditioning, size / frames) + the training record
+        pipeline.py        imports this class from the installed dimo (for diffusers' loader)
+        unet/              HVGUNet: SVD UNet config + the HVG switches (``hvg``), every weight
+        vae/               AutoencoderKLTemporalDecoder (frozen)
+        image_encoder/     CLIPVisionModelWithProjection (frozen)
+
+    Loading: :meth:`from_pretrained` (and ``dimo.cli generate --pretrained``) reads each part with its
+    own strict loader and runs no file of the folder; ``diffusers.DiffusionPipeline.from_pretrained
+    (folder, trust_remote_code=True)`` calls the same part loaders and builds the same pipeline (without
+    the opt-in diffusers refuses to run ``pipeline.py``).
 
     Args:
         unet: the HVG network (:class:`~dimo.models.hvg.HVGUNet`).
@@ -290,7 +299,15 @@ class HVGPipeline(DiffusionPipeline):
         noise_aug_strength, fps, motion_bucket_id: SVD's conditioning (``added_time_ids``).
         vae_chunk, vae_decode_chunk: images per VAE call; frames per decode call within a video.
         settings: stored defaults (``height``, ``width``, ``num_frames``).
+        training: what the export records of its checkpoint (step, epoch, hyperparameters), if known.
     """
+
+    #: the part classes of an export (their strict ``from_pretrained`` reads the subfolders)
+    PARTS = {
+        "unet": ("dimo.models.hvg.network", "HVGUNet"),
+        "vae": ("dimo.models.hvg.network", "SVDVAE"),
+        "image_encoder": ("dimo.models.hvg.network", "SVDImageEncoder"),
+    }
 
     def __init__(
         self,
@@ -307,6 +324,7 @@ class HVGPipeline(DiffusionPipeline):
         vae_chunk: int = 16,
         vae_decode_chunk: int | None = None,
         settings: dict[str, Any] | None = None,
+        training: dict[str, Any] | None = None,
     ) -> None:
         from dimo.diffusion.edm import EDM
         from dimo.models.hvg.sampling import ProgressiveSampler
@@ -321,6 +339,7 @@ class HVGPipeline(DiffusionPipeline):
         self.noise_aug_strength, self.fps, self.motion_bucket_id = noise_aug_strength, fps, motion_bucket_id
         self.vae_chunk, self.vae_decode_chunk = vae_chunk, vae_decode_chunk
         self.settings = dict(settings or {})
+        self.training = training
 
     #: the sampling settings, as :meth:`from_module` reads them from an ``HVGModule``
     SAMPLING = (
@@ -339,12 +358,14 @@ class HVGPipeline(DiffusionPipeline):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike) -> HVGPipeline:
-        from dimo.pipelines.checkpoint import load_module
+        from dimo.pipelines.checkpoint import load_module, training_record
 
         module, data_hp = load_module(path, "hvg")
-        return cls.from_module(
+        pipe = cls.from_module(
             module.eval(), {k: data_hp[k] for k in ("height", "width", "num_frames") if data_hp.get(k)}
         )
+        pipe.training = training_record(path)
+        return pipe
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> HVGPipeline:  # type: ignore[override]
         for part in (self.unet, self.vae, self.image_encoder):
@@ -356,105 +377,137 @@ class HVGPipeline(DiffusionPipeline):
         return next(self.unet.parameters()).device
 
     def config_dict(self) -> dict[str, Any]:
-        """What ``hvg/config.json`` holds: the parts' presets and the sampling settings."""
-
-        from dataclasses import asdict
+        """The parts' presets and the stored settings (what an export's ``model_index.json`` keeps)."""
 
         return {
             "unet": asdict(self.unet.hvg),
             "vae": {"preset": self.vae.preset},
             "image_encoder": {"preset": self.image_encoder.preset},
+            **self.stored_settings(),
+        }
+
+    def stored_settings(self) -> dict[str, Any]:
+        """The optional constructor arguments, as plain values (``model_index.json``)."""
+
+        return {
             "edm": asdict(self.edm),
             "sampler": asdict(self.sampler),
             **{k: getattr(self, k) for k in self.SAMPLING},
+            "settings": self.settings,
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:  # type: ignore[override]
-        """Write the folder (temp folder + rename)."""
+        """Write the folder described in the class docstring, atomically (temp folder + rename)."""
 
-        from safetensors.torch import save_file
+        from dimo.models.lora import is_lora_parameter
+        from dimo.pipelines.exports import write_export_files
 
+        if any(is_lora_parameter(n) for n, _ in self.unet.named_parameters()):
+            raise GenerateError(
+                "the HVG network carries LoRA adapters (train_parts: lora): an export holds plain weights; "
+                "save the adapters with HVGModule.save_adapters and load them with HVGModule.from_adapters"
+            )
         out = Path(save_directory)
         with atomic_folder(out) as tmp:
-            (tmp / "hvg").mkdir()
-            (tmp / "hvg" / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
-            state = {
-                f"{name}.{k}": v.detach().contiguous().clone().cpu()
-                for name in ("unet", "vae", "image_encoder")
-                for k, v in getattr(self, name).state_dict().items()
-            }
-            save_file(
-                state, tmp / "hvg" / "model.safetensors", metadata={"format": "pt", "class": "HVGPipeline"}
+            for name in self.PARTS:
+                getattr(self, name).save_pretrained(tmp / name)
+            write_export_files(
+                tmp, type(self), self.PARTS, self.stored_settings(), self.model_card(), self.training
             )
-            import diffusers
-
-            index = {
-                "_class_name": type(self).__name__,
-                "_diffusers_version": diffusers.__version__,
-                **{
-                    name: [type(getattr(self, name)).__module__, type(getattr(self, name)).__name__]
-                    for name in ("unet", "vae", "image_encoder")
-                },
-                "settings": self.settings,
-            }
-            (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         return out
+
+    def model_card(self) -> Any:
+        """The method-specific text of the export's README (:class:`~dimo.pipelines.exports.ModelCard`)."""
+
+        from dimo.pipelines.exports import ModelCard
+
+        hvg = self.unet.hvg
+        switches = ", ".join(
+            k for k in ("view_attention", "camera_embedding", "reference_clip", "reference_latent", "reference_net")
+            if getattr(hvg, k)
+        )  # fmt: skip
+        params = sum(p.numel() for p in self.unet.parameters())
+        return ModelCard(
+            title="HVG export",
+            summary=(
+                "Multi-view, multi-frame human video generation (HVG, Wang et al., arXiv 2602.21188): SVD-xt "
+                "extended with view attention, a dual bone-map pose modulator, a camera embedding and a "
+                "reference module. A reference image, a 3D motion and a camera set -> V views x T frames. "
+                "Written by `python -m dimo.cli export` from an `HVGModule` checkpoint (`docs/hvg.md`)."
+            ),
+            parts=[
+                (
+                    "`unet/`",
+                    f"`HVGUNet`: SVD UNet preset `{hvg.preset}` + HVG layers ({params:,} parameters), pose "
+                    f"condition `{hvg.pose_condition}`, on: {switches or 'none'}; `config.json` holds the "
+                    "switches under `hvg`",
+                ),
+                ("`vae/`", f"`AutoencoderKLTemporalDecoder` (frozen, preset `{self.vae.preset}`)"),
+                (
+                    "`image_encoder/`",
+                    f"`CLIPVisionModelWithProjection` (frozen, preset `{self.image_encoder.preset}`)",
+                ),
+            ],
+            inputs=[
+                ("`reference`", "(3, H, W) image in [-1, 1]: the person (H, W multiples of the VAE factor)"),
+                (
+                    "`joints`",
+                    "(T, 55, 3) world SMPL-X joints in metres (`load_motion_joints` reads a clip-format "
+                    "motion `.npz`); rendered per view as the dual bone maps (depth + normal)",
+                ),
+                (
+                    "`cameras`",
+                    "`CameraSet`: V static cameras (K, R, t world-to-camera, OpenCV), aligned on the frame-0 "
+                    "pelvis (`parse_cameras`: `ringN`, `trajectory:KIND[:N]`, a cameras `.json`); "
+                    "rotations relative to view 0 enter the camera embedding",
+                ),
+                ("`num_inference_steps`, `generator`", "EDM steps and the noise generator (seed)"),
+            ],
+            usage=(
+                "import torch\n"
+                "from dimo.pipelines.hvg import HVGPipeline, load_motion_joints, parse_cameras\n"
+                "from dimo.pipelines.io import load_image\n\n"
+                'pipe = HVGPipeline.from_pretrained("<this folder>")\n'
+                'joints = load_motion_joints("motion.npz")  # (T, 55, 3)\n'
+                'h, w = pipe.settings.get("height", 64), pipe.settings.get("width", 64)\n'
+                'cameras = parse_cameras("ring4", joints[0, 0], h, w)\n'
+                'video = pipe(load_image("ref.png", (h, w)), joints, cameras, 10, torch.Generator().manual_seed(0))\n'
+                "# (V, T, 3, H, W) in [-1, 1]"
+            ),
+            cli=(
+                "python -m dimo.cli generate --model hvg --pretrained <this folder> --reference ref.png "
+                "--motion motion.npz --cameras ring4 --out out.mp4"
+            ),
+            settings={
+                **self.settings,
+                "sample_steps": self.sample_steps,
+                "guidance_scale": self.guidance_scale,
+                "sampler": asdict(self.sampler),
+            },
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **_: Any) -> HVGPipeline:  # type: ignore[override]
-        from safetensors.torch import load_file
+        """Load a folder written by :meth:`save_pretrained` (local only; no file of the folder is
+        executed: each part is read by its own strict loader)."""
 
-        from dimo.models.common import MissingWeightsError, load_strict
-        from dimo.models.hvg.config import HVGConfig
         from dimo.models.hvg.network import SVDVAE, HVGUNet, SVDImageEncoder
+        from dimo.pipelines.exports import part_error, read_index, stored_kwargs
 
         folder = Path(pretrained_model_name_or_path)
-        index_file = folder / "model_index.json"
-        if not index_file.is_file():
+        index = read_index(folder, cls)
+        if (folder / "hvg").is_dir():
             raise GenerateError(
-                f"pretrained folder not found or incomplete: {index_file} missing "
-                "(expected a folder written by `python -m dimo.cli export`)"
+                f"{folder} was written by an older dimo export (hvg/model.safetensors); export its checkpoint "
+                "again with `python -m dimo.cli export`"
             )
-        index = json.loads(index_file.read_text())
-        if index.get("_class_name") != cls.__name__:
-            raise GenerateError(
-                f"{folder} holds a {index.get('_class_name')}; expected a {cls.__name__} folder"
-            )
-        for name in ("config.json", "model.safetensors"):
-            if not (folder / "hvg" / name).is_file():
-                raise GenerateError(f"pretrained folder incomplete: {folder / 'hvg' / name} missing")
-        cfg = json.loads((folder / "hvg" / "config.json").read_text())
-        if "unet" not in cfg:  # exported before the pipeline owned its parts: the module's hyperparameters
-            net = cfg.pop("net", None) or {}
-            cfg = {k: cfg[k] for k in ("edm", "sampler", *cls.SAMPLING) if k in cfg}
-            preset = net.get("preset", "tiny")
-            cfg.update(unet=net, vae={"preset": preset}, image_encoder={"preset": preset})
-        unet = HVGUNet(HVGConfig(**cfg.pop("unet")))
-        vae, image = SVDVAE(**cfg.pop("vae")), SVDImageEncoder(**cfg.pop("image_encoder"))
-        state = load_file(folder / "hvg" / "model.safetensors")
         try:
-            for name, part in (("unet", unet), ("vae", vae), ("image_encoder", image)):
-                load_strict(
-                    part,
-                    {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}.")},
-                    folder / "hvg",
-                )
-            other = sorted(k for k in state if k.split(".")[0] not in ("unet", "vae", "image_encoder"))
-            if other:
-                raise MissingWeightsError(f"{folder / 'hvg'}: unexpected weights {other[:5]}")
-        except MissingWeightsError as err:
-            raise GenerateError(
-                f"{folder / 'hvg' / 'model.safetensors'} does not match its config: {err}"
-            ) from err
-        from dimo.models.common import freeze
-
-        return cls(
-            unet.eval(),
-            freeze(vae),
-            freeze(image),
-            settings=index.get("settings") or index.get("dimo", {}).get("settings"),
-            **cfg,
-        )
+            unet = HVGUNet.from_pretrained(folder / "unet")
+            vae = SVDVAE.from_pretrained(folder / "vae")
+            image = SVDImageEncoder.from_pretrained(folder / "image_encoder")
+        except (OSError, ValueError) as err:  # incl. MissingWeightsError (a FileNotFoundError)
+            raise part_error(folder, err) from err
+        return cls(unet, vae, image, **stored_kwargs(cls, index))
 
     @staticmethod
     def batch(reference: torch.Tensor, joints: torch.Tensor, cameras: CameraSet) -> dict[str, Any]:
@@ -583,7 +636,7 @@ def run_hvg(args: argparse.Namespace, size_fn, write_fn) -> dict[str, Any]:
             "steps": args.steps,
             "seed": args.seed,
             "guidance_scale": float(pipe.guidance_scale),
-            "sampler": pipe.config_dict()["sampler"],
+            "sampler": asdict(pipe.sampler),
             "height": h,
             "width": w,
             "device": args.device,
