@@ -130,6 +130,7 @@ def test_export_load_generate_matches_checkpoint(pipe, assets, tmp_path) -> None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
     card = (out_dir / "README.md").read_text()
     assert "ThreeDiMoPipeline.from_pretrained" in card and "2 layers" in card  # the tiny backbone's shape
+    assert "global step" in card and "`driving`" in card and "trust_remote_code=True" in card  # training, inputs
     loaded = ThreeDiMoPipeline.from_pretrained(out_dir)
     ref, drv = _inputs(assets)
     kw = dict(num_inference_steps=2, window=5, overlap=1, progress=False)
