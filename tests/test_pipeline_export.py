@@ -12,7 +12,7 @@ from diffusers import DiffusionPipeline
 
 from dimo.commands.export import main as export_main
 from dimo.pipelines.threedimo import ThreeDiMoPipeline
-from dimo.testing import threedimo_batch, tiny_threedimo_module, tiny_threedimo_net, tiny_trainer
+from dimo.testing import save_module_checkpoint, threedimo_batch, tiny_threedimo_module, tiny_threedimo_net
 
 T, SIZE, STEPS = 9, 32, 2
 
@@ -25,10 +25,7 @@ def _trained_looking(module):
 
 
 def _export(module, root: Path) -> Path:
-    trainer = tiny_trainer(root, enable_checkpointing=False)
-    trainer.strategy.connect(module)
-    ckpt = root / "model.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = save_module_checkpoint(module, root / "model.ckpt")
     out = root / "export"
     assert export_main([str(ckpt), str(out)]) == 0
     return out

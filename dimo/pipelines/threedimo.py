@@ -258,7 +258,7 @@ class ThreeDiMoPipeline(DiffusionPipeline):
             ),
             cli=(
                 "python -m dimo.cli generate --model 3dimo --pretrained <this folder> --reference ref.png "
-                "--driving driving.mp4 --prompt \"Front view. The camera stays static.\" --out out.mp4"
+                '--driving driving.mp4 --prompt "Front view. The camera stays static." --out out.mp4'
             ),
             settings=self.settings,
         )
