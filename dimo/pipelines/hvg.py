@@ -9,17 +9,16 @@ and first pose frame); ``trajectory:KIND[:N]`` takes N viewpoints along a ``make
 a ``.json`` file gives explicit views; those get the same alignment as training samples (K shifted
 so the frame-0 pelvis is at the image centre). Sampling: :meth:`HVGPipeline.sample`, HVG's only sampler
 (EDM + the progressive spatio-temporal sampler; the module's validation samples use it too); no
-Lightning is involved. Outputs: one MP4 per view plus a tiled overview.
+Lightning is involved. ``dimo.cli generate --model hvg`` (:mod:`dimo.commands.generate`) writes one MP4
+per view plus a tiled overview (:func:`tile_views`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ __all__ = [
     "load_motion_joints",
     "HVGPipeline",
     "tile_views",
-    "run_hvg",
 ]
 
 
@@ -583,67 +581,3 @@ class HVGPipeline(DiffusionPipeline):
         batch = {k: v.to(device) for k, v in self.batch(reference, joints, cameras).items()}
         gen = generator or torch.Generator(device=device).manual_seed(0)
         return self.sample(batch, gen, num_inference_steps)[0].cpu()
-
-
-def run_hvg(args: argparse.Namespace, size_fn, write_fn) -> dict[str, Any]:
-    """``dimo.cli generate --model hvg``: per-view MP4s ``<out>_view{i}.mp4`` + overview ``<out>``."""
-
-    from dimo.pipelines.io import load_image, write_json, write_mp4
-
-    if args.motion is None:
-        raise GenerateError("--model hvg needs --motion FILE (a clip-format motion .npz)")
-    unused = [
-        f
-        for f, on in (
-            ("--dtype", args.dtype != "float32"),
-            ("--offload", args.offload),
-            ("--vae-tiling", args.vae_tiling),
-            ("--vae-slicing", args.vae_slicing),
-        )
-        if on
-    ]
-    if unused:
-        raise GenerateError(f"{', '.join(unused)} are 3dimo options; HVG runs in float32 on --device")
-    joints = load_motion_joints(args.motion, args.num_frames)
-    check_cameras(args.cameras)  # a bad --cameras fails before the model loads
-    if args.checkpoint is not None:
-        pipe = HVGPipeline.from_checkpoint(args.checkpoint)
-    else:
-        pipe = HVGPipeline.from_pretrained(args.pretrained)
-    h, w = size_fn(args, pipe.settings, args.reference)
-    reference = load_image(args.reference, (h, w))
-    cameras = parse_cameras(args.cameras, joints[0, 0], h, w)
-    pipe.to(torch.device(args.device))
-    if args.guidance_scale is not None:
-        pipe.guidance_scale = float(args.guidance_scale)
-    start = time.time()
-    video = pipe(
-        reference, joints, cameras, args.steps, torch.Generator(device=args.device).manual_seed(args.seed)
-    )
-    out = Path(args.out)
-    videos = {out.with_name(f"{out.stem}_view{i}.mp4"): video[i] for i in range(video.shape[0])}
-    videos[out] = tile_views(video)
-    sidecar = {
-        "model": "hvg",
-        "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve()),
-        "pretrained": None if args.pretrained is None else str(Path(args.pretrained).resolve()),
-        "reference": str(Path(args.reference).resolve()),
-        "motion": str(Path(args.motion).resolve()),
-        "cameras": cameras.name,
-        "camera_matrices": {"K": cameras.K.tolist(), "R": cameras.R.tolist(), "t": cameras.t.tolist()},
-        "views": [str(p) for p in videos if p != out],
-        "settings": {
-            "steps": args.steps,
-            "seed": args.seed,
-            "guidance_scale": float(pipe.guidance_scale),
-            "sampler": asdict(pipe.sampler),
-            "height": h,
-            "width": w,
-            "device": args.device,
-        },
-        "frames": int(video.shape[1]),
-        "fps": args.fps,
-        "seconds": round(time.time() - start, 3),
-    }
-    write_fn(out, videos, args.fps, sidecar, write_mp4, write_json)
-    return sidecar
