@@ -115,13 +115,24 @@ def test_i2v_samples_one_window_and_t2v_slides_windows(exported):
 # -- HVG: the pipeline's sampler is the module's; exports need no Lightning ------------------------
 @pytest.fixture(scope="module")
 def hvg_exported(tmp_path_factory):
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from dimo.models.hvg import HVGConfig
+    from dimo.models.hvg.network import build_image_encoder, build_vae
     from dimo.testing import tiny_hvg_module
 
     torch.manual_seed(0)
-    module = tiny_hvg_module(guidance_scale=1.5)
+    root = tmp_path_factory.mktemp("hvg")
+    svd, cfg = root / "svd", HVGConfig()  # the run's pretrained SVD-xt folder, with a latent scale of its own
+    UNetSpatioTemporalConditionModel(**cfg.unet_kwargs()).save_pretrained(svd / "unet")
+    vae = build_vae(cfg)
+    vae.register_to_config(scaling_factor=1.48)
+    vae.save_pretrained(svd / "vae")
+    build_image_encoder(cfg).save_pretrained(svd / "image_encoder")
+    module = tiny_hvg_module(guidance_scale=1.5, pretrained=svd)
     with torch.no_grad():  # open the zero-initialised pose door so the bone maps matter
         torch.nn.init.normal_(module.unet.pose_modulator.proj_out.weight, std=0.2)
-    return module.eval(), _export(module, tmp_path_factory.mktemp("hvg"))
+    return module.eval(), _export(module, root)
 
 
 def test_hvg_export_reproduces_the_module_sample(hvg_exported):
