@@ -88,6 +88,27 @@ def test_diffusers_loads_the_export_only_with_the_opt_in(exported, modules_cache
     torch.testing.assert_close(got, want[0], rtol=0, atol=0)
 
 
+def test_dimo_loader_refuses_a_part_with_a_missing_weight(exported, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from dimo.pipelines.errors import GenerateError
+
+    folder = tmp_path / "export"
+    shutil.copytree(exported[1], folder)
+    part = (
+        "image_encoder/model.safetensors"
+        if exported[0].net.is_i2v
+        else "vae/diffusion_pytorch_model.safetensors"
+    )
+    state = load_file(folder / part)
+    state.pop(sorted(state)[0])
+    save_file(state, folder / part)
+    with pytest.raises(GenerateError, match=r"weights do not match .*missing 1"):  # not a warning
+        ThreeDiMoPipeline.from_pretrained(folder)
+
+
 def test_i2v_samples_one_window_and_t2v_slides_windows(exported):
     from dimo.pipelines.errors import GenerateError
 

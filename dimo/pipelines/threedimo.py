@@ -51,7 +51,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
-from dimo.models.common import CLIP_MEAN, CLIP_STD, DTYPES
+from dimo.models.common import CLIP_MEAN, CLIP_STD, DTYPES, from_pretrained_strict
 from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.frozen import encode_i2v
 from dimo.pipelines.errors import GenerateError
@@ -276,14 +276,14 @@ class ThreeDiMoPipeline(DiffusionPipeline):
         folder = Path(pretrained_model_name_or_path)
         index = read_index(folder, cls)
         local = {"local_files_only": True}
-        try:
+        try:  # every part strictly (diffusers / transformers alone would only warn about bad keys)
             net = ThreeDiMoNet.from_pretrained(folder / "net")
-            vae = AutoencoderKLWan.from_pretrained(folder / "vae", **local)
+            vae = from_pretrained_strict(AutoencoderKLWan, folder / "vae", **local)
             tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", **local)
-            text = UMT5EncoderModel.from_pretrained(folder / "text_encoder", **local)
+            text = from_pretrained_strict(UMT5EncoderModel, folder / "text_encoder", **local)
             image = None
             if (index.get("image_encoder") or [None])[0] is not None:
-                image = CLIPVisionModel.from_pretrained(folder / "image_encoder", **local)
+                image = from_pretrained_strict(CLIPVisionModel, folder / "image_encoder", **local)
         except (MissingWeightsError, OSError, ValueError) as err:
             raise part_error(folder, err) from err
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
