@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from dimo.pipelines.cameras import parse_cameras
 from dimo.pipelines.errors import GenerateError
-from dimo.pipelines.hvg import HVGPipeline, load_motion_joints, parse_cameras, tile_views
+from dimo.pipelines.hvg import HVGPipeline, load_motion_joints, tile_views
 
 
 def _motion(tmp_path, n: int = 6) -> tuple[dict[str, np.ndarray], torch.Tensor]:

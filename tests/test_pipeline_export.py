@@ -172,7 +172,8 @@ def test_hvg_export_reproduces_the_module_sample(hvg_exported):
 
 
 def test_hvg_diffusers_loads_the_export_only_with_the_opt_in(hvg_exported, modules_cache):
-    from dimo.pipelines.hvg import HVGPipeline, ring_cameras
+    from dimo.pipelines.cameras import ring_cameras
+    from dimo.pipelines.hvg import HVGPipeline
     from dimo.testing import hvg_batch
 
     module, folder = hvg_exported
@@ -296,7 +297,8 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("no Lightning here")
 sys.meta_path.insert(0, Block())
 import torch
-from dimo.pipelines.hvg import CameraSet, HVGPipeline, ring_cameras
+from dimo.pipelines.cameras import ring_cameras
+from dimo.pipelines.hvg import HVGPipeline
 from dimo.pipelines.threedimo import ThreeDiMoPipeline
 hvg = HVGPipeline.from_pretrained({str(hvg_exported[1])!r})
 joints = torch.zeros(2, 55, 3)

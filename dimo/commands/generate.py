@@ -266,8 +266,9 @@ def _run_hvg(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
+    from dimo.pipelines.cameras import check_cameras, parse_cameras
     from dimo.pipelines.errors import GenerateError
-    from dimo.pipelines.hvg import HVGPipeline, check_cameras, load_motion_joints, parse_cameras, tile_views
+    from dimo.pipelines.hvg import HVGPipeline, load_motion_joints, tile_views
     from dimo.pipelines.io import load_image, write_json, write_mp4
 
     if args.motion is None:
