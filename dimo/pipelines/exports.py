@@ -110,8 +110,8 @@ def _training_text(training: Mapping[str, Any] | None) -> str:
     data = training.get("data") or {}
     return (
         f"From checkpoint `{training.get('checkpoint')}`{model} at global step {training.get('global_step')}, "
-        f"epoch {training.get('epoch')}. The module's settings (with the parts' constructor arguments, "
-        f"under `training` in `{INDEX_NAME}`):\n\n{_json_block(training.get('hyperparameters') or {})}\n\n"
+        f"epoch {training.get('epoch')}. The module's settings (kept under `training` in `{INDEX_NAME}`, "
+        f"with the parts' constructor arguments):\n\n{_json_block(training.get('hyperparameters') or {})}\n\n"
         + (f"Data settings:\n\n{_json_block(data)}" if data else "No data settings were recorded.")
     )
 
@@ -120,13 +120,21 @@ def card_text(pipeline_cls: type, card: ModelCard, training: Mapping[str, Any] |
     """The README of an export (markdown)."""
 
     settings = json.dumps(dict(card.settings), sort_keys=True) if card.settings else "none"
+    parts = [
+        *card.parts,
+        (f"`{INDEX_NAME}`", "parts, stored settings, training record"),
+        (
+            f"`{PIPELINE_FILE}`",
+            f"imports `{pipeline_cls.__name__}` from the installed `dimo` (for diffusers' loader)",
+        ),
+    ]
     return f"""# {card.title} ({pipeline_cls.__name__})
 
 {card.summary}
 
 ## Parts
 
-{_table(("part", "what"), [*card.parts, (f"`{INDEX_NAME}`", "parts, stored settings, training record"), (f"`{PIPELINE_FILE}`", f"imports `{pipeline_cls.__name__}` from the installed `dimo` (for diffusers' loader)")])}
+{_table(("part", "what"), parts)}
 
 Stored defaults: {settings}.
 
