@@ -316,3 +316,15 @@ print("ok")
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_hvg_export_of_a_lora_network_is_refused_in_one_line(tmp_path):
+    from dimo.models.lora import LoRASettings
+    from dimo.pipelines.errors import GenerateError
+    from dimo.pipelines.hvg import HVGPipeline
+    from dimo.testing import tiny_hvg_module
+
+    module = tiny_hvg_module(train_parts="lora", lora=LoRASettings(rank=4, alpha=8.0))
+    with pytest.raises(GenerateError, match="LoRA adapters .*save_adapters"):
+        HVGPipeline.from_module(module).save_pretrained(tmp_path / "export")
+    assert not (tmp_path / "export").exists()
