@@ -11,6 +11,7 @@ Everything here runs on a CPU in seconds and follows the sample contracts of ``d
 * :func:`tiny_threedimo_net` / :func:`tiny_threedimo_module` / :func:`tiny_hvg_module`: the ``tiny``
   presets at 32x32 with small motion encoders;
 * :func:`tiny_trainer`: a CPU ``Trainer`` without logger, progress bar or model summary;
+* :func:`save_module_checkpoint`: a Lightning checkpoint of a module as ``fit`` writes it, without training;
 * :func:`tiny_vlm_folder`: a tiny random Qwen2.5-VL model folder (config, weights, byte-level BPE
   tokenizer, image-processor settings, chat template) written offline in about a second, for the
   camera captioner (:class:`dimo.data.importers.VLMCaptioner`).
@@ -38,6 +39,7 @@ __all__ = [
     "hvg_batch",
     "synthetic_hvg_sample",
     "threedimo_batch",
+    "save_module_checkpoint",
     "tiny_hvg_module",
     "tiny_threedimo_module",
     "tiny_threedimo_net",
@@ -204,6 +206,17 @@ def tiny_trainer(root: str | Path | None = None, **kwargs):
     for key in ("logger", "enable_progress_bar", "enable_model_summary"):
         kwargs.setdefault(key, False)
     return Trainer(accelerator="cpu", default_root_dir=root, **kwargs)
+
+
+def save_module_checkpoint(module, path: str | Path) -> Path:
+    """Write ``module``'s Lightning checkpoint (hyperparameters, ``dimo_parts``, weights) at ``path``
+    through a :func:`tiny_trainer`, as ``fit`` would, without a training step."""
+
+    path = Path(path)
+    trainer = tiny_trainer(path.parent, enable_checkpointing=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
 
 
 # -- vision-language captioner -----------------------------------------------------------------------

@@ -8,13 +8,8 @@ import torch
 from dimo.models.threedimo import WanTextEncoder, WanVAE
 from dimo.models.threedimo.module import PARTS_KEY
 from dimo.pipelines.checkpoint import load_module, read_checkpoint
-from dimo.testing import tiny_threedimo_module, tiny_trainer
-
-
-def _save(module, path) -> None:
-    trainer = tiny_trainer(path.parent, enable_checkpointing=False)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
+from dimo.testing import save_module_checkpoint as _save
+from dimo.testing import tiny_threedimo_module
 
 
 def test_threedimo_checkpoint_rebuilds_without_a_run_config(tmp_path):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from dimo.pipelines.cameras import parse_cameras
 from dimo.pipelines.errors import GenerateError
-from dimo.pipelines.hvg import HVGPipeline, load_motion_joints, parse_cameras, tile_views
+from dimo.pipelines.hvg import HVGPipeline, load_motion_joints, tile_views
 
 
 def _motion(tmp_path, n: int = 6) -> tuple[dict[str, np.ndarray], torch.Tensor]:
@@ -112,17 +113,11 @@ def test_cli_hvg_rejects_a_3dimo_checkpoint(tmp_path, capsys) -> None:
 
 @pytest.fixture(scope="module")
 def hvg_ckpt(tmp_path_factory):
-    from lightning.pytorch import Trainer
-
     from dimo.models.hvg import HVGModule
+    from dimo.testing import save_module_checkpoint
 
     torch.manual_seed(0)
-    module = HVGModule()
-    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(module)
-    path = tmp_path_factory.mktemp("hvg") / "hvg.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return save_module_checkpoint(HVGModule(), tmp_path_factory.mktemp("hvg") / "hvg.ckpt")
 
 
 def test_hvg_cli_views_overview_and_export_round_trip(hvg_ckpt, tmp_path) -> None:

@@ -18,10 +18,10 @@ PROMPT = "Front view. The camera stays static."
 def assets(tmp_path_factory) -> dict[str, Path]:
     """A tiny trained-looking 3DiMo checkpoint, a reference PNG and a 13-frame driving MP4."""
 
-    from lightning.pytorch import Trainer
     from PIL import Image
 
     from dimo.models.threedimo import ThreeDiMoModule
+    from dimo.testing import save_module_checkpoint
 
     root = tmp_path_factory.mktemp("gen3dimo")
     torch.manual_seed(0)
@@ -29,10 +29,7 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     with torch.no_grad():  # leave the zero-init: motion injection must matter in these tests
         for p in module.net.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    trainer = Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    trainer.strategy.connect(module)
-    ckpt = root / "model.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = save_module_checkpoint(module, root / "model.ckpt")
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:32, 0:32]
@@ -130,6 +127,9 @@ def test_export_load_generate_matches_checkpoint(pipe, assets, tmp_path) -> None
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
     card = (out_dir / "README.md").read_text()
     assert "ThreeDiMoPipeline.from_pretrained" in card and "2 layers" in card  # the tiny backbone's shape
+    assert (
+        "global step" in card and "`driving`" in card and "trust_remote_code=True" in card
+    )  # training, inputs
     loaded = ThreeDiMoPipeline.from_pretrained(out_dir)
     ref, drv = _inputs(assets)
     kw = dict(num_inference_steps=2, window=5, overlap=1, progress=False)

@@ -87,4 +87,13 @@ def test_long_grid_three_windows_each_axis_runs():
     noise = torch.randn(1, 6, 6, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     out = sampler.sample(EDM(), _mixing_denoiser(calls), noise, steps=2)
     assert out.shape == noise.shape and bool(torch.isfinite(out).all())
-    assert all(c == (2, 2) for c in calls)
+    assert all(c == (2, 2) for c in calls) and len(calls) == 2 * sampler.num_evaluations(6, 6)
+    # behaviour: a denoiser that knows the clean grid (each window gets its own views' and frames' cells)
+    # lands on it exactly: every cell covered in both passes, the fusion weights sum to one, the window
+    # indices are the cells' own
+    x0 = torch.randn(noise.shape, generator=torch.Generator().manual_seed(1))
+
+    def exact(x, sigma, views, frames):
+        return x0[:, views][:, :, frames]
+
+    torch.testing.assert_close(sampler.sample(EDM(), exact, noise, steps=3), x0, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,6 @@
-"""One 3DiMo sampler: the exported pipeline (T2V and I2V) reproduces the module's validation sample,
-loaded by dimo's loader and by ``diffusers.DiffusionPipeline.from_pretrained`` (opt-in remote code)."""
+"""One sampler per method: the exported pipelines (3DiMo T2V and I2V, HVG) reproduce the modules'
+validation samples, loaded by dimo's loader and by ``diffusers.DiffusionPipeline.from_pretrained``
+(opt-in remote code); both exports share one folder shape (``dimo.pipelines.exports``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from diffusers import DiffusionPipeline
 
 from dimo.commands.export import main as export_main
 from dimo.pipelines.threedimo import ThreeDiMoPipeline
-from dimo.testing import threedimo_batch, tiny_threedimo_module, tiny_threedimo_net, tiny_trainer
+from dimo.testing import save_module_checkpoint, threedimo_batch, tiny_threedimo_module, tiny_threedimo_net
 
 T, SIZE, STEPS = 9, 32, 2
 
@@ -24,10 +25,7 @@ def _trained_looking(module):
 
 
 def _export(module, root: Path) -> Path:
-    trainer = tiny_trainer(root, enable_checkpointing=False)
-    trainer.strategy.connect(module)
-    ckpt = root / "model.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = save_module_checkpoint(module, root / "model.ckpt")
     out = root / "export"
     assert export_main([str(ckpt), str(out)]) == 0
     return out
@@ -90,6 +88,27 @@ def test_diffusers_loads_the_export_only_with_the_opt_in(exported, modules_cache
     torch.testing.assert_close(got, want[0], rtol=0, atol=0)
 
 
+def test_dimo_loader_refuses_a_part_with_a_missing_weight(exported, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from dimo.pipelines.errors import GenerateError
+
+    folder = tmp_path / "export"
+    shutil.copytree(exported[1], folder)
+    part = (
+        "image_encoder/model.safetensors"
+        if exported[0].net.is_i2v
+        else "vae/diffusion_pytorch_model.safetensors"
+    )
+    state = load_file(folder / part)
+    state.pop(sorted(state)[0])
+    save_file(state, folder / part)
+    with pytest.raises(GenerateError, match=r"weights do not match .*missing 1"):  # not a warning
+        ThreeDiMoPipeline.from_pretrained(folder)
+
+
 def test_i2v_samples_one_window_and_t2v_slides_windows(exported):
     from dimo.pipelines.errors import GenerateError
 
@@ -117,13 +136,24 @@ def test_i2v_samples_one_window_and_t2v_slides_windows(exported):
 # -- HVG: the pipeline's sampler is the module's; exports need no Lightning ------------------------
 @pytest.fixture(scope="module")
 def hvg_exported(tmp_path_factory):
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from dimo.models.hvg import HVGConfig
+    from dimo.models.hvg.network import build_image_encoder, build_vae
     from dimo.testing import tiny_hvg_module
 
     torch.manual_seed(0)
-    module = tiny_hvg_module(guidance_scale=1.5)
+    root = tmp_path_factory.mktemp("hvg")
+    svd, cfg = root / "svd", HVGConfig()  # the run's pretrained SVD-xt folder, with a latent scale of its own
+    UNetSpatioTemporalConditionModel(**cfg.unet_kwargs()).save_pretrained(svd / "unet")
+    vae = build_vae(cfg)
+    vae.register_to_config(scaling_factor=1.48)
+    vae.save_pretrained(svd / "vae")
+    build_image_encoder(cfg).save_pretrained(svd / "image_encoder")
+    module = tiny_hvg_module(guidance_scale=1.5, pretrained=svd)
     with torch.no_grad():  # open the zero-initialised pose door so the bone maps matter
         torch.nn.init.normal_(module.unet.pose_modulator.proj_out.weight, std=0.2)
-    return module.eval(), _export(module, tmp_path_factory.mktemp("hvg"))
+    return module.eval(), _export(module, root)
 
 
 def test_hvg_export_reproduces_the_module_sample(hvg_exported):
@@ -141,6 +171,118 @@ def test_hvg_export_reproduces_the_module_sample(hvg_exported):
     assert (pipe.sample(moved, torch.Generator().manual_seed(3), 2) - want).abs().mean() > 1e-4
 
 
+def test_hvg_diffusers_loads_the_export_only_with_the_opt_in(hvg_exported, modules_cache):
+    from dimo.pipelines.cameras import ring_cameras
+    from dimo.pipelines.hvg import HVGPipeline
+    from dimo.testing import hvg_batch
+
+    module, folder = hvg_exported
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        DiffusionPipeline.from_pretrained(folder)  # the folder's pipeline.py is not run by default
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert type(pipe).__name__ == "HVGPipeline" and type(pipe.unet).__name__ == "HVGUNet"
+    assert not pipe.unet.training and not any(p.requires_grad for p in pipe.vae.parameters())
+    assert pipe.stored_settings() == module.pipeline().stored_settings()
+    batch = hvg_batch(1, views=2, frames=2, height=SIZE, width=SIZE)
+    want = module.generate(batch, gen=torch.Generator().manual_seed(4), steps=2)
+    torch.testing.assert_close(pipe.sample(batch, torch.Generator().manual_seed(4), 2), want, rtol=0, atol=0)
+    # the user call is the same sampler, with the same result as dimo's own loader
+    joints = batch["joints3d"][0]
+    cams = ring_cameras(2, joints[0, 0], SIZE, SIZE)
+    args = (batch["reference"][0], joints, cams, 2)
+    native = HVGPipeline.from_pretrained(folder)(*args, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(pipe(*args, torch.Generator().manual_seed(5)), native, rtol=0, atol=0)
+
+
+def test_hvg_export_is_an_svd_style_folder_with_a_model_card(hvg_exported):
+    import json
+
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    module, folder = hvg_exported
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md", "image_encoder", "model_index.json", "pipeline.py", "unet", "vae",
+    ]  # fmt: skip
+    for part, weights in (
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("image_encoder", "model"),
+    ):
+        assert (folder / part / f"{weights}.safetensors").is_file() and (
+            folder / part / "config.json"
+        ).is_file()
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    assert unet["_class_name"] == "HVGUNet" and unet["hvg"]["preset"] == "tiny"
+    assert (
+        json.loads((folder / "vae" / "config.json").read_text())["_class_name"]
+        == "AutoencoderKLTemporalDecoder"
+    )
+    clip = json.loads((folder / "image_encoder" / "config.json").read_text())
+    assert clip["architectures"] == ["CLIPVisionModelWithProjection"]
+    # the VAE folder is a plain SVD one: diffusers' own class reads it and decodes the same
+    plain = AutoencoderKLTemporalDecoder.from_pretrained(folder / "vae")
+    z = torch.randn(2, 16, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain.decode(z, num_frames=2).sample, module.vae.decode(z, num_frames=2).sample
+        )
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline", "HVGPipeline"]
+    assert index["unet"] == ["dimo.models.hvg.network", "HVGUNet"]
+    assert (
+        index["training"]["global_step"] == 0 and index["training"]["model"] is None
+    )  # saved by a bare Trainer
+    assert index["training"]["parts"]["net"]["hvg"]["preset"] == "tiny"
+    card = (folder / "README.md").read_text()
+    for words in ("HVG", "HVGPipeline.from_pretrained", "trust_remote_code=True", "global step 0", "`joints`",
+                  "`cameras`", "`reference`", "preset `tiny`", "--model hvg"):  # fmt: skip
+        assert words in card, words
+
+
+def _tampered_copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(folder, copy)
+    return copy
+
+
+@pytest.mark.parametrize(
+    "victim",
+    ["vae/diffusion_pytorch_model.safetensors", "unet/config.json", "image_encoder/model.safetensors"],
+)
+def test_hvg_export_missing_file_is_one_line_naming_it(hvg_exported, tmp_path, modules_cache, victim):
+    from dimo.pipelines.errors import GenerateError
+    from dimo.pipelines.hvg import HVGPipeline
+
+    folder = _tampered_copy(hvg_exported[1], tmp_path)
+    (folder / victim).unlink()
+    with pytest.raises(GenerateError) as err:
+        HVGPipeline.from_pretrained(folder)
+    assert "\n" not in str(err.value) and Path(victim).name in str(err.value), str(err.value)
+    with pytest.raises(FileNotFoundError) as err:  # diffusers' loader reaches the same part loader
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert "\n" not in str(err.value) and Path(victim).name in str(err.value), str(err.value)
+
+
+def test_hvg_export_loads_strictly(hvg_exported, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from dimo.pipelines.errors import GenerateError
+    from dimo.pipelines.hvg import HVGPipeline
+
+    folder = _tampered_copy(hvg_exported[1], tmp_path)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop(next(k for k in state if k.startswith("pose_modulator.")))  # an HVG layer's weight
+    save_file(state, weights)
+    with pytest.raises(GenerateError, match="missing 1 .*unexpected 0"):
+        HVGPipeline.from_pretrained(folder)
+    (folder / "unet").rename(folder / "hvg")  # the layout before the parts had folders of their own
+    with pytest.raises(GenerateError, match="older dimo export"):
+        HVGPipeline.from_pretrained(folder)
+
+
 def test_exports_load_and_generate_without_lightning(exported, hvg_exported, tmp_path):
     """Inference imports no Lightning: a fresh interpreter where importing it fails loads both exports."""
 
@@ -155,7 +297,8 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError("no Lightning here")
 sys.meta_path.insert(0, Block())
 import torch
-from dimo.pipelines.hvg import CameraSet, HVGPipeline, ring_cameras
+from dimo.pipelines.cameras import ring_cameras
+from dimo.pipelines.hvg import HVGPipeline
 from dimo.pipelines.threedimo import ThreeDiMoPipeline
 hvg = HVGPipeline.from_pretrained({str(hvg_exported[1])!r})
 joints = torch.zeros(2, 55, 3)
@@ -173,3 +316,15 @@ print("ok")
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
     )
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]
+
+
+def test_hvg_export_of_a_lora_network_is_refused_in_one_line(tmp_path):
+    from dimo.models.lora import LoRASettings
+    from dimo.pipelines.errors import GenerateError
+    from dimo.pipelines.hvg import HVGPipeline
+    from dimo.testing import tiny_hvg_module
+
+    module = tiny_hvg_module(train_parts="lora", lora=LoRASettings(rank=4, alpha=8.0))
+    with pytest.raises(GenerateError, match="LoRA adapters .*save_adapters"):
+        HVGPipeline.from_module(module).save_pretrained(tmp_path / "export")
+    assert not (tmp_path / "export").exists()

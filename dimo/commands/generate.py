@@ -259,6 +259,77 @@ def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
     return sidecar
 
 
+def _run_hvg(args: argparse.Namespace) -> dict[str, Any]:
+    """``--model hvg``: per-view MP4s ``<out>_view{i}.mp4`` + overview ``<out>``."""
+
+    from dataclasses import asdict
+
+    import torch
+
+    from dimo.pipelines.cameras import check_cameras, parse_cameras
+    from dimo.pipelines.errors import GenerateError
+    from dimo.pipelines.hvg import HVGPipeline, load_motion_joints, tile_views
+    from dimo.pipelines.io import load_image, write_json, write_mp4
+
+    if args.motion is None:
+        raise GenerateError("--model hvg needs --motion FILE (a clip-format motion .npz)")
+    unused = [
+        f
+        for f, on in (
+            ("--dtype", args.dtype != "float32"),
+            ("--offload", args.offload),
+            ("--vae-tiling", args.vae_tiling),
+            ("--vae-slicing", args.vae_slicing),
+        )
+        if on
+    ]
+    if unused:
+        raise GenerateError(f"{', '.join(unused)} are 3dimo options; HVG runs in float32 on --device")
+    joints = load_motion_joints(args.motion, args.num_frames)
+    check_cameras(args.cameras)  # a bad --cameras fails before the model loads
+    if args.checkpoint is not None:
+        pipe = HVGPipeline.from_checkpoint(args.checkpoint)
+    else:
+        pipe = HVGPipeline.from_pretrained(args.pretrained)
+    h, w = _size(args, pipe.settings, args.reference)
+    reference = load_image(args.reference, (h, w))
+    cameras = parse_cameras(args.cameras, joints[0, 0], h, w)
+    pipe.to(torch.device(args.device))
+    if args.guidance_scale is not None:
+        pipe.guidance_scale = float(args.guidance_scale)
+    start = time.time()
+    video = pipe(
+        reference, joints, cameras, args.steps, torch.Generator(device=args.device).manual_seed(args.seed)
+    )
+    out = Path(args.out)
+    videos = {out.with_name(f"{out.stem}_view{i}.mp4"): video[i] for i in range(video.shape[0])}
+    videos[out] = tile_views(video)
+    sidecar = {
+        "model": "hvg",
+        "checkpoint": None if args.checkpoint is None else str(Path(args.checkpoint).resolve()),
+        "pretrained": None if args.pretrained is None else str(Path(args.pretrained).resolve()),
+        "reference": str(Path(args.reference).resolve()),
+        "motion": str(Path(args.motion).resolve()),
+        "cameras": cameras.name,
+        "camera_matrices": {"K": cameras.K.tolist(), "R": cameras.R.tolist(), "t": cameras.t.tolist()},
+        "views": [str(p) for p in videos if p != out],
+        "settings": {
+            "steps": args.steps,
+            "seed": args.seed,
+            "guidance_scale": float(pipe.guidance_scale),
+            "sampler": asdict(pipe.sampler),
+            "height": h,
+            "width": w,
+            "device": args.device,
+        },
+        "frames": int(video.shape[1]),
+        "fps": args.fps,
+        "seconds": round(time.time() - start, 3),
+    }
+    _write_outputs(out, videos, args.fps, sidecar, write_mp4, write_json)
+    return sidecar
+
+
 def _run_config(args: argparse.Namespace) -> str | None:
     from dimo.pipelines.checkpoint import find_run_config
 
@@ -304,11 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     _check_out(args.out, getattr(args, "overwrite", False))
     _check_numbers(args)
     _check_device(args.device)
-    if args.model == "3dimo":
-        return _run_threedimo(args)
-    from dimo.pipelines.hvg import run_hvg
-
-    return run_hvg(args, _size, _write_outputs)
+    return _run_threedimo(args) if args.model == "3dimo" else _run_hvg(args)
 
 
 def main(argv: Sequence[str]) -> int:

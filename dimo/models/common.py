@@ -10,6 +10,10 @@
   left out of checkpoints and put back from the live module on load (strict loading stays on).
 * :func:`load_strict`: ``load_state_dict`` that fails, naming the source, on any missing or
   unexpected key not on an explicit allow-list.
+* :func:`check_loading_options`: what a dimo part's strict ``from_pretrained`` accepts of the options
+  ``diffusers.DiffusionPipeline.from_pretrained`` passes to every part.
+* :func:`from_pretrained_strict`: a diffusers / transformers class's ``from_pretrained`` that fails on
+  missing or unexpected keys (the libraries only warn, leaving missing weights uninitialised).
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ __all__ = [
     "DTYPES",
     "FrozenDType",
     "MissingWeightsError",
+    "check_loading_options",
     "freeze",
+    "from_pretrained_strict",
     "load_strict",
     "restore_prefixes",
     "step_generator",
@@ -122,3 +128,34 @@ def load_strict(
         )
     module.load_state_dict(state, strict=False, assign=False)  # every key checked above
     return missing
+
+
+#: ``DiffusionPipeline.from_pretrained`` loading options that need diffusers' own weight loader
+_UNSUPPORTED_LOADING = ("device_map", "max_memory", "offload_folder", "quantization_config", "variant")
+
+
+def check_loading_options(name: str, loading: Mapping[str, object]) -> torch.dtype | None:
+    """The dtype among the options diffusers passes to a part's ``from_pretrained`` (``torch_dtype``,
+    or ``dtype`` for transformers parts); a placement option (device map, offloading, quantization,
+    variants) is one clear ``ValueError`` naming ``name`` (dimo's parts load strictly, on the CPU)."""
+
+    used = [k for k in _UNSUPPORTED_LOADING if loading.get(k) is not None]
+    if used or loading.get("use_safetensors") is False:
+        raise ValueError(f"{name}.from_pretrained does not support {used or ['use_safetensors=False']}")
+    dtype = loading.get("torch_dtype", loading.get("dtype"))
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def from_pretrained_strict(cls: type, folder: Path | str, **kwargs: object) -> nn.Module:
+    """``cls.from_pretrained(folder, **kwargs)`` for a diffusers or transformers model class, failing with
+    :class:`MissingWeightsError` naming ``folder`` on any missing, unexpected or mismatched key (both
+    libraries report them through ``output_loading_info`` and only warn)."""
+
+    model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
+    bad = {k: sorted(map(str, info.get(f"{k}_keys") or ())) for k in ("missing", "unexpected", "mismatched")}
+    if any(bad.values()):
+        raise MissingWeightsError(
+            f"{folder}: weights do not match {cls.__name__}: "
+            + ", ".join(f"{k} {len(v)} {v[:8]}" for k, v in bad.items() if v)
+        )
+    return model

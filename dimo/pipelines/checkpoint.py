@@ -24,7 +24,14 @@ import torch
 from dimo.pipelines.errors import GenerateError
 from dimo.safe_io import UnsafeFileError, load_torch
 
-__all__ = ["ModelKind", "read_checkpoint", "checkpoint_kind", "find_run_config", "load_module"]
+__all__ = [
+    "ModelKind",
+    "read_checkpoint",
+    "checkpoint_kind",
+    "find_run_config",
+    "load_module",
+    "training_record",
+]
 
 ModelKind = Literal["3dimo", "hvg"]
 _CLASSES = {"3dimo": "dimo.models.threedimo.ThreeDiMoModule", "hvg": "dimo.models.hvg.HVGModule"}
@@ -96,6 +103,30 @@ def _plain_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             hp[k] = dataclasses.asdict(v)
     return hp
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))  # Paths, tuples, dtypes -> JSON values
+
+
+def training_record(path: str | os.PathLike) -> dict[str, Any]:
+    """What an export records of the checkpoint it was written from (its README and
+    ``model_index.json``): the file name, global step, epoch, the module's class path,
+    hyperparameters and parts, and the data hyperparameters, as JSON values."""
+
+    ckpt = read_checkpoint(path)
+    parts = ckpt.get("dimo_parts")
+    return {
+        "checkpoint": Path(path).name,
+        "model": ckpt.get("hyper_parameters", {}).get("_class_path"),
+        "global_step": ckpt.get("global_step"),
+        "epoch": ckpt.get("epoch"),
+        "hyperparameters": _jsonable(_plain_hparams(ckpt)),
+        "parts": _jsonable(parts) if isinstance(parts, dict) else None,
+        "data": _jsonable(dict(ckpt.get("datamodule_hyper_parameters") or {})),
+    }
 
 
 def load_module(

@@ -22,7 +22,8 @@ Folder layout (``save_pretrained``), Wan-diffusers style::
 
     README.md          model card: what the folder holds, its settings, how to load and run it
     model_index.json   diffusers index + the dimo settings (size, window, text max_length, CLIP mean/std)
-    pipeline.py        two lines importing this class from the installed dimo (for diffusers, below)
+                       + the training record (checkpoint step, epoch, hyperparameters)
+    pipeline.py        imports this class from the installed dimo (for diffusers, below)
     net/               ThreeDiMoNet.save_pretrained (config.json, model.safetensors)
     vae/               AutoencoderKLWan
     tokenizer/, text_encoder/   UMT5 tokenizer + encoder
@@ -34,13 +35,13 @@ part with its own class and runs no file of the folder. ``diffusers.DiffusionPip
 (folder, trust_remote_code=True)`` loads the same pipeline: diffusers refuses, by default, to run a
 folder's ``pipeline.py`` (``_class_name`` names it), and with the opt-in that file only imports
 :class:`ThreeDiMoPipeline` from the installed ``dimo``, whose ``__init__`` wraps the raw diffusers /
-transformers parts diffusers loads.
+transformers parts diffusers loads. ``model_index.json``, ``pipeline.py`` and the README are written by
+:mod:`dimo.pipelines.exports`, which HVG's export shares.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -50,7 +51,7 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from dimo.diffusion.flow_matching import FlowMatching, reference_timesteps
-from dimo.models.common import CLIP_MEAN, CLIP_STD, DTYPES
+from dimo.models.common import CLIP_MEAN, CLIP_STD, DTYPES, from_pretrained_strict
 from dimo.models.threedimo import MissingWeightsError, ThreeDiMoNet, WanImageEncoder, WanTextEncoder, WanVAE
 from dimo.models.threedimo.frozen import encode_i2v
 from dimo.pipelines.errors import GenerateError
@@ -58,15 +59,6 @@ from dimo.pipelines.io import atomic_folder
 from dimo.pipelines.windows import fuse_windows, motion_frames
 
 __all__ = ["ThreeDiMoPipeline"]
-
-INDEX_NAME = "model_index.json"
-#: the export's pipeline file for ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``
-PIPELINE_FILE = "pipeline.py"
-PIPELINE_SOURCE = (
-    '"""diffusers entry of a dimo 3DiMo export: the pipeline class comes from the installed dimo."""\n\n'
-    "from dimo.pipelines.threedimo import ThreeDiMoPipeline\n\n"
-    '__all__ = ["ThreeDiMoPipeline"]\n'
-)
 
 
 class ThreeDiMoPipeline(DiffusionPipeline):
@@ -85,6 +77,7 @@ class ThreeDiMoPipeline(DiffusionPipeline):
             ``window`` (training clip length in frames, 1 + 4k), ``fps``.
         text_max_length: tokens per prompt of a bare text encoder (a wrapper keeps its own).
         image_mean, image_std: CLIP normalisation of a bare image encoder.
+        training: what the export records of its checkpoint (step, epoch, hyperparameters), if known.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->net->vae"
@@ -102,6 +95,7 @@ class ThreeDiMoPipeline(DiffusionPipeline):
         text_max_length: int | None = None,
         image_mean: Sequence[float] | None = None,
         image_std: Sequence[float] | None = None,
+        training: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(vae, WanVAE):
@@ -129,6 +123,7 @@ class ThreeDiMoPipeline(DiffusionPipeline):
             image_encoder=image_encoder,
         )
         self.settings: dict[str, Any] = dict(settings or {})
+        self.training = training
         self._offload_frozen = False
         self._autocast_dtype: torch.dtype | None = None
 
@@ -156,18 +151,20 @@ class ThreeDiMoPipeline(DiffusionPipeline):
     ) -> ThreeDiMoPipeline:
         """Build from a Lightning checkpoint of ``ThreeDiMoModule`` (+ the run's ``config.yaml``)."""
 
-        from dimo.pipelines.checkpoint import load_module
+        from dimo.pipelines.checkpoint import load_module, training_record
 
         module, data_hp = load_module(path, "3dimo", config)
         settings = {k: data_hp[k] for k in ("height", "width") if data_hp.get(k)}
         if data_hp.get("num_frames"):
             settings["window"] = int(data_hp["num_frames"])
-        return cls.from_module(module.eval(), settings)
+        pipe = cls.from_module(module.eval(), settings)
+        pipe.training = training_record(path)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:  # type: ignore[override]
         """Write the folder described in the module docstring, atomically (temp folder + rename)."""
 
-        import diffusers
+        from dimo.pipelines.exports import write_export_files
 
         out = Path(save_directory)
         with atomic_folder(out) as tmp:
@@ -177,67 +174,94 @@ class ThreeDiMoPipeline(DiffusionPipeline):
             self.text_encoder.encoder.save_pretrained(tmp / "text_encoder", safe_serialization=True)
             self.scheduler.save_pretrained(tmp / "scheduler")
             image: list[str | None] = [None, None]
-            extra: dict[str, Any] = {}
+            stored: dict[str, Any] = {
+                "settings": self.settings,
+                "text_max_length": self.text_encoder.max_length,
+            }
             if self.image_encoder is not None:
                 self.image_encoder.encoder.save_pretrained(tmp / "image_encoder", safe_serialization=True)
                 image = ["transformers", type(self.image_encoder.encoder).__name__]
-                extra = self.image_encoder.normalization
-            index = {
-                "_class_name": [Path(PIPELINE_FILE).stem, type(self).__name__],
-                "_diffusers_version": diffusers.__version__,
+                stored.update(self.image_encoder.normalization)
+            components = {
                 "net": [type(self.net).__module__, type(self.net).__name__],
                 "vae": ["diffusers", type(self.vae.vae).__name__],
                 "text_encoder": ["transformers", type(self.text_encoder.encoder).__name__],
                 "tokenizer": ["transformers", type(self.text_encoder.tokenizer).__name__],
                 "image_encoder": image,
                 "scheduler": ["diffusers", type(self.scheduler).__name__],
-                "settings": self.settings,
-                "text_max_length": self.text_encoder.max_length,
-                **extra,
             }
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
-            (tmp / PIPELINE_FILE).write_text(PIPELINE_SOURCE)
-            (tmp / "README.md").write_text(self.model_card())
+            write_export_files(tmp, type(self), components, stored, self.model_card(), self.training)
         return out
 
-    def model_card(self) -> str:
-        """The export's README: the network's shape, the defaults stored with it, how to load it."""
+    def model_card(self) -> Any:
+        """The method-specific text of the export's README (:class:`~dimo.pipelines.exports.ModelCard`)."""
+
+        from dimo.pipelines.exports import ModelCard
 
         cfg = self.net.export_config()
         wan = cfg["backbone_config"]
-        image = (
-            "| `image_encoder/` | `CLIPVisionModel` (frozen, I2V: the reference's image tokens) |\n"
-            if self.image_encoder is not None
-            else ""
+        kind = "I2V" if self.net.is_i2v else "T2V"
+        parts = [
+            (
+                "`net/`",
+                f"`ThreeDiMoNet`: motion encoders ({cfg['motion_dim']}-wide, {cfg['body_tokens']}+{cfg['hand_tokens']} "
+                f"tokens per frame), geometric decoder, Wan transformer ({wan.get('num_layers')} layers, "
+                f"{wan.get('num_attention_heads')}x{wan.get('attention_head_dim')} heads, {kind}) with "
+                f"`{cfg['injection']}` motion injection",
+            ),
+            ("`vae/`", "`AutoencoderKLWan` (frozen)"),
+            (
+                "`tokenizer/`, `text_encoder/`",
+                f"UMT5 (frozen), prompts of up to {self.text_encoder.max_length} tokens",
+            ),
+        ]
+        if self.image_encoder is not None:
+            parts.append(
+                ("`image_encoder/`", "`CLIPVisionModel` (frozen, I2V: the reference's image tokens)")
+            )
+        parts.append(
+            ("`scheduler/`", f"`FlowMatchEulerDiscreteScheduler`, shift {float(self.scheduler.config.shift)}")
         )
-        return f"""# 3DiMo export ({type(self).__name__})
-
-View-adaptive human video generation (3DiMo, Fang et al., CVPR 2026): a reference image, a driving
-video and a camera prompt ("<view>. The camera <motion>.") -> a video. Written by
-`python -m dimo.cli export` from a `ThreeDiMoModule` checkpoint.
-
-| part | what |
-|---|---|
-| `net/` | `ThreeDiMoNet`: motion encoders ({cfg["motion_dim"]}-wide, {cfg["body_tokens"]}+{cfg["hand_tokens"]} tokens per frame), geometric decoder, Wan transformer ({wan.get("num_layers")} layers, {wan.get("num_attention_heads")}x{wan.get("attention_head_dim")} heads, {"I2V" if self.net.is_i2v else "T2V"}) with `{cfg["injection"]}` motion injection |
-| `vae/` | `AutoencoderKLWan` (frozen) |
-| `tokenizer/`, `text_encoder/` | UMT5 (frozen), prompts of up to {self.text_encoder.max_length} tokens |
-{image}| `scheduler/` | `FlowMatchEulerDiscreteScheduler`, shift {float(self.scheduler.config.shift)} |
-| `pipeline.py` | imports `ThreeDiMoPipeline` from the installed `dimo` (for diffusers' loader) |
-
-Stored defaults: {json.dumps(self.settings) if self.settings else "none"} (frame size, temporal window).
-
-```python
-from dimo.pipelines.threedimo import ThreeDiMoPipeline
-from dimo.pipelines.io import load_image, load_video
-
-pipe = ThreeDiMoPipeline.from_pretrained("<this folder>")  # runs no file of the folder
-video = pipe(load_image("ref.png"), load_video("driving.mp4")[0], "Front view. The camera stays static.")
-```
-
-With diffusers' own loader (`dimo` installed): `DiffusionPipeline.from_pretrained("<this folder>",
-trust_remote_code=True)`; diffusers runs the folder's `pipeline.py` only with that opt-in.
-Or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`docs/generate.md`).
-"""
+        return ModelCard(
+            title="3DiMo export",
+            summary=(
+                "View-adaptive human video generation (3DiMo, Fang et al., CVPR 2026): a reference image, a "
+                'driving video and a camera prompt ("<view>. The camera <motion>.") -> a video. Written by '
+                "`python -m dimo.cli export` from a `ThreeDiMoModule` checkpoint (`docs/3dimo.md`)."
+            ),
+            parts=parts,
+            inputs=[
+                ("`reference`", "(3, H, W) image in [-1, 1], H, W multiples of 16: the person (frame 0)"),
+                (
+                    "`driving`",
+                    "(T, 3, H, W) video in [-1, 1], T >= 5 (frames past the last 1 + 4k are dropped): the "
+                    "motion, encoded to implicit motion tokens",
+                ),
+                (
+                    "`prompt`, `caption`",
+                    'camera prompt "<view>. The camera <motion>." and optional appearance text',
+                ),
+                (
+                    "`joints2d`, `joints2d_valid`",
+                    "optional (T, 55, 2) SMPL-X 2D joints: place the hand encoder's crops",
+                ),
+                (
+                    "`guidance_scale`, `motion_guidance_scale`, `window`, `generator`",
+                    "text / motion CFG, temporal window (frames), noise generator (seed)",
+                ),
+            ],
+            usage=(
+                "from dimo.pipelines.threedimo import ThreeDiMoPipeline\n"
+                "from dimo.pipelines.io import load_image, load_video\n\n"
+                'pipe = ThreeDiMoPipeline.from_pretrained("<this folder>")\n'
+                'video = pipe(load_image("ref.png"), load_video("driving.mp4")[0], "Front view. The camera stays static.")'
+            ),
+            cli=(
+                "python -m dimo.cli generate --model 3dimo --pretrained <this folder> --reference ref.png "
+                '--driving driving.mp4 --prompt "Front view. The camera stays static." --out out.mp4'
+            ),
+            settings=self.settings,
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **_: Any) -> ThreeDiMoPipeline:  # type: ignore[override]
@@ -247,36 +271,21 @@ Or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
         from diffusers import AutoencoderKLWan
         from transformers import AutoTokenizer, CLIPVisionModel, UMT5EncoderModel
 
+        from dimo.pipelines.exports import part_error, read_index, stored_kwargs
+
         folder = Path(pretrained_model_name_or_path)
-        index_file = folder / INDEX_NAME
-        if not index_file.is_file():
-            raise GenerateError(
-                f"pretrained folder not found or incomplete: {index_file} missing "
-                "(expected a folder written by `python -m dimo.cli export`)"
-            )
-        index = json.loads(index_file.read_text())
-        name = index.get("_class_name")
-        name = name[-1] if isinstance(name, list) and name else name
-        if name != cls.__name__:
-            raise GenerateError(f"{folder} holds a {name}; expected a {cls.__name__} folder")
-        if "dimo" in index:
-            raise GenerateError(
-                f"{folder} was written by an older dimo export (settings under 'dimo'); export its "
-                "checkpoint again with `python -m dimo.cli export`"
-            )
+        index = read_index(folder, cls)
         local = {"local_files_only": True}
-        try:
+        try:  # every part strictly (diffusers / transformers alone would only warn about bad keys)
             net = ThreeDiMoNet.from_pretrained(folder / "net")
-            vae = AutoencoderKLWan.from_pretrained(folder / "vae", **local)
+            vae = from_pretrained_strict(AutoencoderKLWan, folder / "vae", **local)
             tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", **local)
-            text = UMT5EncoderModel.from_pretrained(folder / "text_encoder", **local)
+            text = from_pretrained_strict(UMT5EncoderModel, folder / "text_encoder", **local)
             image = None
             if (index.get("image_encoder") or [None])[0] is not None:
-                image = CLIPVisionModel.from_pretrained(folder / "image_encoder", **local)
+                image = from_pretrained_strict(CLIPVisionModel, folder / "image_encoder", **local)
         except (MissingWeightsError, OSError, ValueError) as err:
-            raise GenerateError(
-                f"cannot load pretrained folder {folder}: {str(err).splitlines()[0]}"
-            ) from err
+            raise part_error(folder, err) from err
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(folder / "scheduler")
         return cls(
             net.eval(),
@@ -285,10 +294,7 @@ Or `python -m dimo.cli generate --model 3dimo --pretrained <this folder> ...` (`
             scheduler,
             tokenizer=tokenizer,
             image_encoder=image,
-            settings=index.get("settings"),
-            text_max_length=index.get("text_max_length"),
-            image_mean=index.get("image_mean"),
-            image_std=index.get("image_std"),
+            **stored_kwargs(cls, index),
         )
 
     def _frozen(self) -> list[torch.nn.Module]:

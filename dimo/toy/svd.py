@@ -494,15 +494,9 @@ def refine_decoder(folder: str | Path, cfg: ToySVDConfig | None = None, log=prin
         for part in folder.iterdir():
             if part.name not in ("vae", "toy_report.json"):
                 (shutil.copytree if part.is_dir() else shutil.copy2)(part, tmp / part.name)
-        # written as the plain diffusers class (the HVG loader returns its SVDVAE subclass, whose name
-        # would otherwise land in config.json and break the real SVD-xt layout)
-        from diffusers import AutoencoderKLTemporalDecoder
-
-        # explicit keyword arguments: from_config would reset the keys the subclass lists in
-        # _use_default_values (scaling_factor among them) to diffusers' defaults
-        plain = AutoencoderKLTemporalDecoder(**{k: v for k, v in vae.config.items() if not k.startswith("_")})
-        plain.load_state_dict(vae.state_dict(), strict=True)
-        plain.to(torch.float16).save_pretrained(tmp / "vae", variant="fp16")
+        # SVDVAE.save_pretrained writes a plain SVD vae/ folder (_class_name AutoencoderKLTemporalDecoder,
+        # the folder's latent scale kept)
+        vae.to(torch.float16).save_pretrained(tmp / "vae", variant="fp16")
         (tmp / "toy_report.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 

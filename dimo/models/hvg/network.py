@@ -18,24 +18,32 @@ reused unchanged: index within the temporal window), view attention sees views.
 :func:`load_svd_unet_weights` loads an SVD state dict with strict key checks except for the explicit
 :data:`HVG_NEW_LAYER_PATTERNS`; :func:`load_pretrained_components` reads a local SVD-xt diffusers
 folder (``unet/``, ``vae/``, ``image_encoder/``).
+
+Exports (:class:`~dimo.pipelines.hvg.HVGPipeline`) hold the three parts in that same layout, each
+written by its ``save_pretrained`` and read back by its strict ``from_pretrained`` (which
+``diffusers.DiffusionPipeline.from_pretrained`` also calls): ``unet/config.json`` is the SVD UNet
+config plus the HVG switches under ``hvg``; ``vae/`` and ``image_encoder/`` are plain SVD-xt parts
+(``AutoencoderKLTemporalDecoder``, ``CLIPVisionModelWithProjection``) whose preset is read off their
+config.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint
-from diffusers import AutoencoderKLTemporalDecoder, UNetSpatioTemporalConditionModel
+from diffusers import AutoencoderKLTemporalDecoder, ModelMixin, UNetSpatioTemporalConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import Downsample2D, SpatioTemporalResBlock, Upsample2D
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, PreTrainedModel
 
-from dimo.models.common import load_strict
+from dimo.models.common import check_loading_options, freeze, load_strict
 from dimo.models.hvg.config import CLIP_PRESETS, VAE_PRESETS, HVGConfig, PresetName
 from dimo.models.hvg.layers import (
     CameraEmbedding,
@@ -65,6 +73,26 @@ CHECKPOINTED_LAYERS = (
 _CHECKPOINT_PREFIX = "_checkpoint_wrapped_module."
 
 _REFERENCE_PREFIXES = ("conv_in.", "time_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
+
+# diffusers resolves a part's loader by looking these base classes up in the module that model_index.json
+# names for the part (this one): keep them importable from here
+_LOADER_BASES = (ModelMixin, PreTrainedModel)
+
+#: config keys that fix each part's shape (checked against the preset when a folder is loaded)
+_UNET_KEYS = (
+    "block_out_channels",
+    "cross_attention_dim",
+    "in_channels",
+    "layers_per_block",
+    "num_attention_heads",
+)
+_VAE_KEYS = (
+    "in_channels", "out_channels", "down_block_types", "block_out_channels", "layers_per_block", "latent_channels",
+)  # fmt: skip
+_CLIP_KEYS = (
+    "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers", "num_attention_heads",
+    "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps",
+)  # fmt: skip
 
 
 def strip_checkpoint_prefix(name: str) -> str:
@@ -210,6 +238,38 @@ class HVGUNet(UNetSpatioTemporalConditionModel):
 
         check_unet_config(folder, self.hvg)
         load_svd_unet_weights(self, read_unet_state_dict(folder))
+
+    # ---- exports: the whole network (SVD keys and HVG's layers) in one diffusers part folder ----
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """diffusers' ``save_pretrained`` (``config.json`` + ``diffusion_pytorch_model.safetensors``),
+        with the HVG switches (:class:`HVGConfig`) under ``hvg`` in ``config.json``."""
+
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, **kwargs)
+        _update_config(Path(save_directory) / "config.json", hvg=asdict(self.hvg))
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **loading) -> HVGUNet:
+        """Rebuild from a folder :meth:`save_pretrained` wrote and load every weight strictly (no key may
+        be missing or unexpected), in eval mode. ``loading``: the options ``DiffusionPipeline.from_pretrained``
+        passes (``torch_dtype`` applied; placement options refused in one line)."""
+
+        dtype = check_loading_options(cls.__name__, loading)
+        folder = Path(pretrained_model_name_or_path)
+        config_file = _require(folder / "config.json", "HVG UNet config")
+        hvg = json.loads(config_file.read_text()).get("hvg")
+        if not isinstance(hvg, dict):
+            raise ValueError(
+                f"{config_file} has no 'hvg' entry: not an HVG network (an SVD-xt UNet folder is loaded "
+                "through HVGModule(pretrained=...))"
+            )
+        try:
+            net = cls(HVGConfig(**hvg))
+        except (TypeError, KeyError) as err:
+            raise ValueError(f"{config_file}: bad 'hvg' entry {hvg}: {err}") from None
+        _check_part_config(folder, dict(net.config), _UNET_KEYS, net.hvg.preset)
+        load_strict(net, read_part_weights(folder, "diffusion_pytorch_model", "HVG UNet weights"), folder)
+        return _loaded(net, dtype).eval()
 
     # ---- gradient checkpointing -----------------------------------------------------------------
     def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
@@ -390,6 +450,10 @@ def load_svd_unet_weights(net: HVGUNet, state_dict: dict[str, torch.Tensor]) -> 
         net.reference_net.load_state_dict(ref_sd, strict=True)
 
 
+def _norm(x):
+    return list(x) if isinstance(x, (list, tuple)) else x
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(
@@ -444,17 +508,7 @@ def check_unet_config(folder: str | Path, hvg: HVGConfig) -> None:
     cfg = json.loads(_require(Path(folder) / "unet" / "config.json", "SVD UNet config").read_text())
     want = hvg.unet_kwargs()
 
-    def norm(x):
-        return list(x) if isinstance(x, (list, tuple)) else x
-
-    keys = (
-        "block_out_channels",
-        "cross_attention_dim",
-        "in_channels",
-        "layers_per_block",
-        "num_attention_heads",
-    )
-    diff = {k: (cfg[k], want[k]) for k in keys if k in cfg and norm(cfg[k]) != norm(want[k])}
+    diff = {k: (cfg[k], want[k]) for k in _UNET_KEYS if k in cfg and _norm(cfg[k]) != _norm(want[k])}
     if diff:
         raise ValueError(f"{folder}/unet/config.json does not match preset {hvg.preset!r}: {diff}")
 
@@ -488,10 +542,7 @@ def _check_part_config(folder: Path, have: dict, keys: tuple[str, ...], preset: 
 
     cfg = json.loads(_require(folder / "config.json", f"{folder.name} config").read_text())
 
-    def norm(x):
-        return list(x) if isinstance(x, (list, tuple)) else x
-
-    diff = {k: (cfg[k], have[k]) for k in keys if k in cfg and norm(cfg[k]) != norm(have[k])}
+    diff = {k: (cfg[k], have[k]) for k in keys if k in cfg and _norm(cfg[k]) != _norm(have[k])}
     if diff:
         raise ValueError(f"{folder}/config.json does not match preset {preset!r} (folder, preset): {diff}")
     return cfg
@@ -509,20 +560,33 @@ class SVDVAE(AutoencoderKLTemporalDecoder):
         """Strictly load ``<folder>/vae`` (an SVD-xt diffusers folder) after checking its shape; its
         latent ``scaling_factor`` (and ``force_upcast``) replace the preset's defaults."""
 
-        path = _require(Path(folder) / "vae", "SVD VAE folder")
-        keys = (
-            "in_channels",
-            "out_channels",
-            "down_block_types",
-            "block_out_channels",
-            "layers_per_block",
-            "latent_channels",
-        )
-        cfg = _check_part_config(path, dict(self.config), keys, self.preset)
+        self._load_part(_require(Path(folder) / "vae", "SVD VAE folder"))
+
+    def _load_part(self, path: Path) -> None:
+        cfg = _check_part_config(path, dict(self.config), _VAE_KEYS, self.preset)
         load_strict(self, read_part_weights(path, "diffusion_pytorch_model", "SVD VAE weights"), path)
         self.register_to_config(
             **{k: cfg[k] for k in ("scaling_factor", "force_upcast", "sample_size") if k in cfg}
         )
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """A plain SVD ``vae/`` folder (``_class_name`` ``AutoencoderKLTemporalDecoder``)."""
+
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, **kwargs)
+        _update_config(
+            Path(save_directory) / "config.json", _class_name=AutoencoderKLTemporalDecoder.__name__
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **loading) -> SVDVAE:
+        """The frozen VAE of an SVD ``vae/`` folder: the preset its config matches, every weight strictly."""
+
+        dtype = check_loading_options(cls.__name__, loading)
+        path = Path(pretrained_model_name_or_path)
+        vae = cls(_preset_of(path, VAE_PRESETS, _VAE_KEYS))
+        vae._load_part(path)
+        return freeze(_loaded(vae, dtype))
 
 
 class SVDImageEncoder(CLIPVisionModelWithProjection):
@@ -536,14 +600,56 @@ class SVDImageEncoder(CLIPVisionModelWithProjection):
     def load_folder(self, folder: str | Path) -> None:
         """Strictly load ``<folder>/image_encoder`` (an SVD-xt diffusers folder) after checking its shape."""
 
-        path = _require(Path(folder) / "image_encoder", "CLIP image encoder folder")
-        keys = (
-            "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers", "num_attention_heads",
-            "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps",
-        )  # fmt: skip
-        _check_part_config(path, self.config.to_dict(), keys, self.preset)
+        self._load_part(_require(Path(folder) / "image_encoder", "CLIP image encoder folder"))
+
+    def _load_part(self, path: Path) -> None:
+        _check_part_config(path, self.config.to_dict(), _CLIP_KEYS, self.preset)
         state = read_part_weights(path, "model", "CLIP image encoder weights")
         load_strict(self, state, path, allow_missing=("vision_model.embeddings.position_ids",))
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """A plain SVD ``image_encoder/`` folder (``architectures`` ``CLIPVisionModelWithProjection``)."""
+
+        super().save_pretrained(save_directory, **kwargs)
+        _update_config(
+            Path(save_directory) / "config.json", architectures=[CLIPVisionModelWithProjection.__name__]
+        )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *_args, **loading) -> SVDImageEncoder:
+        """The frozen encoder of an SVD ``image_encoder/`` folder: the preset its config matches, every
+        weight strictly."""
+
+        dtype = check_loading_options(cls.__name__, loading)
+        path = Path(pretrained_model_name_or_path)
+        enc = cls(_preset_of(path, CLIP_PRESETS, _CLIP_KEYS))
+        enc._load_part(path)
+        return freeze(_loaded(enc, dtype))
+
+
+def _update_config(config_file: Path, **entries) -> None:
+    """Set ``entries`` in a part's ``config.json`` (after the library wrote it)."""
+
+    config_file.write_text(
+        json.dumps({**json.loads(config_file.read_text()), **entries}, indent=2, sort_keys=True)
+    )
+
+
+def _preset_of(folder: Path, presets: dict[str, dict], keys: tuple[str, ...]) -> str:
+    """The preset whose shape ``folder/config.json`` has (compared on ``keys``), or one ValueError line."""
+
+    cfg = json.loads(_require(folder / "config.json", f"{folder.name} config").read_text())
+
+    for name, preset in presets.items():
+        if all(_norm(cfg.get(k)) == _norm(v) for k, v in preset.items() if k in keys):
+            return name
+    raise ValueError(f"{folder / 'config.json'} matches no HVG preset ({', '.join(presets)}) on {list(keys)}")
+
+
+def _loaded(module: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    if dtype is not None and dtype != torch.float32:
+        nn.Module.to(module, dtype=dtype)
+    return module
 
 
 def build_vae(hvg: HVGConfig, pretrained: str | Path | None = None) -> SVDVAE:

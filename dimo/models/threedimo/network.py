@@ -19,6 +19,7 @@ import torch
 from diffusers import ModelMixin
 from torch import nn
 
+from dimo.models.common import check_loading_options
 from dimo.models.lora import (
     LoRASettings,
     add_lora,
@@ -301,7 +302,7 @@ class ThreeDiMoNet(ModelMixin):
         ``DiffusionPipeline.from_pretrained`` passes to its components; ``torch_dtype`` is applied, the
         placement options (``device_map``, offloading, quantization, variants) are refused in one line."""
 
-        dtype = _check_loading_options(loading)
+        dtype = check_loading_options(cls.__name__, loading)
         folder = Path(folder)
         config_file = folder / CONFIG_NAME
         if not config_file.is_file():
@@ -317,20 +318,6 @@ class ThreeDiMoNet(ModelMixin):
         if dtype is not None and dtype != torch.float32:
             nn.Module.to(net, dtype=dtype)  # (ModelMixin.to warns about fp32 modules this network lacks)
         return net.eval()  # as diffusers' from_pretrained: inference mode (dropout off)
-
-
-#: ``DiffusionPipeline.from_pretrained`` loading options that need diffusers' own weight loader
-_UNSUPPORTED_LOADING = ("device_map", "max_memory", "offload_folder", "quantization_config", "variant")
-
-
-def _check_loading_options(loading: dict) -> torch.dtype | None:
-    """The ``torch_dtype`` of diffusers' component-loading options; a placement option is one clear error."""
-
-    used = [k for k in _UNSUPPORTED_LOADING if loading.get(k) is not None]
-    if used or loading.get("use_safetensors") is False:
-        raise ValueError(f"ThreeDiMoNet.from_pretrained does not support {used or ['use_safetensors=False']}")
-    dtype = loading.get("torch_dtype")
-    return dtype if isinstance(dtype, torch.dtype) else None
 
 
 def _call_args(fn, local_vars: dict) -> dict:
