@@ -12,6 +12,7 @@ import torch
 
 from dimo.cli import DimoCLI
 from dimo.models.threedimo import NET_PRESETS, ThreeDiMoNet, ThreeDiMoNetConfig
+from dimo.models.threedimo.config import CHECKPOINT_KEY
 from dimo.models.threedimo.module import PARTS_KEY
 from dimo.pipelines.checkpoint import load_module, read_checkpoint
 from dimo.testing import save_module_checkpoint, tiny_threedimo_module
@@ -176,3 +177,27 @@ def test_checkpoint_stores_the_exported_net_config(tmp_path):
     loaded, _ = load_module(path, "3dimo")  # no YAML beside it
     assert loaded.net.net_config == net.export_net_config()
     assert loaded.net.net_config.body_tokens == 3
+    # litgpt's Config.from_checkpoint: the config alone, from the .ckpt
+    assert ThreeDiMoNetConfig.from_checkpoint(path) == net.export_net_config()
+    assert CHECKPOINT_KEY == PARTS_KEY
+
+
+def test_from_checkpoint_reads_saved_and_exported_folders(tmp_path):
+    net = ThreeDiMoNet.from_name("tiny", motion_dim=32, geo_hidden=64, geo_layers=3)
+    net.save_pretrained(tmp_path / "export" / "net")  # an export's layout: <export>/net/config.json
+    want = net.export_net_config()
+    for where in (tmp_path / "export" / "net", tmp_path / "export", tmp_path / "export/net/config.json"):
+        assert ThreeDiMoNetConfig.from_checkpoint(where) == want
+    with pytest.raises(FileNotFoundError, match="no 3DiMo net config.json in"):
+        ThreeDiMoNetConfig.from_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="3DiMo checkpoint not found"):
+        ThreeDiMoNetConfig.from_checkpoint(tmp_path / "missing.ckpt")
+    not_ours = tmp_path / "wan" / "config.json"  # e.g. a Wan transformer folder
+    not_ours.parent.mkdir()
+    not_ours.write_text(json.dumps({"num_layers": 2}))
+    with pytest.raises(ValueError, match=r"config.json: unknown 3DiMo net config keys \['num_layers'\]"):
+        ThreeDiMoNetConfig.from_checkpoint(not_ours.parent)
+    old = tmp_path / "old.ckpt"  # a checkpoint that does not describe its network
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, old)
+    with pytest.raises(ValueError, match=r"old.ckpt holds no 3DiMo net config \(no dimo_parts\['net'\]\)"):
+        ThreeDiMoNetConfig.from_checkpoint(old)

@@ -19,6 +19,8 @@ those experiments pair with it; ``backbone_path`` (the pretrained folder) is nev
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -54,6 +56,11 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
     "wan2.1-t2v-1.3b": {"backbone": "wan2.1-t2v-1.3b", **_PAPER_ENCODERS},
     "wan2.1-i2v-14b": {"backbone": "wan2.1-i2v-14b", **_PAPER_ENCODERS},
 }
+
+#: where a Lightning checkpoint keeps its parts' configs (``dimo.models.threedimo.module.PARTS_KEY``)
+#: and the file name of a saved network's config (``ThreeDiMoNet.save_pretrained``)
+CHECKPOINT_KEY = "dimo_parts"
+CONFIG_NAME = "config.json"
 
 _POSITIVE = (
     "patch_size", "motion_dim", "motion_depth", "motion_heads", "body_tokens", "hand_tokens",
@@ -159,6 +166,41 @@ class ThreeDiMoNetConfig:
         if unknown:
             raise ValueError(f"unknown 3DiMo net config keys {unknown}; expected some of {names}")
         return cls(**dict(values))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike) -> ThreeDiMoNetConfig:
+        """The config a trained network describes (litgpt's ``Config.from_checkpoint``): a Lightning
+        ``.ckpt`` from ``dimo.cli fit`` (its ``dimo_parts["net"]``), a ``ThreeDiMoNet.save_pretrained``
+        folder or its ``config.json``, or an export folder (its ``net/config.json``). The checkpoint is
+        read with ``weights_only=True`` and an allow-list (:func:`dimo.safe_io.load_torch`)."""
+
+        path = Path(path)
+        if path.is_dir():
+            for candidate in (path / CONFIG_NAME, path / "net" / CONFIG_NAME):
+                if candidate.is_file():
+                    return cls._from_json(candidate)
+            raise FileNotFoundError(f"no 3DiMo net {CONFIG_NAME} in {path} (nor in {path / 'net'})")
+        if not path.is_file():
+            raise FileNotFoundError(f"3DiMo checkpoint not found: {path}")
+        if path.suffix == ".json":
+            return cls._from_json(path)
+        from dimo.safe_io import load_torch
+
+        ckpt = load_torch(path, what="checkpoint", mmap=True)
+        parts = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+        if not isinstance(parts, Mapping) or not isinstance(parts.get("net"), Mapping):
+            raise ValueError(
+                f"{path} holds no 3DiMo net config (no {CHECKPOINT_KEY}['net']): not a 3DiMo checkpoint, or "
+                "one written before checkpoints described their network (rebuild it with its run config.yaml)"
+            )
+        return cls.from_dict(parts["net"])
+
+    @classmethod
+    def _from_json(cls, file: Path) -> ThreeDiMoNetConfig:
+        try:
+            return cls.from_dict(json.loads(file.read_text()))
+        except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
+            raise ValueError(f"{file}: {err}") from err
 
     def replace(self, **changes: Any) -> ThreeDiMoNetConfig:
         """A copy with ``changes`` (checked again)."""

@@ -37,13 +37,12 @@ from dimo.models.threedimo.backbone import (
     read_weights,
     resolve_backbone,
 )
-from dimo.models.threedimo.config import ThreeDiMoNetConfig
+from dimo.models.threedimo.config import CONFIG_NAME, ThreeDiMoNetConfig
 from dimo.models.threedimo.geometric_decoder import GeometricDecoder
 from dimo.models.threedimo.motion_encoder import MotionEncoders
 
 __all__ = ["ThreeDiMoNet", "ThreeDiMoNetConfig"]
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
