@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from diffusers import ModelMixin
@@ -37,13 +37,20 @@ from dimo.models.threedimo.backbone import (
     read_weights,
     resolve_backbone,
 )
-from dimo.models.threedimo.config import CONFIG_NAME, ThreeDiMoNetConfig
+from dimo.models.threedimo.config import (
+    CONFIG_NAME,
+    Injection,
+    MotionAttention,
+    MotionPlacement,
+    ThreeDiMoNetConfig,
+)
 from dimo.models.threedimo.geometric_decoder import GeometricDecoder
 from dimo.models.threedimo.motion_encoder import MotionEncoders
 
 __all__ = ["ThreeDiMoNet", "ThreeDiMoNetConfig"]
 
 WEIGHTS_NAME = "model.safetensors"
+_DEFAULT = ThreeDiMoNetConfig  # the constructor's defaults are the config's (the ``tiny`` preset)
 
 
 class ThreeDiMoNet(ModelMixin):
@@ -80,25 +87,25 @@ class ThreeDiMoNet(ModelMixin):
 
     def __init__(
         self,
-        backbone: str = "tiny",
-        backbone_type: str = "wan",
-        backbone_path: Path | None = None,
-        backbone_config: dict | None = None,
-        injection: Literal["cross_attention", "channel_concat"] = "cross_attention",
-        motion_attention: Literal["frame_aligned", "global"] = "frame_aligned",
-        motion_placement: Literal["sequential", "parallel"] = "sequential",
-        image_size: tuple[int, int] = (64, 64),
-        patch_size: int = 8,
-        hand_crop: int = 32,
-        motion_dim: int = 64,
-        motion_depth: int = 2,
-        motion_heads: int = 4,
-        body_tokens: int = 5,
-        hand_tokens: int = 5,
-        geo_hidden: int = 256,
-        geo_layers: int = 2,
-        temporal_compression: int = 4,
-        lora: LoRASettings | None = None,
+        backbone: str = _DEFAULT.backbone,
+        backbone_type: str = _DEFAULT.backbone_type,
+        backbone_path: Path | None = _DEFAULT.backbone_path,
+        backbone_config: dict | None = _DEFAULT.backbone_config,
+        injection: Injection = _DEFAULT.injection,
+        motion_attention: MotionAttention = _DEFAULT.motion_attention,
+        motion_placement: MotionPlacement = _DEFAULT.motion_placement,
+        image_size: tuple[int, int] = _DEFAULT.image_size,
+        patch_size: int = _DEFAULT.patch_size,
+        hand_crop: int = _DEFAULT.hand_crop,
+        motion_dim: int = _DEFAULT.motion_dim,
+        motion_depth: int = _DEFAULT.motion_depth,
+        motion_heads: int = _DEFAULT.motion_heads,
+        body_tokens: int = _DEFAULT.body_tokens,
+        hand_tokens: int = _DEFAULT.hand_tokens,
+        geo_hidden: int = _DEFAULT.geo_hidden,
+        geo_layers: int = _DEFAULT.geo_layers,
+        temporal_compression: int = _DEFAULT.temporal_compression,
+        lora: LoRASettings | None = _DEFAULT.lora,
     ) -> None:
         super().__init__()
         backbone_cls = resolve_backbone(backbone_type)
