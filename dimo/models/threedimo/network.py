@@ -1,19 +1,21 @@
 """The trainable 3DiMo network: motion encoders + geometric decoder + Wan transformer with injection.
 
 :class:`ThreeDiMoNet` is a plain ``nn.Module`` whose typed constructor is its config (it is what
-YAML ``model.init_args.net`` describes). ``save_pretrained(folder)`` writes ``config.json`` (the
-constructor arguments) and ``model.safetensors``; ``from_pretrained(folder)`` rebuilds and loads
-strictly (any missing or unexpected key raises :class:`MissingWeightsError` naming the file).
-``backbone_path`` initialises the transformer from a local Wan diffusers folder instead (new
+YAML ``model.init_args.net`` describes); the arguments are checked and kept as a
+:class:`~dimo.models.threedimo.config.ThreeDiMoNetConfig` (``net.net_config``; named presets:
+``ThreeDiMoNet.from_name("tiny")``). ``save_pretrained(folder)`` writes ``config.json`` (the
+exported config, :meth:`ThreeDiMoNet.export_config`) and ``model.safetensors``;
+``from_pretrained(folder)`` rebuilds and loads strictly (any missing or unexpected key raises
+:class:`MissingWeightsError` naming the file). ``backbone_path`` initialises the transformer from a local Wan diffusers folder instead (new
 layers keep their zero/random init; every Wan key must be present).
 """
 
 from __future__ import annotations
 
-import inspect
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 from diffusers import ModelMixin
@@ -29,45 +31,26 @@ from dimo.models.lora import (
     save_adapters,
 )
 from dimo.models.threedimo.backbone import (
-    WAN_PRESETS,
     MissingWeightsError,
     MotionBackbone,
     load_strict,
     read_weights,
     resolve_backbone,
 )
+from dimo.models.threedimo.config import (
+    CONFIG_NAME,
+    Injection,
+    MotionAttention,
+    MotionPlacement,
+    ThreeDiMoNetConfig,
+)
 from dimo.models.threedimo.geometric_decoder import GeometricDecoder
 from dimo.models.threedimo.motion_encoder import MotionEncoders
 
-__all__ = ["ThreeDiMoNet"]
+__all__ = ["ThreeDiMoNet", "ThreeDiMoNetConfig"]
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def _check_net_sizes(args: dict) -> None:
-    """One-line errors for sizes that would otherwise fail deep inside the first step (or crawl)."""
-
-    for name in (
-        "patch_size", "motion_dim", "motion_depth", "motion_heads", "body_tokens", "hand_tokens",
-        "geo_hidden", "geo_layers", "temporal_compression",
-    ):  # fmt: skip
-        value = args[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"net.{name} must be a positive integer, got {value!r}")
-    h, w = (int(v) for v in args["image_size"])
-    p = args["patch_size"]
-    if h < p or w < p or h % p or w % p:
-        raise ValueError(f"net.image_size {h}x{w} must be positive multiples of patch_size={p}")
-    if args["motion_dim"] % args["motion_heads"]:
-        raise ValueError(
-            f"net.motion_dim={args['motion_dim']} must be divisible by motion_heads={args['motion_heads']}"
-        )
-    crop = args["hand_crop"]
-    if isinstance(crop, bool) or not isinstance(crop, int) or crop < 8 or crop % 8 or crop > max(h, w):
-        raise ValueError(
-            f"net.hand_crop must be a multiple of 8 between 8 and the frame size {max(h, w)}, got {crop!r}"
-        )
+_DEFAULT = ThreeDiMoNetConfig  # the constructor's defaults are the config's (the ``tiny`` preset)
 
 
 class ThreeDiMoNet(ModelMixin):
@@ -104,71 +87,107 @@ class ThreeDiMoNet(ModelMixin):
 
     def __init__(
         self,
-        backbone: str = "tiny",
-        backbone_type: str = "wan",
-        backbone_path: Path | None = None,
-        backbone_config: dict | None = None,
-        injection: Literal["cross_attention", "channel_concat"] = "cross_attention",
-        motion_attention: Literal["frame_aligned", "global"] = "frame_aligned",
-        motion_placement: Literal["sequential", "parallel"] = "sequential",
-        image_size: tuple[int, int] = (64, 64),
-        patch_size: int = 8,
-        hand_crop: int = 32,
-        motion_dim: int = 64,
-        motion_depth: int = 2,
-        motion_heads: int = 4,
-        body_tokens: int = 5,
-        hand_tokens: int = 5,
-        geo_hidden: int = 256,
-        geo_layers: int = 2,
-        temporal_compression: int = 4,
-        lora: LoRASettings | None = None,
+        backbone: str = _DEFAULT.backbone,
+        backbone_type: str = _DEFAULT.backbone_type,
+        backbone_path: Path | None = _DEFAULT.backbone_path,
+        backbone_config: dict | None = _DEFAULT.backbone_config,
+        injection: Injection = _DEFAULT.injection,
+        motion_attention: MotionAttention = _DEFAULT.motion_attention,
+        motion_placement: MotionPlacement = _DEFAULT.motion_placement,
+        image_size: tuple[int, int] = _DEFAULT.image_size,
+        patch_size: int = _DEFAULT.patch_size,
+        hand_crop: int = _DEFAULT.hand_crop,
+        motion_dim: int = _DEFAULT.motion_dim,
+        motion_depth: int = _DEFAULT.motion_depth,
+        motion_heads: int = _DEFAULT.motion_heads,
+        body_tokens: int = _DEFAULT.body_tokens,
+        hand_tokens: int = _DEFAULT.hand_tokens,
+        geo_hidden: int = _DEFAULT.geo_hidden,
+        geo_layers: int = _DEFAULT.geo_layers,
+        temporal_compression: int = _DEFAULT.temporal_compression,
+        lora: LoRASettings | None = _DEFAULT.lora,
     ) -> None:
         super().__init__()
-        lora = LoRASettings.coerce(lora)
         backbone_cls = resolve_backbone(backbone_type)
-        if backbone_type == "wan" and backbone not in WAN_PRESETS:
-            raise ValueError(f"unknown backbone preset {backbone!r}; expected one of {sorted(WAN_PRESETS)}")
-        _check_net_sizes(locals())
-        self.config = {
-            name: (str(value) if isinstance(value, Path) else value)
-            for name, value in _call_args(self.__init__, locals()).items()
-        }
-        self.config["lora"] = None if lora is None else lora.as_dict()  # JSON, like every other value
-        self.lora = lora
-        kwargs = dict(
-            motion_dim=motion_dim,
+        # the arguments, checked once (one line per bad value): the network is built from this alone
+        cfg = ThreeDiMoNetConfig(
+            backbone=backbone,
+            backbone_type=backbone_type,
+            backbone_path=backbone_path,
+            backbone_config=backbone_config,
             injection=injection,
             motion_attention=motion_attention,
             motion_placement=motion_placement,
+            image_size=image_size,
+            patch_size=patch_size,
+            hand_crop=hand_crop,
+            motion_dim=motion_dim,
+            motion_depth=motion_depth,
+            motion_heads=motion_heads,
+            body_tokens=body_tokens,
+            hand_tokens=hand_tokens,
+            geo_hidden=geo_hidden,
+            geo_layers=geo_layers,
             temporal_compression=temporal_compression,
+            lora=lora,
+        )
+        self.net_config = cfg
+        self.lora = cfg.lora
+        kwargs = dict(
+            motion_dim=cfg.motion_dim,
+            injection=cfg.injection,
+            motion_attention=cfg.motion_attention,
+            motion_placement=cfg.motion_placement,
+            temporal_compression=cfg.temporal_compression,
         )
         # ``transformer``: the backbone (MotionBackbone); the attribute name keeps the checkpoint keys
-        if backbone_path is not None:
-            self.transformer = backbone_cls.from_pretrained_dit(backbone_path, **kwargs)
-        elif backbone_config is not None:
-            cfg = dict(backbone_config)
-            if "patch_size" in cfg:
-                cfg["patch_size"] = tuple(cfg["patch_size"])
-            self.transformer = backbone_cls(cfg, **kwargs)
+        if cfg.backbone_path is not None:
+            self.transformer = backbone_cls.from_pretrained_dit(cfg.backbone_path, **kwargs)
+        elif cfg.backbone_config is not None:
+            wan = dict(cfg.backbone_config)
+            if "patch_size" in wan:
+                wan["patch_size"] = tuple(wan["patch_size"])
+            self.transformer = backbone_cls(wan, **kwargs)
         else:
-            self.transformer = backbone_cls.from_preset(backbone, **kwargs)
+            self.transformer = backbone_cls.from_preset(cfg.backbone, **kwargs)
         if not isinstance(self.transformer, MotionBackbone):
-            raise TypeError(f"backbone_type {backbone_type!r} does not implement MotionBackbone")
+            raise TypeError(f"backbone_type {cfg.backbone_type!r} does not implement MotionBackbone")
         self.encoders = MotionEncoders(
-            image_size,
-            patch_size,
-            hand_crop,
+            cfg.image_size,
+            cfg.patch_size,
+            cfg.hand_crop,
             8,
-            motion_dim,
-            motion_depth,
-            motion_heads,
-            body_tokens,
-            hand_tokens,
+            cfg.motion_dim,
+            cfg.motion_depth,
+            cfg.motion_heads,
+            cfg.body_tokens,
+            cfg.hand_tokens,
         )
-        self.geo_decoder = GeometricDecoder(body_tokens + hand_tokens, motion_dim, geo_hidden, geo_layers)
-        if lora is not None:  # after the pretrained weights: B = 0, so the backbone starts unchanged
-            add_lora(self.backbone.dit, lora)
+        self.geo_decoder = GeometricDecoder(
+            cfg.body_tokens + cfg.hand_tokens, cfg.motion_dim, cfg.geo_hidden, cfg.geo_layers
+        )
+        if cfg.lora is not None:  # after the pretrained weights: B = 0, so the backbone starts unchanged
+            add_lora(self.backbone.dit, cfg.lora)
+
+    @classmethod
+    def from_config(cls, config: ThreeDiMoNetConfig | Mapping[str, Any]) -> ThreeDiMoNet:
+        """The network of ``config`` (a :class:`ThreeDiMoNetConfig` or its :meth:`~ThreeDiMoNetConfig.as_dict`
+        form, e.g. a checkpoint's ``dimo_parts["net"]``); random init unless it names a ``backbone_path``."""
+
+        return cls(**ThreeDiMoNetConfig.from_dict(config).kwargs())
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ThreeDiMoNet:
+        """The network of preset ``name`` (:data:`~dimo.models.threedimo.config.NET_PRESETS`) with
+        ``overrides``; e.g. ``from_name("wan2.1-t2v-1.3b", backbone_path=wan / "transformer")``."""
+
+        return cls.from_config(ThreeDiMoNetConfig.from_name(name, **overrides))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments as JSON values (:meth:`ThreeDiMoNetConfig.as_dict`)."""
+
+        return self.net_config.as_dict()
 
     @property
     def backbone(self) -> MotionBackbone:
@@ -238,8 +257,7 @@ class ThreeDiMoNet(ModelMixin):
         config = read_adapter_config(folder)
         trained_on = config.pop("backbone_config")
         config.update(backbone_path=Path(backbone_path), backbone_config=None)
-        config["image_size"] = tuple(config["image_size"])
-        net = cls(**config)
+        net = cls.from_config(config)
         have = json.loads(json.dumps(net.backbone.backbone_config()))
         if have != json.loads(json.dumps(trained_on)):
             diff = sorted(k for k in set(have) | set(trained_on) if have.get(k) != trained_on.get(k))
@@ -280,11 +298,16 @@ class ThreeDiMoNet(ModelMixin):
         )
 
     # -- persistence ---------------------------------------------------------------------------
-    def export_config(self) -> dict:
-        """Constructor arguments that rebuild this network's exact shape with no file beside them:
-        the backbone's own config (not a preset name, not a folder); the weights come separately."""
+    def export_net_config(self) -> ThreeDiMoNetConfig:
+        """The config that rebuilds this network's exact shape with no file beside it: the backbone's
+        own config (not a preset name, not a folder); the weights come separately."""
 
-        return dict(self.config, backbone_path=None, backbone_config=self.backbone.backbone_config())
+        return self.net_config.replace(backbone_path=None, backbone_config=self.backbone.backbone_config())
+
+    def export_config(self) -> dict:
+        """:meth:`export_net_config` as JSON values (what checkpoints and exports store)."""
+
+        return self.export_net_config().as_dict()
 
     def save_pretrained(self, folder: Path | str) -> Path:
         from safetensors.torch import save_file
@@ -308,18 +331,12 @@ class ThreeDiMoNet(ModelMixin):
         if not config_file.is_file():
             raise MissingWeightsError(f"3DiMo network config not found: {config_file}")
         config = json.loads(config_file.read_text())
-        config["image_size"] = tuple(config["image_size"])
         weights_file = folder / WEIGHTS_NAME
         if not weights_file.is_file():
             raise MissingWeightsError(f"3DiMo network weights not found: {weights_file}")
-        net = cls(**config)
+        net = cls.from_config(config)
         state, source = read_weights(folder)
         load_strict(net, state, source)
         if dtype is not None and dtype != torch.float32:
             nn.Module.to(net, dtype=dtype)  # (ModelMixin.to warns about fp32 modules this network lacks)
         return net.eval()  # as diffusers' from_pretrained: inference mode (dropout off)
-
-
-def _call_args(fn, local_vars: dict) -> dict:
-    names = [p for p in inspect.signature(fn).parameters]
-    return {n: local_vars[n] for n in names}
