@@ -68,9 +68,31 @@ def test_lifting_evaluation_rows(toy_root):
     r = rows[0]
     assert r["sequences"] == 14 and r["frames"] == 14 * 12
     assert 0 < r["pa_mpjpe"] < r["mpjpe"] < 1000 and math.isfinite(r["t_root"])
+    assert r["depth_spread"] == 0.0  # the collapse indicator: one plane has no depth spread at all
     md = to_markdown(rows, {"sequences": 14, "clips": 6, "seed": 0, "frames_per_clip": 12, "size": 32,
                             "frames": 168, "command": "test", "date": "today"})  # fmt: skip
     assert "| fixed_depth | projected |" in md and "MVLift (paper, AIST++) | 67.6 | 110.7 | 79.2" in md
+    assert "| 0.0 |" in md  # the depth spread column
+    old = [{k: v for k, v in r.items() if k != "depth_spread"}]  # a row kept from before the column existed
+    assert f"| {r['pa_mpjpe']} | - |" in to_markdown(old, {"sequences": 14, "clips": 6, "seed": 0,
+        "frames_per_clip": 12, "size": 32, "frames": 168, "command": "test", "date": "today"})  # fmt: skip
+
+
+def test_depth_spread_is_the_ratio_of_per_frame_depth_deviations():
+    from dimo.pose.eval_lifting import depth_spread
+
+    joints, _ = _posed_in_camera(T=3)
+    pred, true = depth_spread(joints, joints)
+    assert pred == true > 0
+    ids = list(EVAL_JOINTS)
+    by_hand = sum(float(joints[f, ids, 2].std(unbiased=False)) for f in range(3))
+    assert true == pytest.approx(by_hand)
+    # halving every joint's depth offset from the frame's mean depth halves the spread
+    squeezed = joints.clone()
+    z = joints[..., 2]
+    m = z[:, ids].mean(-1, keepdim=True)
+    squeezed[..., 2] = m + 0.5 * (z - m)
+    assert depth_spread(squeezed, joints)[0] == pytest.approx(0.5 * true)
 
 
 def test_data_label_writes_pseudo_motion_for_clips_without_it(toy_root, tmp_path):
