@@ -136,6 +136,22 @@ def test_hvg_validation_scores_every_view_against_the_sample_motion(tmp_path):
     want = summarise([score_item(x, r, det, lift, driving=False)["generated"] for x, r in clips])
     for name in NAMES:
         assert float(logged[f"val/{name}"]) == pytest.approx(want[name], rel=1e-6), name
+    assert "val/pose_unscored" not in logged
+    # a clip the lifter refuses is counted, not a crash; the others are still scored
+    calls = []
+
+    def picky(uv, conf, K):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("no valid 2D keypoint")
+        return lift(uv, conf, K)
+
+    callback.lifter = picky
+    with pytest.warns(UserWarning, match="not scored"):
+        logged = trainer.validate(module, DataLoader([batch], batch_size=None), verbose=False)[0]
+    assert float(logged["val/pose_unscored"]) == 1 and len(calls) == 4
+    rest = summarise([score_item(x, r, det, lift, driving=False)["generated"] for x, r in clips[1:]])
+    assert float(logged["val/mpjpe"]) == pytest.approx(rest["mpjpe"], rel=1e-6)
 
 
 def test_off_by_default_costs_nothing(tmp_path):

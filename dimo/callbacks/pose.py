@@ -9,7 +9,8 @@ method (:func:`dimo.pose.lifting.get_lifter`) lifts them to camera-space 3D join
 of the validation epoch as ``val/mpjpe``, ``val/pa_mpjpe``, ``val/t_root`` (mm, summed errors over every
 scored clip and every rank, then divided: the same numbers as one ``evaluate`` run over those clips);
 the detector and the lifter are written to the logger's hyperparameters (``pose_eval/detector``,
-``pose_eval/lifter``).
+``pose_eval/lifter``). A clip the lifter refuses (``ValueError``, e.g. no valid keypoint) is left out,
+counted as ``val/pose_unscored`` and warned about once, rather than ending a training run.
 
 The LightningModule says what its clips and references are, through one method::
 
@@ -32,6 +33,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 
 __all__ = ["PoseEvaluation"]
 
@@ -75,6 +77,7 @@ class PoseEvaluation(Callback):
         self.lifter_name, self.lifter_options, self.batches = lifter, dict(lifter_options or {}), batches
         self.detector = self.lifter = None
         self._states: list[dict[str, torch.Tensor]] = []
+        self._unscored, self._warned = 0, False
 
     # -- setup: build the detector and the lifter once ---------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -99,7 +102,7 @@ class PoseEvaluation(Callback):
 
     # -- validation ----------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._states = []
+        self._states, self._unscored = [], 0
 
     @torch.no_grad()
     def on_validation_batch_end(
@@ -119,7 +122,16 @@ class PoseEvaluation(Callback):
         if generated is None:
             generated = pl_module.generate(batch)
         for video, ref in pl_module.pose_clips(batch, generated):
-            out = score_item(video.detach().float().cpu(), ref, self.detector, self.lifter, driving=False)
+            try:
+                out = score_item(video.detach().float().cpu(), ref, self.detector, self.lifter, driving=False)
+            except ValueError as err:  # e.g. no valid keypoint to lift: counted, not a crash mid-training
+                self._unscored += 1
+                if not self._warned:
+                    self._warned = True
+                    rank_zero_warn(
+                        f"pose_eval: clip {ref.name} not scored ({err}); counted in val/pose_unscored"
+                    )
+                continue
             self._states.append(out["generated"])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -127,13 +139,16 @@ class PoseEvaluation(Callback):
             return
         from dimo.eval.motion import POSE_METRICS, summarise
 
-        total = torch.zeros(len(_STATE_KEYS), dtype=torch.float64)
+        total = torch.zeros(len(_STATE_KEYS) + 1, dtype=torch.float64)  # the states, then unscored clips
         for s in self._states:
-            total += torch.stack([s[k].double().cpu() for k in _STATE_KEYS])
-        self._states = []
+            total[:-1] += torch.stack([s[k].double().cpu() for k in _STATE_KEYS])
+        total[-1] = self._unscored
+        self._states, self._unscored = [], 0
         if trainer.world_size > 1:  # every rank takes part, also one that scored nothing
             total = trainer.strategy.reduce(total.to(pl_module.device), reduce_op="sum").cpu()
-        state = dict(zip(_STATE_KEYS, total))
+        state = dict(zip(_STATE_KEYS, total[:-1]))
+        if float(total[-1]) > 0:
+            pl_module.log("val/pose_unscored", float(total[-1]), sync_dist=False)
         if float(state["joints_valid"]) == 0 or float(state["sequences"]) == 0:
             return  # no clip with a reference motion in the scored batches
         values = summarise([state])
