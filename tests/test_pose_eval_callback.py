@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch import seed_everything
+from lightning.pytorch import LightningModule, seed_everything
 from torch.utils.data import DataLoader
 
 from dimo.callbacks import PoseEvaluation
@@ -203,3 +203,37 @@ def test_a_bad_pose_eval_value_is_one_line_before_any_work(option, message, tmp_
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and message in err, err
+
+
+class _PerfectGenerator(LightningModule):
+    """Validation "samples" = the targets; clips and references as HVG's (every view of every grid)."""
+
+    def validation_step(self, batch, batch_idx):
+        return {"generated": batch["target"]}
+
+    def pose_clips(self, batch, generated):
+        from dimo.models.hvg import HVGModule
+
+        return HVGModule.pose_clips(self, batch, generated)
+
+
+def test_two_ranks_log_what_one_process_logs(tmp_path):
+    """DDP (2 CPU processes, gloo): each rank scores its own batch, the summed errors are reduced, and the
+    logged numbers equal one process scoring both batches."""
+
+    from dimo.testing import collate, synthetic_hvg_sample
+
+    batches = [collate([synthetic_hvg_sample(2, 3, 64, 64, seed=s)]) for s in (0, 1)]  # two clips
+    logged = []
+    for devices, strategy, per_rank in ((1, "auto", 2), (2, "ddp_spawn", 1), (1, "auto", 1)):
+        callback = PoseEvaluation(detector=DETECTOR, lifter="fixed_depth", batches=per_rank)
+        trainer = tiny_trainer(
+            tmp_path / str(devices), callbacks=[callback], devices=devices, strategy=strategy
+        )
+        logged.append(
+            trainer.validate(_PerfectGenerator(), DataLoader(batches, batch_size=None), verbose=False)[0]
+        )
+    for name in NAMES:
+        assert float(logged[1][f"val/{name}"]) == pytest.approx(float(logged[0][f"val/{name}"]), rel=1e-6), (
+            name
+        )
