@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -177,6 +178,18 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key_value(text: str) -> tuple[str, int | float | str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"error: --mvlift-option expects KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dimo.pose.eval_lifting", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lifting-toy"))
@@ -189,6 +202,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     p.add_argument("--free3d", type=Path, help="Free3D folder (default pretrained/toy-free3d)")
     p.add_argument("--mvlift", type=Path, help="MVLift folder (default pretrained/toy-mvlift)")
+    p.add_argument(
+        "--mvlift-option", action="append", default=[], metavar="KEY=VALUE",
+        help="an option of every MVLift variant (dimo.pose.mvlift.lift.mvlift_lift), e.g. stage2_iters=1000",
+    )  # fmt: skip
     p.add_argument(
         "--raw", nargs="*", default=[], metavar="METHOD",
         help="MVLift variants also scored before the skeleton fit (rows METHOD/no-fit)",
@@ -207,9 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dimo-lifting-") as tmp:
         records = synthesize(tmp, synth_config(0, args.clips_per_source, args.frames, 64))
         options = {"free3d": {"folder": args.free3d}} if args.free3d else {}
+        mv_options = dict(_key_value(o) for o in args.mvlift_option)
         if args.mvlift:
-            mv = [*args.methods, *args.raw]
-            options.update({m: {"folder": args.mvlift} for m in mv if m.startswith("mvlift")})
+            mv_options["folder"] = args.mvlift
+        options.update({m: dict(mv_options) for m in [*args.methods, *args.raw] if m.startswith("mvlift")})
         rows = evaluate(tmp, detector, methods=args.methods, options=options, raw=args.raw)
     old = args.out.with_suffix(".json")
     if args.keep and old.is_file():
@@ -231,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "frames_per_clip": args.frames,
         "size": 64,
         "detector": str(args.detector),
-        "command": "make eval-lifting",
+        "mvlift_options": dict(_key_value(o) for o in args.mvlift_option),
+        "command": " ".join(["python -m dimo.pose.eval_lifting", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
