@@ -132,3 +132,25 @@ def test_data_label_writes_pseudo_motion_for_clips_without_it(toy_root, tmp_path
     err = pa_mpjpe(torch.from_numpy(motion["joints"]), torch.from_numpy(gt["joints"]), joints=EVAL_JOINTS)
     assert err.item() < 120.0, err
     assert main(["label", str(root), "--fov-deg", "0"]) == 2
+
+
+def test_eval_lifting_main_keeps_rows_and_scores_mvlift_before_the_fit(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from dimo.pose.eval_lifting import main
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "lifting"
+    common = ["--out", str(out), "--detector", str(repo / "pretrained" / "toy-detector"), "--clips-per-source", "1",
+              "--frames", "4"]  # fmt: skip
+    assert main([*common, "--methods", "fixed_depth"]) == 0
+    assert main([*common, "--methods", "mvlift_stage1", "--raw", "mvlift_stage1", "--mvlift-option", "steps=2",
+                 "--mvlift-option", "fit_iters=2", "--keep"]) == 0  # fmt: skip
+    data = json.loads(out.with_suffix(".json").read_text())
+    got = [(r["method"], r["input"]) for r in data["rows"]]
+    assert got == [(m, i) for m in ("fixed_depth", "mvlift_stage1", "mvlift_stage1/no-fit")
+                   for i in ("projected", "detected")]  # fmt: skip
+    assert data["rows"][0]["date"] and data["meta"]["mvlift_options"] == {"steps": 2, "fit_iters": 2}
+    assert all(r["depth_spread"] >= 0 for r in data["rows"]) and data["rows"][0]["depth_spread"] == 0.0
+    assert "--raw mvlift_stage1" in out.with_suffix(".md").read_text()
