@@ -100,6 +100,8 @@ def test_3dimo_validation_logs_what_evaluate_computes_on_the_same_clips(toy_root
     want = _evaluate(videos, refs, tmp_path / "right", "fixed_depth")
     for name in NAMES:
         assert float(logged[f"val/{name}"]) == pytest.approx(want[name], rel=1e-5), name
+        # the real target frames, scored the same way (the floor): here the "samples" are those frames
+        assert float(logged[f"val/{name}_real"]) == float(logged[f"val/{name}"]), name
     # a wrong wiring (each clip compared with another clip's motion) gives other numbers
     wrong = _evaluate(videos, refs[1:] + refs[:1], tmp_path / "wrong", "fixed_depth")
     assert abs(wrong["mpjpe"] - want["mpjpe"]) > 5 and abs(wrong["pa_mpjpe"] - want["pa_mpjpe"]) > 5, (
@@ -149,7 +151,9 @@ def test_hvg_validation_scores_every_view_against_the_sample_motion(tmp_path):
     callback.lifter = picky
     with pytest.warns(UserWarning, match="not scored"):
         logged = trainer.validate(module, DataLoader([batch], batch_size=None), verbose=False)[0]
-    assert float(logged["val/pose_unscored"]) == 1 and len(calls) == 4
+    assert float(logged["val/pose_unscored"]) == 1 and "val/pose_unscored_real" not in logged
+    assert len(calls) == 4 + 4  # the generated views, then the real ones
+    assert float(logged["val/mpjpe_real"]) == pytest.approx(want["mpjpe"], rel=1e-6)
     rest = summarise([score_item(x, r, det, lift, driving=False)["generated"] for x, r in clips[1:]])
     assert float(logged["val/mpjpe"]) == pytest.approx(rest["mpjpe"], rel=1e-6)
 
@@ -166,10 +170,11 @@ def test_off_by_default_costs_nothing(tmp_path):
     off.setup(None, Untouchable(), "validate")
     off.on_validation_batch_end(_Trainer(), Untouchable(), {"generated": None}, {}, 0)
     off.on_validation_epoch_end(_Trainer(), Untouchable())
-    # the CLI leaves it out of the trainer's callbacks unless a detector is named
+    # the CLI leaves it out of the trainer's callbacks unless a detector is named (hvg.yaml names one; a
+    # config without a pose_eval: section gets the default, None: tests/test_experiments.py)
     base = ["--config", str(REPO / "experiments" / "hvg.yaml"), f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false"]  # fmt: skip
-    cli = run_lightning(base, run=False)
+    cli = run_lightning([*base, "--pose_eval.detector=null"], run=False)
     assert not any(isinstance(c, PoseEvaluation) for c in cli.trainer.callbacks)
     cli = run_lightning([*base, f"--pose_eval.detector={DETECTOR}", "--pose_eval.lifter=free3d"], run=False)
     (on,) = [c for c in cli.trainer.callbacks if isinstance(c, PoseEvaluation)]

@@ -7,7 +7,9 @@ of the first ``batches`` validation batches go through exactly what ``python -m 
 method (:func:`dimo.pose.lifting.get_lifter`) lifts them to camera-space 3D joints, and
 :class:`~dimo.eval.pose.PoseMetrics` compares them with the batch's reference motion. Logged at the end
 of the validation epoch as ``val/mpjpe``, ``val/pa_mpjpe``, ``val/t_root`` (mm, summed errors over every
-scored clip and every rank, then divided: the same numbers as one ``evaluate`` run over those clips);
+scored clip and every rank, then divided: the same numbers as one ``evaluate`` run over those clips),
+and the same on the batch's real target frames as ``val/mpjpe_real``, ... (the estimator's own error,
+as ``evaluate`` scores the driving video);
 the detector and the lifter are written to the logger's hyperparameters (``pose_eval/detector``,
 ``pose_eval/lifter``). A clip the lifter refuses (``ValueError``, e.g. no valid keypoint) is left out,
 counted as ``val/pose_unscored`` and warned about once, rather than ending a training run.
@@ -50,6 +52,8 @@ class PoseEvaluation(Callback):
             ``fixed_depth``, ``mvlift``, ...).
         lifter_options: keyword arguments of the lifter's factory (e.g. ``folder``).
         batches: how many validation batches (the first ones, of the first dataloader) are scored.
+        real: also score the batch's real target frames the same way (``val/mpjpe_real``, ...): the
+            detector + lifter's own error, the floor a perfect generator would reach.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class PoseEvaluation(Callback):
         lifter: str = "free3d",
         lifter_options: dict[str, Any] | None = None,
         batches: int = 1,
+        real: bool = True,
     ) -> None:
         from dimo.pose.lifting import LIFTERS
 
@@ -76,8 +81,10 @@ class PoseEvaluation(Callback):
         self.detector_dir = None if detector is None else Path(detector)
         self.lifter_name, self.lifter_options, self.batches = lifter, dict(lifter_options or {}), batches
         self.detector = self.lifter = None
-        self._states: list[dict[str, torch.Tensor]] = []
-        self._unscored, self._warned = 0, False
+        self.real = real
+        self._suffixes = ("", "_real") if real else ("",)
+        self._states: dict[str, list[dict[str, torch.Tensor]]] = {k: [] for k in self._suffixes}
+        self._unscored, self._warned = dict.fromkeys(self._suffixes, 0), False
 
     # -- setup: build the detector and the lifter once ---------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -102,7 +109,8 @@ class PoseEvaluation(Callback):
 
     # -- validation ----------------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._states, self._unscored = [], 0
+        self._states = {suffix: [] for suffix in self._suffixes}
+        self._unscored = dict.fromkeys(self._suffixes, 0)
 
     @torch.no_grad()
     def on_validation_batch_end(
@@ -116,41 +124,48 @@ class PoseEvaluation(Callback):
     ) -> None:
         if not self.active or trainer.sanity_checking or dataloader_idx != 0 or batch_idx >= self.batches:
             return
-        from dimo.eval.motion import score_item
-
         generated = outputs.get("generated") if isinstance(outputs, dict) else None
         if generated is None:
             generated = pl_module.generate(batch)
-        for video, ref in pl_module.pose_clips(batch, generated):
+        self._score(pl_module.pose_clips(batch, generated), "")
+        if self.real:  # the same on the real target frames: the detector + lifter's own floor
+            self._score(pl_module.pose_clips(batch, batch["target"]), "_real")
+
+    def _score(self, clips: list, suffix: str) -> None:
+        from dimo.eval.motion import score_item
+
+        for video, ref in clips:
             try:
                 out = score_item(video.detach().float().cpu(), ref, self.detector, self.lifter, driving=False)
             except ValueError as err:  # e.g. no valid keypoint to lift: counted, not a crash mid-training
-                self._unscored += 1
+                self._unscored[suffix] += 1
                 if not self._warned:
                     self._warned = True
                     rank_zero_warn(
-                        f"pose_eval: clip {ref.name} not scored ({err}); counted in val/pose_unscored"
+                        f"pose_eval: clip {ref.name} not scored ({err}); counted in val/pose_unscored{suffix}"
                     )
                 continue
-            self._states.append(out["generated"])
+            self._states[suffix].append(out["generated"])
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.active or trainer.sanity_checking:
             return
         from dimo.eval.motion import POSE_METRICS, summarise
 
-        total = torch.zeros(len(_STATE_KEYS) + 1, dtype=torch.float64)  # the states, then unscored clips
-        for s in self._states:
-            total[:-1] += torch.stack([s[k].double().cpu() for k in _STATE_KEYS])
-        total[-1] = self._unscored
-        self._states, self._unscored = [], 0
-        if trainer.world_size > 1:  # every rank takes part, also one that scored nothing
-            total = trainer.strategy.reduce(total.to(pl_module.device), reduce_op="sum").cpu()
-        state = dict(zip(_STATE_KEYS, total[:-1]))
-        if float(total[-1]) > 0:
-            pl_module.log("val/pose_unscored", float(total[-1]), sync_dist=False)
-        if float(state["joints_valid"]) == 0 or float(state["sequences"]) == 0:
-            return  # no clip with a reference motion in the scored batches
-        values = summarise([state])
-        for name in POSE_METRICS:
-            pl_module.log(f"val/{name}", values[name], sync_dist=False)  # equal on every rank
+        for suffix in self._suffixes:
+            # the summed states, then the unscored clips: exact aggregation over clips and ranks
+            total = torch.zeros(len(_STATE_KEYS) + 1, dtype=torch.float64)
+            for s in self._states[suffix]:
+                total[:-1] += torch.stack([s[k].double().cpu() for k in _STATE_KEYS])
+            total[-1] = self._unscored[suffix]
+            if trainer.world_size > 1:  # every rank takes part, also one that scored nothing
+                total = trainer.strategy.reduce(total.to(pl_module.device), reduce_op="sum").cpu()
+            state = dict(zip(_STATE_KEYS, total[:-1]))
+            if float(total[-1]) > 0:
+                pl_module.log(f"val/pose_unscored{suffix}", float(total[-1]), sync_dist=False)
+            if float(state["joints_valid"]) == 0 or float(state["sequences"]) == 0:
+                continue  # no clip with a reference motion in the scored batches
+            values = summarise([state])
+            for name in POSE_METRICS:
+                pl_module.log(f"val/{name}{suffix}", values[name], sync_dist=False)  # equal on every rank
+        self.on_validation_epoch_start(trainer, pl_module)
