@@ -154,3 +154,8 @@ def test_eval_lifting_main_keeps_rows_and_scores_mvlift_before_the_fit(tmp_path,
     assert data["rows"][0]["date"] and data["meta"]["mvlift_options"] == {"steps": 2, "fit_iters": 2}
     assert all(r["depth_spread"] >= 0 for r in data["rows"]) and data["rows"][0]["depth_spread"] == 0.0
     assert "--raw mvlift_stage1" in out.with_suffix(".md").read_text()
+    only = tmp_path / "projected"
+    assert main([*common[2:], "--out", str(only), "--methods", "fixed_depth", "--inputs", "projected"]) == 0
+    rows = json.loads(only.with_suffix(".json").read_text())["rows"]
+    assert [(r["method"], r["input"]) for r in rows] == [("fixed_depth", "projected")]
+    assert rows[0]["mpjpe"] == data["rows"][0]["mpjpe"]  # the same clips and input as above

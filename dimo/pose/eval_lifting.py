@@ -200,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--methods", nargs="+", default=["fixed_depth", "smplify", "free3d"],
         help="lifting methods by name (dimo.pose.lifting.LIFTERS)",
     )  # fmt: skip
+    p.add_argument(
+        "--inputs", nargs="+", choices=["projected", "detected"], default=["projected", "detected"],
+        help="2D inputs to score (detected: the --detector's keypoints on the rendered frames)",
+    )  # fmt: skip
     p.add_argument("--free3d", type=Path, help="Free3D folder (default pretrained/toy-free3d)")
     p.add_argument("--mvlift", type=Path, help="MVLift folder (default pretrained/toy-mvlift)")
     p.add_argument(
@@ -228,7 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.mvlift:
             mv_options["folder"] = args.mvlift
         options.update({m: dict(mv_options) for m in [*args.methods, *args.raw] if m.startswith("mvlift")})
-        rows = evaluate(tmp, detector, methods=args.methods, options=options, raw=args.raw)
+        det = detector if "detected" in args.inputs else None
+        rows = evaluate(tmp, det, methods=args.methods, options=options, raw=args.raw)
+        rows = [r for r in rows if r["input"] in args.inputs]
     old = args.out.with_suffix(".json")
     if args.keep and old.is_file():
         prev = json.loads(old.read_text())
