@@ -192,7 +192,8 @@ eval-lifting: setup
 # MVLift (docs/pose.md "MVLift"): its four stages on 2D-only toy data, CPU, one thread (experiments/mvlift_stage*.yaml)
 # -> $(MVLIFT_OUT) (line_diffusion/, multiview_diffusion/, report.json with each stage's time); logs and the stage-2/3
 # data under runs/mvlift. The mvlift rows of the lifting table: `make eval-lifting LIFT_ARGS="--methods mvlift
-# mvlift_stage1 mvlift_stage2 mvlift_stage2_noepi --merge"`.
+# mvlift_stage1 mvlift_stage2 mvlift_stage2_noepi mvlift_sds3d mvlift_sds3d_flat --raw mvlift_stage1 mvlift_stage2
+# mvlift_sds3d --merge"` (--raw: also before the skeleton fit; docs/pose.md "MVLift").
 MVLIFT_OUT ?= pretrained/toy-mvlift
 MVLIFT_ARGS ?=
 .PHONY: train-mvlift

@@ -26,6 +26,8 @@ class DimoCLI(LightningCLI):
       the rich bar on a terminal, plain periodic lines when stdout is redirected,
     * seeding on by default (``--seed_everything``), deterministic data order per seed,
     * the 3DiMo :class:`~dimo.callbacks.StageScheduler` as ``--schedule.*`` (off without stages),
+    * pose metrics of the validation samples, :class:`~dimo.callbacks.PoseEvaluation`, as ``--pose_eval.*``
+      (off, and left out of the callbacks, unless ``pose_eval.detector`` names a detector folder),
     * every setting typed once (:data:`LINKS`): values that must agree between sections are derived
       from one source at parse time, and typing a derived key is refused with one line naming its
       source; the cross-checks that remain (:func:`check_config`) run at parse time too.
@@ -59,10 +61,13 @@ class DimoCLI(LightningCLI):
         from lightning.pytorch.callbacks import ProgressBar
         from lightning.pytorch.plugins.io import CheckpointIO
 
+        from dimo.callbacks.pose import PoseEvaluation
         from dimo.callbacks.reliability import AtomicCheckpointIO, default_progress_bar
         from dimo.callbacks.stage_scheduler import StageScheduler
 
         config = dict(config)
+        # the pose_eval section: left out unless it names a detector (the default run pays nothing)
+        callbacks = [c for c in callbacks if not (isinstance(c, PoseEvaluation) and not c.active)]
         # the schedule section: left out when it has no stages (HVG), otherwise first among the
         # callbacks, where trainer.callbacks used to put it (the mixture is set before anything else)
         schedulers = [c for c in callbacks if isinstance(c, StageScheduler)]
@@ -84,6 +89,7 @@ class DimoCLI(LightningCLI):
         from lightning.pytorch.callbacks import ModelCheckpoint
 
         from dimo.callbacks.ema import EMA
+        from dimo.callbacks.pose import PoseEvaluation
         from dimo.callbacks.samples import SampleLogger
         from dimo.callbacks.stage_scheduler import StageScheduler
 
@@ -91,6 +97,8 @@ class DimoCLI(LightningCLI):
         parser.add_lightning_class_args(EMA, "ema")  # `ema: {enabled: true, decay: ...}` (off by default)
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": -1})
         parser.add_lightning_class_args(SampleLogger, "samples")
+        # val/mpjpe, val/pa_mpjpe, val/t_root of the samples (off unless pose_eval.detector is set)
+        parser.add_lightning_class_args(PoseEvaluation, "pose_eval")
         parser.add_lightning_class_args(StageScheduler, "schedule")  # 3DiMo stages; off without stages
         for source, target, compute_fn in LINKS:
             parser.link_arguments(source, target, compute_fn=compute_fn)

@@ -76,6 +76,9 @@ def threedimo_batch(
         "hand_pseudo": torch.zeros(b, dtype=torch.bool),
         "joints2d": torch.rand(b, frames, 55, 2, generator=g) * torch.tensor([width, height]),
         "joints2d_valid": torch.ones(b, frames, 55, dtype=torch.bool),
+        "target_joints3d": torch.zeros(b, frames, 55, 3),
+        "target_K": torch.eye(3).expand(b, frames, 3, 3).clone(),
+        "target_joints3d_valid": torch.zeros(b, dtype=torch.bool),
     }
     batch = {k: v.to(device) for k, v in batch.items()}
     batch["prompt"] = [PROMPTS[i % len(PROMPTS)] for i in range(b)]

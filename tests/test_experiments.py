@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dimo.callbacks import StageScheduler
+from dimo.callbacks import PoseEvaluation, StageScheduler
 from dimo.cli import DimoCLI, run_lightning
 
 
@@ -64,6 +64,9 @@ def test_config_parses(path: Path, tmp_path: Path):
         schedulers = [c for c in cli.trainer.callbacks if isinstance(c, StageScheduler)]
         staged = bool(cli.config["schedule"]["stages"])
         assert len(schedulers) == int(staged) and (not staged or cli.trainer.callbacks[0] is schedulers[0])
+        # the pose_eval: section is a callback only when it names a detector (off: not even a hook call)
+        posed = [c for c in cli.trainer.callbacks if isinstance(c, PoseEvaluation)]
+        assert len(posed) == int(cli.config["pose_eval"]["detector"] is not None)
 
 
 def test_bad_key_fails_at_parse_time(tmp_path: Path):

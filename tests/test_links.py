@@ -205,7 +205,8 @@ def test_built_run_agrees_with_its_config(tmp_path, toy_root):
     cli = run_lightning(
         [*_configs("3dimo.yaml"), f"--data.init_args.root={toy_root}", f"--trainer.default_root_dir={tmp_path}",
          "--trainer.logger=false", f"--{M}pretrained={TOY_WAN}",
-         f"--{M}pose_detector={REPO / 'pretrained' / 'toy-detector'}"],
+         f"--{M}pose_detector={REPO / 'pretrained' / 'toy-detector'}",
+         f"--pose_eval.detector={REPO / 'pretrained' / 'toy-detector'}"],
         run=False,
     )  # fmt: skip
     module, dm = cli.model, cli.datamodule

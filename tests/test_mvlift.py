@@ -421,6 +421,76 @@ def test_stage2_epipolar_loss_restores_consistency_and_sds_pulls_to_the_denoiser
     assert (out[:, 1:] - 0.3).abs().max() < 0.02
 
 
+def test_sds_in_3d_has_no_epipolar_term_and_moves_the_3d_joints(monkeypatch):
+    """The "SDS in 3D" ablation arm: its objective is SDS on the projections + the input view's
+    reprojection, nothing epipolar; SDS moves the 3D joints so their projections meet the denoiser's
+    prediction, and the reprojection term holds the input view."""
+
+    import dimo.pose.mvlift.optimise as opt_mod
+    from dimo.pose.mvlift.optimise import RING6, optimise_points, optimise_views, points_losses
+
+    j, views, conf, R, t = _ring_views(RING6)
+    x0 = views[:, 0]
+    truth = j[None, :, list(J16)]  # (1, T, 16, 3) in the ring's frame (= the input camera's)
+    dummy = _TargetNet(torch.zeros(1))
+    losses = points_losses(dummy, x0, conf, truth, R, t, 0.0)
+    assert set(losses) == {"sds", "reprojection"}
+    assert float(losses["reprojection"]) < 1e-8  # the true joints reproject onto the input exactly
+
+    # no epipolar distance is ever computed: with it made to fail, the 3D arm still runs (stage 2 fails)
+    def no_epipolar(*args, **kwargs):
+        raise AssertionError("epipolar distance used")
+
+    monkeypatch.setattr(opt_mod, "epipolar_distance", no_epipolar)
+    with pytest.raises(AssertionError, match="epipolar distance used"):
+        optimise_views(dummy, x0, conf, R, t, iters=1, init=views[:, 1:])
+    start = truth + 0.05 * torch.randn(truth.shape, generator=torch.Generator().manual_seed(0))
+    # the reprojection term alone brings the input view back
+    out = optimise_points(dummy, x0, conf, R, t, iters=200, lr=3e-3, sds_weight=0.0, init_points=start)
+    before = float(points_losses(dummy, x0, conf, start, R, t, 0.0)["reprojection"])
+    after = float(points_losses(dummy, x0, conf, out, R, t, 0.0)["reprojection"])
+    assert after < 0.05 * before, (before, after)
+    # SDS alone pulls the projections to what the denoiser predicts (here: the true views 1..5, i.e. the
+    # truth's projections), so the 3D joints move back to the truth from the perturbed start
+    exact = _PerViewNet(views[0, 1:])
+    out = optimise_points(
+        exact, x0, conf, R, t, iters=300, lr=3e-3, reprojection_weight=0.0, init_points=start
+    )
+    assert float((out - truth).norm(dim=-1).mean()) < 0.3 * float((start - truth).norm(dim=-1).mean())
+
+
+class _PerViewNet(torch.nn.Module):
+    """A stand-in denoiser predicting a fixed sequence per view (``(V-1, T, J, 2)``, batch of one clip)."""
+
+    def __init__(self, views: torch.Tensor) -> None:
+        super().__init__()
+        self.views = views
+
+    def forward(self, x_t, t, lines, mask):
+        return self.views.reshape(x_t.shape)
+
+
+def test_sds3d_lifting_sees_only_the_2d(tmp_path):
+    """The registered arm lifts from 2D, confidences and intrinsics alone: a world scaled by 1.7 about the
+    camera (every 3D point moves, the 2D does not) lifts to the same joints."""
+
+    from pathlib import Path
+
+    from dimo.geometry.cameras import intrinsics, project
+    from dimo.pose.lifting import get_lifter
+
+    folder = Path(__file__).resolve().parents[1] / "pretrained" / "toy-mvlift"
+    j, *_ = _ring_views((0.0,), T=8)
+    K = intrinsics(64, 64, 40.0).expand(8, 3, 3)
+    lift = get_lifter("mvlift_sds3d", folder=folder, steps=2, stage2_iters=3, fit_iters=3)
+    outs = []
+    for scale in (1.0, 1.7):
+        uv, _ = project(j * scale, K, torch.eye(3).expand(8, 3, 3), torch.zeros(8, 3))
+        outs.append(lift(uv, torch.ones(8, 55), K))
+    assert outs[0].shape == (8, 55, 3) and torch.isfinite(outs[0]).all()
+    assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
 def test_skeleton_fit_and_stage3_reprojection():
     from dimo.pose.mvlift.fit import RING4, fit_skeleton, make_synthetic
     from dimo.pose.mvlift.optimise import RING6
@@ -493,6 +563,10 @@ def test_pipeline_and_lifting_end_to_end(tmp_path):
     for variant in VARIANTS:
         out = mvlift_lift(uv, conf, K, tmp_path / "out", variant, steps=2, fit_iters=3, stage2_iters=2)
         assert out.shape == (T, 55, 3) and torch.isfinite(out).all() and (out[..., 2] > 0).all()
+    # fit=False: the triangulated 16 joints, the others at their mid-hip (diagnostics of the raw optimisation)
+    raw = mvlift_lift(uv, conf, K, tmp_path / "out", "sds3d", steps=2, stage2_iters=2, fit=False)
+    assert raw.shape == (T, 55, 3) and torch.isfinite(raw).all()
+    assert torch.allclose(raw[:, 0], raw[:, [1, 2]].mean(1)) and torch.equal(raw[:, 22], raw[:, 0])
     with pytest.raises(ValueError, match="variant"):
         mvlift_lift(uv, conf, K, tmp_path / "out", "nope")
     with pytest.raises(FileNotFoundError, match="train-mvlift"):
@@ -510,6 +584,8 @@ def test_lifting_registry_names_mvlift():
         "mvlift_stage1",
         "mvlift_stage2",
         "mvlift_stage2_noepi",
+        "mvlift_sds3d",
+        "mvlift_sds3d_flat",
     } <= set(LIFTERS)
     # the registered names reach mvlift_lift with their variant and folder
     seen = []
@@ -522,9 +598,16 @@ def test_lifting_registry_names_mvlift():
     try:
         get_lifter("mvlift", folder="x")(None, None, None)
         get_lifter("mvlift_stage2_noepi")(None, None, None)
+        get_lifter("mvlift_sds3d")(None, None, None)
+        get_lifter("mvlift_sds3d_flat")(None, None, None)
     finally:
         lift_mod.mvlift_lift = original
-    assert seen == [("x", "final"), (str(lift_mod.DEFAULT_DIR), "stage2_noepi")]
+    assert seen == [
+        ("x", "final"),
+        (str(lift_mod.DEFAULT_DIR), "stage2_noepi"),
+        (str(lift_mod.DEFAULT_DIR), "sds3d"),
+        (str(lift_mod.DEFAULT_DIR), "sds3d_flat"),
+    ]
     assert callable(get_lifter("smplify")) and mvlift_lift is original
     with pytest.raises(ValueError, match="unknown lifting method"):
         get_lifter("nope")

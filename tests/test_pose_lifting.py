@@ -68,9 +68,31 @@ def test_lifting_evaluation_rows(toy_root):
     r = rows[0]
     assert r["sequences"] == 14 and r["frames"] == 14 * 12
     assert 0 < r["pa_mpjpe"] < r["mpjpe"] < 1000 and math.isfinite(r["t_root"])
+    assert r["depth_spread"] == 0.0  # the collapse indicator: one plane has no depth spread at all
     md = to_markdown(rows, {"sequences": 14, "clips": 6, "seed": 0, "frames_per_clip": 12, "size": 32,
                             "frames": 168, "command": "test", "date": "today"})  # fmt: skip
     assert "| fixed_depth | projected |" in md and "MVLift (paper, AIST++) | 67.6 | 110.7 | 79.2" in md
+    assert "| 0.0 |" in md  # the depth spread column
+    old = [{k: v for k, v in r.items() if k != "depth_spread"}]  # a row kept from before the column existed
+    assert f"| {r['pa_mpjpe']} | - |" in to_markdown(old, {"sequences": 14, "clips": 6, "seed": 0,
+        "frames_per_clip": 12, "size": 32, "frames": 168, "command": "test", "date": "today"})  # fmt: skip
+
+
+def test_depth_spread_is_the_ratio_of_per_frame_depth_deviations():
+    from dimo.pose.eval_lifting import depth_spread
+
+    joints, _ = _posed_in_camera(T=3)
+    pred, true = depth_spread(joints, joints)
+    assert pred == true > 0
+    ids = list(EVAL_JOINTS)
+    by_hand = sum(float(joints[f, ids, 2].std(unbiased=False)) for f in range(3))
+    assert true == pytest.approx(by_hand)
+    # halving every joint's depth offset from the frame's mean depth halves the spread
+    squeezed = joints.clone()
+    z = joints[..., 2]
+    m = z[:, ids].mean(-1, keepdim=True)
+    squeezed[..., 2] = m + 0.5 * (z - m)
+    assert depth_spread(squeezed, joints)[0] == pytest.approx(0.5 * true)
 
 
 def test_data_label_writes_pseudo_motion_for_clips_without_it(toy_root, tmp_path):
@@ -110,3 +132,30 @@ def test_data_label_writes_pseudo_motion_for_clips_without_it(toy_root, tmp_path
     err = pa_mpjpe(torch.from_numpy(motion["joints"]), torch.from_numpy(gt["joints"]), joints=EVAL_JOINTS)
     assert err.item() < 120.0, err
     assert main(["label", str(root), "--fov-deg", "0"]) == 2
+
+
+def test_eval_lifting_main_keeps_rows_and_scores_mvlift_before_the_fit(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    from dimo.pose.eval_lifting import main
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "lifting"
+    common = ["--out", str(out), "--detector", str(repo / "pretrained" / "toy-detector"), "--clips-per-source", "1",
+              "--frames", "4"]  # fmt: skip
+    assert main([*common, "--methods", "fixed_depth"]) == 0
+    assert main([*common, "--methods", "mvlift_stage1", "--raw", "mvlift_stage1", "--mvlift-option", "steps=2",
+                 "--mvlift-option", "fit_iters=2", "--keep"]) == 0  # fmt: skip
+    data = json.loads(out.with_suffix(".json").read_text())
+    got = [(r["method"], r["input"]) for r in data["rows"]]
+    assert got == [(m, i) for m in ("fixed_depth", "mvlift_stage1", "mvlift_stage1/no-fit")
+                   for i in ("projected", "detected")]  # fmt: skip
+    assert data["rows"][0]["date"] and data["meta"]["mvlift_options"] == {"steps": 2, "fit_iters": 2}
+    assert all(r["depth_spread"] >= 0 for r in data["rows"]) and data["rows"][0]["depth_spread"] == 0.0
+    assert "--raw mvlift_stage1" in out.with_suffix(".md").read_text()
+    only = tmp_path / "projected"
+    assert main([*common[2:], "--out", str(only), "--methods", "fixed_depth", "--inputs", "projected"]) == 0
+    rows = json.loads(only.with_suffix(".json").read_text())["rows"]
+    assert [(r["method"], r["input"]) for r in rows] == [("fixed_depth", "projected")]
+    assert rows[0]["mpjpe"] == data["rows"][0]["mpjpe"]  # the same clips and input as above

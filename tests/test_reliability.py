@@ -39,6 +39,7 @@ def _toy_wan_args():
     return [
         f"--model.init_args.pretrained={REPO / 'pretrained' / 'toy-wan2.1'}",
         f"--model.init_args.pose_detector={REPO / 'pretrained' / 'toy-detector'}",
+        f"--pose_eval.detector={REPO / 'pretrained' / 'toy-detector'}",
     ]
 
 

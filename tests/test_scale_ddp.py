@@ -32,6 +32,7 @@ def _hvg_fit(toy_root: Path, tmp_path: Path, *extra: str) -> list[str]:
         f"--checkpoint.dirpath={tmp_path / 'ckpt'}", "--checkpoint.every_n_train_steps=0",
         f"--model.init_args.pretrained={REPO / 'pretrained' / 'toy-svd-xt'}",
         f"--model.init_args.consistency_detector={REPO / 'pretrained' / 'toy-detector'}",
+        f"--pose_eval.detector={REPO / 'pretrained' / 'toy-detector'}",
         f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.num_views=2", "--data.init_args.num_frames=2", "--data.init_args.batch_size=1",
         "--data.init_args.val_batches=0", "--trainer.max_steps=2", *extra,

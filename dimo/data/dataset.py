@@ -316,6 +316,18 @@ class ClipDataset(Dataset):
         if not joints2d_valid.any() and record.views[drive_view].keypoints2d is not None:
             # no cameras or no 3D joints: the view's detected 2D keypoints place the hand crops
             joints2d, joints2d_valid = self._keypoint_joints(record, drive_view, frames)
+        # the target view's ground-truth 3D joints in its camera frame and its intrinsics (pixels of the
+        # sample): the reference of the pose metrics on generated clips (dimo.callbacks.PoseEvaluation)
+        target_joints3d = torch.zeros(T, 55, 3)
+        target_K = torch.eye(3).expand(T, 3, 3).clone()
+        target_joints3d_valid = False
+        if motion is not None and record.motion.joints3d == "gt":
+            cams = self._cameras(record, target_view, frames)
+            if cams is not None:
+                K, R, t = (torch.from_numpy(np.ascontiguousarray(a)).double() for a in cams)
+                world = torch.from_numpy(np.asarray(motion["joints"][frames])).double()  # (T, 55, 3)
+                target_joints3d = (world @ R.transpose(-1, -2) + t[:, None]).float()
+                target_K, target_joints3d_valid = K.float(), True
 
         driving = frames_to_uint8(drive_u8)  # (T, 3, H, W) uint8
         if self.augment is not None and self.augment.active:
@@ -344,6 +356,9 @@ class ClipDataset(Dataset):
             "hand_pseudo": torch.tensor(motion is not None and record.motion.hands == "pseudo"),
             "joints2d": joints2d,
             "joints2d_valid": joints2d_valid,
+            "target_joints3d": target_joints3d,
+            "target_K": target_K,
+            "target_joints3d_valid": torch.tensor(target_joints3d_valid),
             "source": record.source,
             "task": task,
             "clip_id": record.id,

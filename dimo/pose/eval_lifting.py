@@ -7,6 +7,13 @@ projection of the clip's joints (``projected``) or the committed toy detector's 
 clip's joints in that camera (``R X + t``) with :class:`dimo.eval.pose.PoseMetrics`: MPJPE after
 mid-hip alignment, PA-MPJPE (per-frame similarity Procrustes) and root trajectory error (mid-hip,
 first-frame offset removed), all in mm, over :data:`dimo.pose.lifting.EVAL_JOINTS`.
+
+Collapse indicator (:func:`depth_spread`): the joints' spread in depth, predicted over true, from the
+per-frame standard deviation of the 14 joints' camera z (summed over frames): 1 = the true depth
+spread, 0 = every joint on one fronto-parallel plane (the ``fixed_depth`` baseline, exactly), the
+signature of a lifting that collapses its depth. ``--raw`` also scores the MVLift variants' triangulated
+joints before the skeleton fit (rows ``<method>/no-fit``), where a collapse of the optimisation shows
+before the fit's skeleton and pose prior can hide it.
 Results: ``benchmarks/results/lifting-toy.json`` and ``.md``.
 """
 
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -25,7 +33,7 @@ import torch
 from dimo.eval.pose import PoseMetrics
 from dimo.pose.lifting import EVAL_JOINTS, ROOT, get_lifter
 
-__all__ = ["PAPER_AIST", "evaluate", "iter_sequences", "main"]
+__all__ = ["PAPER_AIST", "depth_spread", "evaluate", "iter_sequences", "main"]
 
 # AIST++ numbers from the MVLift paper (arXiv 2411.18808), T_root / MPJPE / PA-MPJPE in mm: a
 # different dataset, skeleton and camera set, printed beside ours for orientation only.
@@ -68,15 +76,28 @@ def iter_sequences(root: str | Path) -> Iterator[dict]:
             }
 
 
+def depth_spread(pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """Summed per-frame depth spreads ``(predicted, true)`` of :data:`EVAL_JOINTS` for camera-space joints
+    ``(T, 55, 3)``: the standard deviation (population) of the joints' z in each frame, summed over
+    frames. Their ratio over all sequences is the collapse indicator (module docstring)."""
+
+    j = list(EVAL_JOINTS)
+    zp, zt = pred[:, j, 2].double(), target[:, j, 2].double()
+    return float(zp.std(-1, unbiased=False).sum()), float(zt.std(-1, unbiased=False).sum())
+
+
 def evaluate(
     root: str | Path,
     detector=None,
     methods: Sequence[str] = ("fixed_depth", "smplify", "free3d"),
     log=print,
     options: dict[str, dict] | None = None,
+    raw: Sequence[str] = (),
 ) -> list[dict]:
-    """Rows ``{method, input, mpjpe, pa_mpjpe, t_root, sequences, frames, seconds}`` (mm); methods by their
-    :func:`dimo.pose.lifting.get_lifter` name, built with ``options[name]``."""
+    """Rows ``{method, input, mpjpe, pa_mpjpe, t_root, depth_spread, sequences, frames, seconds}`` (mm;
+    ``depth_spread`` a ratio, :func:`depth_spread`); methods by their :func:`dimo.pose.lifting.get_lifter`
+    name, built with ``options[name]``. Methods in ``raw`` (MVLift variants) are also scored with
+    ``fit=False`` (their triangulated joints before the skeleton fit), as rows ``<method>/no-fit``."""
 
     from dimo.pose.joints import wholebody_to_smplx
 
@@ -90,21 +111,27 @@ def evaluate(
             det.append((uv, score * valid))
         inputs["detected"] = det
     rows = []
-    for name in methods:
-        lifter = get_lifter(name, **(options or {}).get(name, {}))
+    runs = [(name, name, {}) for name in methods] + [(name, f"{name}/no-fit", {"fit": False}) for name in raw]
+    for name, label, extra in runs:
+        lifter = get_lifter(name, **(options or {}).get(name, {}), **extra)
         for inp, pairs in inputs.items():
             metric = PoseMetrics(root=list(ROOT), joints=EVAL_JOINTS)
+            spread = [0.0, 0.0]
             start = time.perf_counter()
             for s, (uv, conf) in zip(seqs, pairs):
                 pred = lifter(uv, conf, s["K"])
                 metric.update(pred[None].double(), s["joints_cam"][None].double())
+                sp, st = depth_spread(pred, s["joints_cam"])
+                spread[0] += sp
+                spread[1] += st
             out = {k: round(float(v), 1) for k, v in metric.compute().items()}
             row = {
-                "method": name,
+                "method": label,
                 "input": inp,
                 "mpjpe": out["mpjpe"],
                 "pa_mpjpe": out["pa_mpjpe"],
                 "t_root": out["root_traj"],
+                "depth_spread": round(spread[0] / spread[1], 3),
                 "sequences": len(seqs),
                 "frames": int(sum(len(s["uv"]) for s in seqs)),
                 "seconds": round(time.perf_counter() - start, 1),
@@ -122,7 +149,10 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
         f"{meta['frames_per_clip']} frames at {meta['size']}x{meta['size']}), {meta['frames']} frames; "
         "camera-space joints, mm. MPJPE after mid-hip alignment, PA-MPJPE per-frame Procrustes, "
         "T_root = mid-hip trajectory error after removing the first-frame offset; "
-        f"14 joints with a 2D keypoint. Produced by `{meta['command']}` on {meta['date']}"
+        "14 joints with a 2D keypoint; depth spread = the joints' per-frame depth standard deviation, "
+        "predicted over true (1 = right, 0 = flat: the collapse indicator; `-` = row kept from a run "
+        "before it existed); `/no-fit` rows: MVLift's triangulated joints before the skeleton fit. "
+        f"Produced by `{meta['command']}` on {meta['date']}"
         + (
             f" (rows of {', '.join(sorted({r['method'] for r in rows if r.get('date')}))} kept from the run of "
             f"{', '.join(sorted({r['date'] for r in rows if r.get('date')}))} on the same clips, `--keep`)."
@@ -130,12 +160,13 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
             else "."
         ),
         "",
-        "| method | 2D input | T_root | MPJPE | PA-MPJPE | seconds |",
-        "|---|---|---:|---:|---:|---:|",
+        "| method | 2D input | T_root | MPJPE | PA-MPJPE | depth spread | seconds |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['input']} | {r['t_root']} | {r['mpjpe']} | {r['pa_mpjpe']} | {r['seconds']} |"
+            f"| {r['method']} | {r['input']} | {r['t_root']} | {r['mpjpe']} | {r['pa_mpjpe']} | "
+            f"{r.get('depth_spread', '-')} | {r['seconds']} |"
         )
     lines += [
         "",
@@ -145,6 +176,18 @@ def to_markdown(rows: list[dict], meta: dict) -> str:
     lines += ["| method | T_root | MPJPE | PA-MPJPE |", "|---|---:|---:|---:|"]
     lines += [f"| {k} | {a} | {b} | {c} |" for k, (a, b, c) in PAPER_AIST.items()]
     return "\n".join(lines) + "\n"
+
+
+def _key_value(text: str) -> tuple[str, int | float | str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"error: --mvlift-option expects KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,8 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--methods", nargs="+", default=["fixed_depth", "smplify", "free3d"],
         help="lifting methods by name (dimo.pose.lifting.LIFTERS)",
     )  # fmt: skip
+    p.add_argument(
+        "--inputs", nargs="+", choices=["projected", "detected"], default=["projected", "detected"],
+        help="2D inputs to score (detected: the --detector's keypoints on the rendered frames)",
+    )  # fmt: skip
     p.add_argument("--free3d", type=Path, help="Free3D folder (default pretrained/toy-free3d)")
     p.add_argument("--mvlift", type=Path, help="MVLift folder (default pretrained/toy-mvlift)")
+    p.add_argument(
+        "--mvlift-option", action="append", default=[], metavar="KEY=VALUE",
+        help="an option of every MVLift variant (dimo.pose.mvlift.lift.mvlift_lift), e.g. stage2_iters=1000",
+    )  # fmt: skip
+    p.add_argument(
+        "--raw", nargs="*", default=[], metavar="METHOD",
+        help="MVLift variants also scored before the skeleton fit (rows METHOD/no-fit)",
+    )  # fmt: skip
     p.add_argument(
         "--keep", "--merge", dest="keep", action="store_true",
         help="keep the rows of methods not re-run from the existing --out JSON (same clips, seed and frames)",
@@ -173,9 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dimo-lifting-") as tmp:
         records = synthesize(tmp, synth_config(0, args.clips_per_source, args.frames, 64))
         options = {"free3d": {"folder": args.free3d}} if args.free3d else {}
+        mv_options = dict(_key_value(o) for o in args.mvlift_option)
         if args.mvlift:
-            options.update({m: {"folder": args.mvlift} for m in args.methods if m.startswith("mvlift")})
-        rows = evaluate(tmp, detector, methods=args.methods, options=options)
+            mv_options["folder"] = args.mvlift
+        options.update({m: dict(mv_options) for m in [*args.methods, *args.raw] if m.startswith("mvlift")})
+        det = detector if "detected" in args.inputs else None
+        rows = evaluate(tmp, det, methods=args.methods, options=options, raw=args.raw)
+        rows = [r for r in rows if r["input"] in args.inputs]
     old = args.out.with_suffix(".json")
     if args.keep and old.is_file():
         prev = json.loads(old.read_text())
@@ -183,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         want = {"seed": 0, "clips": len(records), "frames_per_clip": args.frames, "size": 64}
         if same != want:
             raise SystemExit(f"error: --keep: {old} was made on other clips ({same} vs {want})")
-        kept = [r for r in prev["rows"] if r["method"] not in args.methods]
+        redone = {*args.methods, *(f"{m}/no-fit" for m in args.raw)}
+        kept = [r for r in prev["rows"] if r["method"] not in redone]
         for r in kept:
             r.setdefault("date", prev["meta"].get("date"))
         rows = kept + rows
@@ -195,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "frames_per_clip": args.frames,
         "size": 64,
         "detector": str(args.detector),
-        "command": "make eval-lifting",
+        "mvlift_options": dict(_key_value(o) for o in args.mvlift_option),
+        "command": " ".join(["python -m dimo.pose.eval_lifting", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

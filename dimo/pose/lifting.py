@@ -207,11 +207,14 @@ LIFTERS: dict[str, str | Callable[..., Lifter]] = {
     "smplify": "dimo.pose.lifting:_smplify_factory",
     "free3d": "dimo.pose.lifting:_free3d_factory",
     # MVLift (pretrained/toy-mvlift, `make train-mvlift`) and its ablation variants (docs/pose.md "MVLift"):
-    # the line-conditioned model alone, plus the stage-2 optimisation, and that without the epipolar loss
+    # the line-conditioned model alone, plus the stage-2 optimisation, and that without the epipolar loss;
+    # the paper's "SDS in 3D" arm (3D joints optimised by SDS on their projections, no epipolar loss)
     "mvlift": "dimo.pose.lifting:_mvlift_factory",
     "mvlift_stage1": "dimo.pose.lifting:_mvlift_stage1_factory",
     "mvlift_stage2": "dimo.pose.lifting:_mvlift_stage2_factory",
     "mvlift_stage2_noepi": "dimo.pose.lifting:_mvlift_stage2_noepi_factory",
+    "mvlift_sds3d": "dimo.pose.lifting:_mvlift_sds3d_factory",
+    "mvlift_sds3d_flat": "dimo.pose.lifting:_mvlift_sds3d_flat_factory",
 }
 
 
@@ -277,3 +280,11 @@ def _mvlift_stage2_factory(folder: str | Path | None = None, **options) -> Lifte
 
 def _mvlift_stage2_noepi_factory(folder: str | Path | None = None, **options) -> Lifter:
     return _mvlift_factory(folder, "stage2_noepi", **options)
+
+
+def _mvlift_sds3d_factory(folder: str | Path | None = None, **options) -> Lifter:
+    return _mvlift_factory(folder, "sds3d", **options)
+
+
+def _mvlift_sds3d_flat_factory(folder: str | Path | None = None, **options) -> Lifter:
+    return _mvlift_factory(folder, "sds3d_flat", **options)

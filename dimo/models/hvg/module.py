@@ -652,6 +652,29 @@ class HVGModule(LightningModule):
         finally:
             self.train(was_training)
 
+    def pose_clips(self, batch: dict[str, Any], generated: torch.Tensor) -> list[tuple[torch.Tensor, Any]]:
+        """What :class:`~dimo.callbacks.PoseEvaluation` scores: every view of every generated grid
+        ``(B, V, T, 3, H, W)`` as a clip ``(T, 3, H, W)``, with its reference motion: the sample's
+        ``joints3d`` in that view's aligned camera (``R``, ``t``) and its intrinsics ``K`` (pixels of the
+        sample), per ``docs/contracts.md``."""
+
+        from dimo.eval.motion import MotionReference
+
+        b, v, t = generated.shape[:3]
+        h, w = generated.shape[-2:]
+        world = batch["joints3d"].detach().double().cpu()  # (B, T, 55, 3)
+        R, tr, K = (batch[k].detach().double().cpu() for k in ("R", "t", "K"))  # (B, V, ...)
+        ids = batch.get("clip_id") or [f"sample {i}" for i in range(b)]
+        out = []
+        for i in range(b):
+            for j in range(v):
+                cam = world[i, :t] @ R[i, j].T + tr[i, j]  # (T, 55, 3)
+                ref = MotionReference(
+                    cam, K[i, j].expand(t, 3, 3), int(h), int(w), "sample", f"{ids[i]} view {j}"
+                )
+                out.append((generated[i, j], ref))
+        return out
+
     @torch.no_grad()
     def sample_media(
         self, batch: dict[str, Any], split: str, num_samples: int = 1, generated: torch.Tensor | None = None

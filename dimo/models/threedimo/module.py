@@ -871,6 +871,30 @@ class ThreeDiMoModule(LightningModule):
             joints2d_valid=batch.get("joints2d_valid"),
         )
 
+    def pose_clips(self, batch: dict[str, Any], generated: torch.Tensor) -> list[tuple[torch.Tensor, Any]]:
+        """What :class:`~dimo.callbacks.PoseEvaluation` scores: every generated clip ``(T, 3, H, W)`` of the
+        batch whose target view has ground-truth 3D joints, with its reference motion (the target view's
+        joints in its camera and its intrinsics in pixels of the sample; ``target_joints3d``)."""
+
+        from dimo.eval.motion import MotionReference
+
+        if "target_joints3d" not in batch:
+            return []
+        h, w = generated.shape[-2:]
+        out = []
+        for i in torch.nonzero(batch["target_joints3d_valid"]).flatten().tolist():
+            name = batch["target_key"][i] if "target_key" in batch else f"sample {i}"
+            ref = MotionReference(
+                batch["target_joints3d"][i].detach().double().cpu(),
+                batch["target_K"][i].detach().double().cpu(),
+                int(h),
+                int(w),
+                "gt",
+                name,
+            )
+            out.append((generated[i], ref))
+        return out
+
     def sample_media(
         self, batch: dict[str, Any], split: str, num_samples: int, generated: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:

@@ -12,6 +12,15 @@ Variants (``variant``):
   epipolar lines, 6 views triangulated and fitted (the ablation's first row).
 * ``stage2``: ``stage1`` followed by the stage-2 optimisation (SDS + epipolar consistency).
 * ``stage2_noepi``: the same with SDS only (no epipolar consistency loss).
+* ``sds3d``: the paper's "SDS in 3D" ablation arm: the 3D joints are optimised directly (starting from
+  the triangulation of the stage-1 views), projected into the 6 ring views, with SDS from the
+  line-conditioned model on each projection and the input view's reprojection error, no epipolar
+  loss (:func:`~dimo.pose.mvlift.optimise.optimise_points`); its projections are the views.
+* ``sds3d_flat``: the same from a flat start: every joint on its input ray at the ring centre's depth
+  (the fixed-depth plane), so SDS alone must create the depth.
+
+``fit=False`` returns the triangulated 16 joints before the skeleton fit (the other 39 joints at the
+mid-hip), for diagnostics such as the depth spread of the raw optimisation.
 
 Sequences longer than the networks' window (20 frames) are cut into half-overlapping windows whose
 views are blended (triangular weights) before triangulation; shorter ones are padded with their last
@@ -28,14 +37,21 @@ import torch
 
 from dimo.pose.mvlift.diffusion import sample_multiview
 from dimo.pose.mvlift.fit import RING4, fit_skeleton, triangulate_views
-from dimo.pose.mvlift.geometry import J16, pixels_to_net, ring_cameras
+from dimo.pose.mvlift.geometry import (
+    COORD_SCALE,
+    J16,
+    net_intrinsics,
+    pixels_to_net,
+    project_points,
+    ring_cameras,
+)
 from dimo.pose.mvlift.nets import LineDiffusionNet, MultiViewDiffusionNet, load_net
-from dimo.pose.mvlift.optimise import RING6, init_views, optimise_views
+from dimo.pose.mvlift.optimise import RING6, init_views, optimise_points, optimise_views
 
 __all__ = ["DEFAULT_DIR", "VARIANTS", "load_mvlift", "mvlift_lift"]
 
 DEFAULT_DIR = Path("pretrained/toy-mvlift")
-Variant = Literal["final", "stage1", "stage2", "stage2_noepi"]
+Variant = Literal["final", "stage1", "stage2", "stage2_noepi", "sds3d", "sds3d_flat"]
 VARIANTS: tuple[str, ...] = Variant.__args__  # type: ignore[attr-defined]
 
 
@@ -90,7 +106,7 @@ def _views(
     cw = torch.stack([c[s : s + W] for s in starts])
     g = torch.Generator().manual_seed(seed)
     angles = RING4 if variant == "final" else RING6
-    R, t, _ = ring_cameras(x[None], c[None], angles)  # one ring for the whole clip
+    R, t, c_ring = ring_cameras(x[None], c[None], angles)  # one ring for the whole clip
     Rn, tn = R.expand(len(starts), -1, -1, -1), t.expand(len(starts), -1, -1)
     if variant == "final":
         views = sample_multiview(mv_net, xw, cw, Rn, tn, steps, g)
@@ -98,6 +114,18 @@ def _views(
         init = init_views(line_net, xw, cw, Rn, tn, steps, g)
         if variant == "stage1":
             views = torch.cat([xw[:, None], init], 1)
+        elif variant in ("sds3d", "sds3d_flat"):
+            flat = None
+            if variant == "sds3d_flat":  # the joints' input rays at the ring centre's depth
+                depth = c_ring[:, 2].expand(len(starts))[:, None, None, None]  # (n, 1, 1, 1)
+                flat = torch.cat([xw / COORD_SCALE, torch.ones_like(xw[..., :1])], -1) * depth
+            with torch.enable_grad():
+                pts = optimise_points(
+                    line_net, xw, cw, Rn, tn, iters=stage2_iters, init=init, seed=seed, init_points=flat
+                )
+            n, _, J, _ = pts.shape
+            proj = project_points(pts[:, None].flatten(2, 3), net_intrinsics(dtype=pts.dtype), Rn, tn)
+            views = proj.view(n, Rn.shape[1], W, J, 2)  # every view (also view 0) is a projection
         else:
             with torch.enable_grad():
                 views = optimise_views(
@@ -117,6 +145,7 @@ def mvlift_lift(
     seed: int = 0,
     fit_iters: int = 150,
     stage2_iters: int = 200,
+    fit: bool = True,
 ) -> torch.Tensor:
     """Lift (module docstring) -> camera-space joints ``(T, 55, 3)`` in metres."""
 
@@ -137,5 +166,11 @@ def mvlift_lift(
     x = torch.where(c[..., None] > 0, x, torch.zeros_like(x))
     nets = load_mvlift(str(Path(model_dir)))
     views, R, t = _views(x, c, variant, nets, steps, seed, stage2_iters)  # (V, T, J, 2)
-    pts = triangulate_views(views[None], c[None], R[None], t[None])  # (1, T, J, 3)
+    # sds3d: view 0 is the points' own projection, so triangulation gives the optimised points back
+    w = torch.ones_like(c) if variant.startswith("sds3d") else c
+    pts = triangulate_views(views[None], w[None], R[None], t[None])  # (1, T, J, 3)
+    if not fit:
+        out = pts[0, :, [J16.index(j) for j in (1, 2)]].mean(1, keepdim=True).expand(T, 55, 3).clone()
+        out[:, list(J16)] = pts[0]
+        return out
     return fit_skeleton(pts, iters=fit_iters)["joints"][0]
