@@ -3,20 +3,29 @@ vs a plain PyAV decode loop over the very same frames.
 
 The DataModule's stream is deterministic, so the frames it decodes are known: one pass records every
 ``read_frames`` call it makes in each timed epoch (path, frame indices, size); the baseline replays
-exactly that epoch's reads
-with a plain PyAV loop (open, seek to the keyframe, decode, convert to RGB at the sample size; not
-dimo's reader), in one process, with nothing else (no sample assembly, motion loading, collation or
-workers). The DataModule is timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent
-workers, warm: the first epoch is not timed), reading the videos and reading ``data optimize``
-shards of the same clips (decoded windows: no decoding at train time; same number of samples and
+exactly that epoch's reads with a plain PyAV loop (open, seek to the keyframe, decode, convert to RGB
+at the sample size; not dimo's reader), in one process, with nothing else (no sample assembly,
+motion loading, collation or workers). FFmpeg threading, like for like: the baseline sets
+``thread_type = "AUTO"`` and leaves the count to FFmpeg (cores + 1 threads); dimo's reader does
+exactly the same in the main process (``num_workers=0``), and in a worker takes its share of the
+cores (``dimo.data.video.decode_threads``: 2 workers on 2 cores decode with one thread each). The
+DataModule is timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent workers, warm:
+the first epoch is not timed), reading the videos and reading ``data optimize`` shards of the same
+clips (decoded windows: no decoding at train time; same number of samples and
 frames). The DataModule is timed up to model-ready batches: the loader's uint8 batches, its
 ``on_before_batch_transfer``, the copy to the device (``--profile gpu`` with CUDA: the GPU; else the
 CPU, a no-op) and its ``on_after_batch_transfer`` (uint8 -> float32 in [-1, 1], on that device).
 ``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``.
+An epoch is 24 batches in the CPU profile (48 on a GPU): the first batches of an epoch wait for the
+workers to fill the pipeline (each worker builds its first batch alone), a fixed cost that a short
+epoch would charge to the worker rows far beyond its share in training (at 6 batches, about one
+batch in six); ``--batches`` sets another length.
 Augmentation is off in the timed rows (model-side work the raw decode does not do); one extra row
 shows its cost. The data are toy humans rendered at 256x256, 24 frames, 2 clips per source.
 
-``python benchmarks/bench_data.py [--profile cpu|gpu]`` prints the rows as JSON.
+``python benchmarks/bench_data.py [--profile cpu|gpu] [--batches N]`` prints the rows as JSON; the raw
+row notes the 1-minute load average before and after the timed epochs (ratios are measured side by
+side, interleaved, but on a loaded machine they still move).
 """
 
 from __future__ import annotations
@@ -156,7 +165,7 @@ def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
     return time.perf_counter() - start
 
 
-def run(profile: str = "cpu") -> list[dict]:
+def run(profile: str = "cpu", batches: int | None = None) -> list[dict]:
     """Benchmark rows (name, setting, value, unit, median_s, repeats, ratio, baseline, goal)."""
 
     import torch
@@ -167,7 +176,7 @@ def run(profile: str = "cpu") -> list[dict]:
     if profile not in ("cpu", "gpu"):
         raise ValueError(f"profile must be 'cpu' or 'gpu', got {profile!r}")
     repeats = 3
-    batches = 6 if profile == "cpu" else 48
+    batches = batches or (24 if profile == "cpu" else 48)
     cfg = {"task": "3dimo", "num_frames": 16, "frame_stride": 1, "height": 256, "width": 256, "batch_size": 2,
            "cross_view": 0.5}  # fmt: skip
     rows: list[dict] = []
@@ -194,14 +203,16 @@ def run(profile: str = "cpu") -> list[dict]:
             _time_dm(dm, warm_epochs=1, device=device)
         # interleave the measurements so load changes on a shared machine hit every row alike
         raw_s, dm_s = [], [[] for _ in configs]
+        load_before = os.getloadavg()[0]
         for calls in epoch_calls:
             raw_s.append(_time_raw(calls))
             for times, dm in zip(dm_s, dms):
                 times.append(_time_dm(dm, warm_epochs=0, device=device))
         raw = statistics.median(raw_s)
+        load = f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus"
         rows.append(
             dict(name="data/raw_pyav_decode", setting=f"{setting}, plain PyAV loop, 1 process", value=frames / raw,
-                 unit="frames/s", median_s=raw, repeats=repeats, ratio=None, baseline=None, goal=None)
+                 unit="frames/s", median_s=raw, repeats=repeats, ratio=None, baseline=None, goal=None, note=load)
         )  # fmt: skip
         rows.append(
             dict(name="data/optimize_shards", setting=f"{setting}, data optimize of 6 clips (48 windows of 16 frames)",
@@ -214,7 +225,13 @@ def run(profile: str = "cpu") -> list[dict]:
             )
             goal = "<= 1.15" if workers == 2 and not augment else None
             common = dict(
-                median_s=secs, repeats=repeats, ratio=secs / raw, baseline="data/raw_pyav_decode", goal=goal
+                median_s=secs,
+                repeats=repeats,
+                ratio=secs / raw,
+                baseline="data/raw_pyav_decode",
+                goal=goal,
+                # each repeat's DataModule epoch / the raw epoch timed just before it (the spread)
+                ratios=[round(t / r, 3) for t, r in zip(times, raw_s)],
             )
             for name, unit, count in (
                 ("data/datamodule_frames", "frames/s", frames),
@@ -244,8 +261,11 @@ def run(profile: str = "cpu") -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument(
+        "--batches", type=int, default=None, help="batches per timed epoch (default 24 cpu, 48 gpu)"
+    )
     args = p.parse_args()
-    print(json.dumps(run(args.profile), indent=1))
+    print(json.dumps(run(args.profile, args.batches), indent=1))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ class PixelSlots:
         self.lock = multiprocessing.get_context().Lock()
         self.token = uuid.uuid4().int
         self._next = 0  # this worker's next slot to try (per process)
+        self.received = 0  # batches whose pixels came through the slots (main process)
         _POOLS[self.token] = self
 
     def __getstate__(self) -> dict[str, Any]:
@@ -201,6 +202,7 @@ class PixelSlots:
             out[k] = v
         ref.armed = False
         self.release(ref.slot)
+        self.received += 1
         return out
 
 
