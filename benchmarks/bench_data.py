@@ -135,16 +135,42 @@ def _plain_pyav(path, indices: list[int], size: tuple[int, int]) -> list:
     return out
 
 
-def _time_raw(calls: list[tuple]) -> float:
+def _cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of these processes (all their threads) so far; None off Linux."""
+
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _time_raw(calls: list[tuple]) -> tuple[float, float | None]:
+    """(wall seconds, CPU seconds) of the plain PyAV loop over ``calls``."""
+
+    cpu = _cpu_seconds([os.getpid()])
     start = time.perf_counter()
     for path, indices, size, _mode in calls:
         got = _plain_pyav(path, indices, size)
         assert len(got) == len(indices), (path, indices)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, None if cpu is None else _cpu_seconds([os.getpid()]) - cpu
 
 
-def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
-    """Seconds for one epoch of model-ready batches: loader, bookkeeping, transfer, uint8 -> float."""
+def _processes(loader) -> list[int]:
+    """This process and the loader's (persistent) worker processes."""
+
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []  # torch's iterator
+    return [os.getpid(), *(w.pid for w in workers)]
+
+
+def _time_dm(dm, warm_epochs: int = 1, device=None) -> tuple[float, float | None]:
+    """(wall seconds, CPU seconds of the main process and the workers) for one epoch of model-ready
+    batches: loader, bookkeeping, transfer, uint8 -> float."""
 
     import torch
 
@@ -155,6 +181,8 @@ def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
     for _ in range(warm_epochs):  # start the (persistent) workers, fill caches
         for _ in loader:
             pass
+    pids = _processes(loader)
+    cpu = _cpu_seconds(pids)
     start = time.perf_counter()
     for batch in loader:
         batch = dm.on_before_batch_transfer(batch, 0)
@@ -162,7 +190,8 @@ def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
         dm.on_after_batch_transfer(batch, 0)  # the pixels' uint8 -> float [-1, 1], on the device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, None if cpu is None else _cpu_seconds(pids) - cpu
 
 
 def run(profile: str = "cpu", batches: int | None = None) -> list[dict]:
@@ -202,13 +231,18 @@ def run(profile: str = "cpu", batches: int | None = None) -> list[dict]:
         for dm in dms:  # start persistent workers, fill caches
             _time_dm(dm, warm_epochs=1, device=device)
         # interleave the measurements so load changes on a shared machine hit every row alike
-        raw_s, dm_s = [], [[] for _ in configs]
+        raw_s, dm_s, raw_cpu, dm_cpu = [], [[] for _ in configs], [], [[] for _ in configs]
         load_before = os.getloadavg()[0]
         for calls in epoch_calls:
-            raw_s.append(_time_raw(calls))
-            for times, dm in zip(dm_s, dms):
-                times.append(_time_dm(dm, warm_epochs=0, device=device))
+            wall, cpu = _time_raw(calls)
+            raw_s.append(wall)
+            raw_cpu.append(cpu)
+            for times, cpus, dm in zip(dm_s, dm_cpu, dms):
+                wall, cpu = _time_dm(dm, warm_epochs=0, device=device)
+                times.append(wall)
+                cpus.append(cpu)
         raw = statistics.median(raw_s)
+        raw_c = None if None in raw_cpu else statistics.median(raw_cpu)
         load = f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus"
         rows.append(
             dict(name="data/raw_pyav_decode", setting=f"{setting}, plain PyAV loop, 1 process", value=frames / raw,
@@ -218,7 +252,7 @@ def run(profile: str = "cpu", batches: int | None = None) -> list[dict]:
             dict(name="data/optimize_shards", setting=f"{setting}, data optimize of 6 clips (48 windows of 16 frames)",
                  value=optimize_s, unit="s", median_s=optimize_s, repeats=1, ratio=None, baseline=None, goal=None)
         )  # fmt: skip
-        for (workers, augment, sh), times in zip(configs, dm_s):
+        for (workers, augment, sh), times, cpus in zip(configs, dm_s, dm_cpu):
             secs = statistics.median(times)
             tag = f"{'shards' if sh else 'files'}, num_workers={workers}" + (
                 ", augment on" if augment else ""
@@ -232,6 +266,11 @@ def run(profile: str = "cpu", batches: int | None = None) -> list[dict]:
                 goal=goal,
                 # each repeat's DataModule epoch / the raw epoch timed just before it (the spread)
                 ratios=[round(t / r, 3) for t, r in zip(times, raw_s)],
+                # CPU seconds (main process + workers, all threads) / the raw loop's: the work done,
+                # which the machine's load barely moves (clock ticks of 10 ms)
+                cpu_ratio=None
+                if raw_c is None or None in cpus
+                else round(statistics.median(cpus) / raw_c, 3),
             )
             for name, unit, count in (
                 ("data/datamodule_frames", "frames/s", frames),

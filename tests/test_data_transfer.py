@@ -1,5 +1,6 @@
-"""Pixels from DataLoader workers through reusable shared-memory slots (dimo.data.transfer), and the
-FFmpeg threading of read_frames per process (dimo.data.video.decode_threads)."""
+"""Batches from DataLoader workers through reusable shared-memory slots (dimo.data.transfer), the
+FFmpeg threading of read_frames per process (dimo.data.video.decode_threads), and the uint8 -> float
+mapping (dimo.data.pixels.pixels_to_float)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 import dimo.data.transfer as transfer
 from dimo.data.augment import AugmentConfig
 from dimo.data.datamodule import ViewRichDataModule
-from dimo.data.transfer import PixelSlots, SlotDataLoader, SlotRef
+from dimo.data.pixels import pixels_to_float
+from dimo.data.transfer import BatchSlots, SlotDataLoader, SlotField, SlotRef
 from dimo.data.video import decode_threads
 
 NO_AUG = AugmentConfig(enabled=False)
@@ -50,14 +52,11 @@ def test_worker_batches_come_through_the_slots_bit_for_bit(toy_root, task):
     expected = _epochs(plain, plain.train_dataloader())
     dm = _dm(toy_root, num_workers=2, persistent_workers=True, **kw)
     loader = dm.train_dataloader()
-    assert isinstance(loader, SlotDataLoader) and isinstance(loader.collate_fn, PixelSlots)
-    assert set(loader.collate_fn.shapes) == (
-        {"target", "reference"} if task == "hvg" else {"driving", "target", "reference"}
-    )
+    assert isinstance(loader, SlotDataLoader) and isinstance(loader.collate_fn, BatchSlots)
     got = _epochs(dm, loader)
     _same(expected, got)
-    # every batch's pixels came through a slot (each worker owns prefetch_factor + 1 of them, enough
-    # for all its prefetched batches), and every slot was freed when its batch left the loader
+    # every batch came through a slot (each worker owns prefetch_factor + 1 of them, enough for all
+    # its prefetched batches), and every slot was freed when its batch left the loader
     assert loader.collate_fn.received == len(got) == 6
     assert not loader.collate_fn.taken.any()
     # off: the ordinary DataLoader transfer, same batches
@@ -85,42 +84,71 @@ def _sample(T=2, H=4, W=6, seed=0) -> dict:
     g = torch.Generator().manual_seed(seed)
     target = torch.randint(0, 256, (T, 3, H, W), dtype=torch.uint8, generator=g)
     return {
-        "driving": target.flip(0),
+        "driving": target.permute(0, 1, 3, 2).flip(0),  # not contiguous
         "target": target,
-        "reference": target[0].clone(),
-        "x": torch.rand(3, generator=g),
+        "valid": torch.rand(T, generator=g) > 0.5,
+        "pose": torch.rand(T, 5, 3, dtype=torch.float64, generator=g),
+        "empty": torch.zeros(0, 3),
+        "draw": seed,
+        "scale": 0.5 + seed,
         "name": f"s{seed}",
+        "names": [f"a{seed}", "b"],
     }
 
 
-def test_collate_fills_only_fitting_fields_and_receive_restores_the_batch(monkeypatch):
-    slots = PixelSlots({"driving": (2, 3, 4, 6), "target": (2, 3, 4, 6), "reference": (3, 4, 6)}, 3, 1, 2)
+def test_collate_packs_every_tensor_and_receive_restores_the_batch(monkeypatch):
+    slots = BatchSlots(1 << 16, 1, 2)
     _fake_worker(monkeypatch)
-    samples = [_sample(seed=i) for i in range(2)]  # 2 of 3 rows
-    samples[1]["driving"] = samples[1]["driving"].float()  # float pixels (e.g. augmented): not in a slot
+    samples = [_sample(seed=i) for i in range(3)]
     sent = slots(samples)
-    assert isinstance(sent["target"], SlotRef) and sent["reference"] is sent["target"]
-    assert torch.is_tensor(sent["driving"]) and slots.taken.tolist() == [1, 0]
-    through = pickle.loads(pickle.dumps(sent))  # what the main process unpickles: an armed ref
+    assert list(sent) == list(samples[0])
+    packed = [k for k, v in sent.items() if isinstance(v, SlotField)]
+    assert packed == ["driving", "target", "valid", "pose", "empty", "draw", "scale"]  # numbers too
+    assert sent["name"] == ["s0", "s1", "s2"] and slots.taken.tolist() == [1, 0]
+    through = pickle.loads(pickle.dumps(sent))  # what the main process unpickles: one armed ref
+    assert through["target"].ref is through["pose"].ref and through["target"].ref.armed
     got = slots.receive(through)
     _same([default_collate(samples)], [got])
     assert slots.taken.tolist() == [0, 0] and slots.received == 1
-    # a worker's slots all taken: the ordinary collate, nothing claimed
+    # a field that does not stack (shapes differ): default_collate's own error, no slot claimed
+    odd = [_sample(seed=i) for i in range(2)]
+    odd[1]["pose"] = odd[1]["pose"][:1]
+    with pytest.raises(RuntimeError, match="equal size"):
+        default_collate(odd)
+    with pytest.raises(RuntimeError, match="equal size"):
+        slots(odd)
+    assert slots.taken.tolist() == [0, 0]
+    # a batch larger than a slot, or a worker with all its slots taken: the ordinary collate
+    small = BatchSlots(64, 1, 1)
+    assert not any(isinstance(v, SlotField) for v in small(samples).values())
+    assert small.taken.tolist() == [0]
     slots.taken.fill_(1)
-    assert all(torch.is_tensor(v) for k, v in slots(samples).items() if k != "name")
+    assert not any(isinstance(v, SlotField) for v in slots(samples).values())
+    assert slots.received == 1
 
 
 def test_a_batch_dropped_unread_frees_its_slot(monkeypatch):
-    slots = PixelSlots({"target": (2, 3, 4, 6)}, 2, 2, 1)
+    slots = BatchSlots(1 << 16, 2, 1)
     _fake_worker(monkeypatch, worker_id=1)  # worker 1 owns slot 1
     sent = slots([_sample(seed=i) for i in range(2)])
-    assert slots.taken.tolist() == [0, 1] and not sent["target"].armed
+    assert slots.taken.tolist() == [0, 1] and not sent["target"].ref.armed
     del sent  # the worker's own copy is not armed: dropping it there frees nothing
     assert slots.taken.tolist() == [0, 1]
-    armed = pickle.loads(pickle.dumps(SlotRef(slots.token, 1, 2)))
+    armed = pickle.loads(pickle.dumps(SlotRef(slots.token, 1)))
     assert armed.armed
     del armed  # e.g. a prefetched batch discarded when an epoch is abandoned
     assert slots.taken.tolist() == [0, 0]
+
+
+def test_pixels_to_float_is_x_over_127_5_minus_1_for_every_level():
+    x = torch.arange(256, dtype=torch.uint8)
+    y = pixels_to_float(x)
+    assert y.dtype == torch.float32 and torch.equal(y, x.float() / 127.5 - 1)
+    frames = torch.randint(0, 256, (2, 4, 5, 3), dtype=torch.uint8).permute(
+        0, 3, 1, 2
+    )  # a view, as in datasets
+    assert torch.equal(pixels_to_float(frames), frames.float() / 127.5 - 1)
+    assert torch.equal(pixels_to_float(y), y.float().div_(127.5).sub_(1.0))  # other dtypes: the float mapping
 
 
 class _Threads(Dataset):
@@ -134,13 +162,13 @@ class _Threads(Dataset):
 def test_decode_threads_per_process(monkeypatch):
     # the main process: FFmpeg's own frame+slice threading, what a plain PyAV loop gets with "AUTO"
     assert decode_threads() == ("AUTO", 0)
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     got = [tuple(t) for t in DataLoader(_Threads(), batch_size=None, num_workers=2)]
     want = ("AUTO", cores // 2) if cores // 2 > 1 else ("SLICE", 1)
     assert got == [want, want]
     import torch.utils.data as tud
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(tud, "get_worker_info", lambda: SimpleNamespace(num_workers=1))
     assert decode_threads() == ("AUTO", 4)
     monkeypatch.setattr(tud, "get_worker_info", lambda: SimpleNamespace(num_workers=4))

@@ -15,14 +15,15 @@
   stream state in Lightning checkpoints so a resumed run continues the same stream.
 * At the first training batch a grid of the batch is written to TensorBoard (``data/batch``).
 * Pixels travel as uint8 (from the workers, and host to device); :meth:`on_after_batch_transfer`
-  turns them into float32 in [-1, 1] on the device (:func:`to_model_batch`). Training batches from
-  workers carry their pixels through reusable shared-memory slots (:mod:`dimo.data.transfer`). Reading the loaders
-  without a Trainer? Call :func:`to_model_batch` on each batch (after :meth:`on_before_batch_transfer`).
+  turns them into float32 in [-1, 1] on the device (:func:`to_model_batch`). Training batches come
+  from the workers through reusable shared-memory slots (:mod:`dimo.data.transfer`). Reading the
+  loaders without a Trainer? Call :func:`to_model_batch` on each batch (after :meth:`on_before_batch_transfer`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -98,10 +99,10 @@ class ViewRichDataModule(LightningDataModule):
             object-store URL written by ``python -m dimo.cli data optimize``) instead of ``root``'s
             videos; their spec must match this DataModule's (``dimo.data.shards``).
         shard_cache: where litdata caches remote chunks (default: its own cache folder).
-        shared_slots: with ``num_workers > 0``, training batches carry their pixels from the workers
-            through ``num_workers x (prefetch_factor + 1)`` batch-sized shared-memory slots allocated
-            once (:mod:`dimo.data.transfer`), instead of a new shared segment per tensor per batch;
-            the batches are the same bit for bit. ``False``: the ordinary DataLoader transfer.
+        shared_slots: with ``num_workers > 0``, training batches travel from the workers through
+            ``num_workers x (prefetch_factor + 1)`` batch-sized shared-memory slots allocated once
+            (:mod:`dimo.data.transfer`), instead of a new shared segment per tensor per batch; the
+            batches are the same bit for bit. ``False``: the ordinary DataLoader transfer.
         latent_cache: a frozen-encoder cache folder (``python -m dimo.cli data cache``, 3DiMo only):
             samples carry the cached target latents and text embeddings (``x0``, ``ref_latent``,
             ``text``) instead of target pixels, the window is one of the cached ones, and the model
@@ -320,7 +321,7 @@ class ViewRichDataModule(LightningDataModule):
         return int(trainer.global_rank), int(trainer.world_size)
 
     def pixel_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The uint8 pixel fields of one sample and their shapes (what the transfer slots hold)."""
+        """The uint8 pixel fields of one sample and their shapes (what sizes the transfer slots)."""
 
         s = self.spec
         frame = (3, s.height, s.width)
@@ -336,11 +337,14 @@ class ViewRichDataModule(LightningDataModule):
         workers = self.num_workers
         cls, collate = DataLoader, default_collate
         if slots and workers > 0 and self.shared_slots:
-            from dimo.data.transfer import PixelSlots, SlotDataLoader
+            from dimo.data.transfer import BatchSlots, SlotDataLoader
 
+            # a batch's pixels, plus room for its labels and cameras (a few KB per frame); a batch that
+            # does not fit (e.g. cached latents) takes the ordinary transfer
+            pixels = self.batch_size * sum(math.prod(s) for s in self.pixel_shapes().values())
             cls = SlotDataLoader
-            collate = PixelSlots(
-                self.pixel_shapes(), self.batch_size, workers, self.prefetch_factor + 1, self.pin_memory
+            collate = BatchSlots(
+                pixels + pixels // 4 + (1 << 20), workers, self.prefetch_factor + 1, self.pin_memory
             )
         return cls(
             dataset,

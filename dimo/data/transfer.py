@@ -1,30 +1,31 @@
-"""Training batches from DataLoader workers through reusable shared-memory slots for their pixels.
+"""Training batches from DataLoader workers through reusable shared-memory slots.
 
-By default a worker hands each batch to the main process in a *new* shared-memory segment per
-tensor: the kernel allocates and zeroes it page by page as the worker's collate writes it, the main
-process maps it again, and it is freed when the batch is dropped. For pixels that is most of the
-bytes (3DiMo at 256x256 x 16 frames: 13 MB per batch of 2 samples), and on the 2-core benchmark
-machine the page work cost about as much CPU as half the decoding (``benchmarks/bench_data.py``;
-measured per batch: ~10 ms in the worker's collate instead of ~2 ms in plain memory, ~10 ms more in
-the main process's conversion of freshly mapped pages, against ~37 ms to decode the frames).
+By default a worker hands each batch to the main process with every tensor in a *new* shared-memory
+segment: the kernel allocates and zeroes it page by page as the worker's collate writes it, the main
+process receives its file descriptor through a socket handshake with the worker (one per tensor, a
+dozen per 3DiMo batch) and maps it again, and it is freed when the batch is dropped. Measured on the
+2-core benchmark machine at 256x256 x 16 frames (``benchmarks/bench_data.py``, batches of 2 3DiMo
+samples, 13 MB of pixels): the page work cost ~10 ms of CPU in the worker's collate (~2 ms in plain
+memory) and ~10 ms more in the main process, and the handshakes ~5 ms of the main process per batch,
+against ~37 ms to decode the batch's frames.
 
-Here the pixel fields (:data:`~dimo.data.pixels.PIXEL_KEYS` of the shapes the DataModule expects) go
-into one of a few fixed slots, allocated in shared memory once, before the workers start, and reused:
+Here each worker owns ``per_worker`` slots: byte arenas in shared memory, allocated once before the
+workers start and reused.
 
-* each worker owns ``per_worker`` slots; its collate claims a free one, stacks the batch's pixels
-  into it and sends the rest of the batch as usual, with a :class:`SlotRef` in place of each pixel
-  tensor;
-* the loader (:class:`SlotDataLoader`) copies the pixels out of the slot into ordinary memory (pinned
+* The worker's collate (:meth:`BatchSlots.__call__`) claims a free slot of its own and stacks every
+  tensor field of the batch into it (and the tensors ``default_collate`` makes of numbers); what is
+  left (strings, nested structures) is collated as usual. The batch travels with a
+  :class:`SlotField` (slot, offset, dtype, shape) in place of each packed tensor.
+* The loader (:class:`SlotDataLoader`) copies the fields out of the slot into ordinary memory (pinned
   when the loader pins memory) as it yields the batch, and frees the slot: the batch that leaves the
-  loader is the one ``default_collate`` makes, bit for bit;
-* a worker whose slots are all taken, or a batch whose pixels do not fit the slots (another shape, a
-  float augmentation output...), goes the ordinary way, so correctness never depends on timing; a
-  batch the loader drops without yielding it (an abandoned epoch) frees its slot when it is
-  garbage-collected.
+  loader equals the one ``default_collate`` makes (same fields, order, dtypes, shapes and values).
+* A worker whose slots are all taken, or a batch larger than a slot (``capacity`` bytes), goes the
+  ordinary way, so correctness never depends on timing; a batch the loader drops without yielding it
+  (e.g. the prefetched batches of an abandoned epoch) frees its slot when it is garbage-collected.
 
 Hand-written because ``torch.utils.data`` has no pooled transfer: its collate allocates a new shared
-segment per tensor per batch. The slots hold ``num_workers x per_worker`` batches of pixels in
-``/dev/shm`` for the loader's lifetime (the ordinary path holds the in-flight batches there too);
+segment per tensor per batch. The slots hold ``num_workers x per_worker x capacity`` bytes in
+``/dev/shm`` for the loader's lifetime (the ordinary path keeps the in-flight batches there too);
 ``ViewRichDataModule(shared_slots=False)`` turns them off.
 """
 
@@ -40,31 +41,32 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
-__all__ = ["PixelSlots", "SlotDataLoader", "SlotRef"]
+__all__ = ["BatchSlots", "SlotDataLoader", "SlotField", "SlotRef"]
 
 log = logging.getLogger(__name__)
 
+_ALIGN = 64  # byte alignment of the fields in a slot (any dtype's view is aligned)
 # the slot pools of this process, by token: a SlotRef dropped unread (in the main process) frees its slot
-_POOLS: weakref.WeakValueDictionary[int, PixelSlots] = weakref.WeakValueDictionary()
+_POOLS: weakref.WeakValueDictionary[int, BatchSlots] = weakref.WeakValueDictionary()
 
 
 class SlotRef:
-    """Stands for a batch's pixel field in slot ``slot`` (rows ``:n``) of pool ``token`` while in transit.
+    """A batch in transit in slot ``slot`` of pool ``token``.
 
     Made unarmed in the worker; the copy unpickled in the main process is armed: if it is dropped
-    before :meth:`PixelSlots.receive` reads the slot, it frees the slot.
+    before :meth:`BatchSlots.receive` has read the slot, it frees the slot.
     """
 
-    __slots__ = ("token", "slot", "n", "armed", "__weakref__")
+    __slots__ = ("token", "slot", "armed", "__weakref__")
 
-    def __init__(self, token: int, slot: int, n: int, armed: bool = False) -> None:
-        self.token, self.slot, self.n, self.armed = token, slot, n, armed
+    def __init__(self, token: int, slot: int, armed: bool = False) -> None:
+        self.token, self.slot, self.armed = token, slot, armed
 
     def __reduce__(self):
-        return (SlotRef, (self.token, self.slot, self.n, True))
+        return (SlotRef, (self.token, self.slot, True))
 
     def __repr__(self) -> str:
-        return f"SlotRef(slot={self.slot}, n={self.n})"
+        return f"SlotRef(slot={self.slot})"
 
     def __del__(self) -> None:
         if self.armed:
@@ -74,51 +76,65 @@ class SlotRef:
                 pool.release(self.slot)
 
 
-class PixelSlots:
-    """Shared-memory slots for the uint8 pixel fields of batches, and the collate that fills them.
+class SlotField:
+    """A batch tensor in transit: ``dtype`` and ``shape`` at byte ``offset`` of ``ref``'s slot."""
+
+    __slots__ = ("ref", "offset", "dtype", "shape")
+
+    def __init__(self, ref: SlotRef, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> None:
+        self.ref, self.offset, self.dtype, self.shape = ref, offset, dtype, shape
+
+    def __reduce__(self):
+        return (SlotField, (self.ref, self.offset, self.dtype, self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+class BatchSlots:
+    """Shared-memory slots for whole batches, and the collate that fills them (module docstring).
 
     Args:
-        shapes: per pixel field, the shape of one sample's tensor, e.g. ``{"target": (T, 3, H, W)}``.
-        batch_size: rows per slot (the loader's batch size).
+        capacity: bytes per slot (one batch's tensors, each aligned to 64 bytes).
         num_workers: the loader's workers; each owns ``per_worker`` slots.
-        per_worker: slots per worker (the loader's ``prefetch_factor`` + 1 keeps every prefetched
-            batch of a worker in a slot while the main process reads the previous one).
-        pin_memory: copy the pixels out of the slots into pinned memory (the loader's ``pin_memory``).
+        per_worker: slots per worker (the loader's ``prefetch_factor`` + 1 holds every batch a worker
+            has prefetched plus the one the main process is reading).
+        pin_memory: copy the tensors out of the slots into pinned memory (the loader's ``pin_memory``).
 
     An instance is the loader's ``collate_fn`` (in the workers) and reads the slots back in the main
     process (:meth:`receive`, called by :class:`SlotDataLoader`).
     """
 
-    def __init__(
-        self,
-        shapes: Mapping[str, tuple[int, ...]],
-        batch_size: int,
-        num_workers: int,
-        per_worker: int,
-        pin_memory: bool = False,
-    ) -> None:
-        if batch_size < 1 or num_workers < 1 or per_worker < 1:
-            raise ValueError("batch_size, num_workers and per_worker must be >= 1")
-        self.shapes = {k: tuple(int(d) for d in s) for k, s in shapes.items()}
-        self.batch_size, self.num_workers, self.per_worker = batch_size, num_workers, per_worker
+    def __init__(self, capacity: int, num_workers: int, per_worker: int, pin_memory: bool = False) -> None:
+        if capacity < 1 or num_workers < 1 or per_worker < 1:
+            raise ValueError("capacity, num_workers and per_worker must be >= 1")
+        self.capacity = _aligned(int(capacity))
+        self.num_workers, self.per_worker = num_workers, per_worker
         self.pin_memory = pin_memory and torch.cuda.is_available()
         n = num_workers * per_worker
         # allocated (and its pages faulted) once, here, before the workers start
-        self.buffers = {
-            k: torch.zeros((n, batch_size, *s), dtype=torch.uint8).share_memory_()
-            for k, s in self.shapes.items()
-        }
+        self.arena = torch.zeros((n, self.capacity), dtype=torch.uint8).share_memory_()
         self.taken = torch.zeros(n, dtype=torch.uint8).share_memory_()  # 1: a worker filled it, unread
-        # guards `taken`; its acquire/release also order the slot's pixel writes and reads across
-        # processes (memory barriers), which a plain shared flag would not on weakly ordered CPUs
+        # guards `taken`; its acquire/release also order a slot's writes and reads across processes
+        # (memory barriers), which a plain shared flag would not do on weakly ordered CPUs
         self.lock = multiprocessing.get_context().Lock()
         self.token = uuid.uuid4().int
         self._next = 0  # this worker's next slot to try (per process)
-        self.received = 0  # batches whose pixels came through the slots (main process)
+        self._too_big_logged = False
+        self.received = 0  # batches that came through the slots (main process)
         _POOLS[self.token] = self
-
-    def __getstate__(self) -> dict[str, Any]:
-        return self.__dict__.copy()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -140,42 +156,78 @@ class PixelSlots:
                     return slot
         return None
 
-    def _fits(self, samples: list[Mapping[str, Any]], key: str) -> bool:
-        shape = self.shapes[key]
-        return all(
-            isinstance(s.get(key), torch.Tensor)
-            and s[key].dtype == torch.uint8
-            and tuple(s[key].shape) == shape
-            for s in samples
-        )
+    def _view(self, slot: int, offset: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        n = dtype.itemsize
+        for d in shape:
+            n *= d
+        return self.arena[slot, offset : offset + n].view(dtype).view(shape)
 
-    def __call__(self, samples: list[Mapping[str, Any]]) -> Any:
-        """The workers' collate: ``default_collate`` with the fitting pixel fields stacked into a slot."""
+    def __call__(self, samples: list[Any]) -> Any:
+        """The workers' collate: ``default_collate``, with the batch's tensors stacked into a slot."""
 
         info = get_worker_info()
-        if (
-            info is None
-            or not samples
-            or not isinstance(samples[0], Mapping)
-            or len(samples) > self.batch_size
-        ):
+        if info is None or not samples or not all(isinstance(s, Mapping) for s in samples):
             return default_collate(samples)
-        keys = [k for k in self.shapes if self._fits(samples, k)]
-        slot = self._claim(info.id % self.num_workers) if keys else None
+        # plan: the fields stacked from equal-shaped CPU tensors, the tensors collated from numbers,
+        # and the rest (strings, ...) as default_collate makes them
+        stacked: dict[str, tuple[list[torch.Tensor], torch.dtype, tuple[int, ...]]] = {}
+        rest: dict[str, Any] = {}
+        for key in samples[0]:
+            values = [s[key] for s in samples]
+            v0 = values[0]
+            if isinstance(v0, torch.Tensor) and all(
+                isinstance(v, torch.Tensor)
+                and v.device.type == "cpu"
+                and v.dtype == v0.dtype
+                and v.shape == v0.shape
+                for v in values
+            ):
+                stacked[key] = (values, v0.dtype, (len(values), *v0.shape))
+            else:
+                rest[key] = default_collate(values)
+        packed = {k: v for k, v in rest.items() if isinstance(v, torch.Tensor) and v.device.type == "cpu"}
+        total = sum(
+            _aligned(dtype.itemsize * torch.Size(shape).numel()) for _, dtype, shape in stacked.values()
+        )
+        total += sum(_aligned(_nbytes(v)) for v in packed.values())
+        if not stacked and not packed:
+            return default_collate(samples)
+        if total > self.capacity:
+            if not self._too_big_logged:
+                self._too_big_logged = True
+                log.info(
+                    "a batch of %d bytes does not fit a transfer slot (%d bytes): such batches take the "
+                    "ordinary DataLoader transfer",
+                    total,
+                    self.capacity,
+                )
+            return default_collate(samples)
+        slot = self._claim(info.id % self.num_workers)
         if slot is None:
             return default_collate(samples)
-        n = len(samples)
-        for k in keys:
-            torch.stack([s[k] for s in samples], out=self.buffers[k][slot, :n])
-        rest = default_collate([{k: v for k, v in s.items() if k not in keys} for s in samples])
-        ref = SlotRef(self.token, slot, n)
-        return {k: ref if k in keys else rest[k] for k in samples[0]}
+        ref = SlotRef(self.token, slot)
+        out: dict[str, Any] = {}
+        offset = 0
+        for key in samples[0]:
+            if key in stacked:
+                values, dtype, shape = stacked[key]
+                torch.stack(values, out=self._view(slot, offset, dtype, shape))
+            elif key in packed:
+                dtype, shape = packed[key].dtype, tuple(packed[key].shape)
+                self._view(slot, offset, dtype, shape).copy_(packed[key])
+            else:
+                out[key] = rest[key]
+                continue
+            field = SlotField(ref, offset, dtype, tuple(shape))
+            out[key] = field
+            offset += _aligned(field.nbytes)
+        return out
 
     # ---- main-process side -----------------------------------------------------------------------
     def release(self, slot: int) -> None:
         if not self.lock.acquire(timeout=30):  # only a worker killed inside the lock holds it
             log.warning(
-                "pixel slot %d not freed (its lock is held); later batches may bypass the slots", slot
+                "transfer slot %d not freed (its lock is held); later batches may bypass the slots", slot
             )
             return
         try:
@@ -184,22 +236,23 @@ class PixelSlots:
             self.lock.release()
 
     def receive(self, batch: Any) -> Any:
-        """A batch from the workers -> the same batch with its pixels copied out of the slot (then freed)."""
+        """A batch from the workers -> the same batch with its tensors copied out of the slot (then freed)."""
 
         if not isinstance(batch, dict):
             return batch
-        ref = next((v for v in batch.values() if isinstance(v, SlotRef)), None)
-        if ref is None:
+        fields = [v for v in batch.values() if isinstance(v, SlotField)]
+        if not fields:
             return batch
-        if ref.token != self.token:
-            raise RuntimeError("a batch refers to another loader's pixel slots")
+        ref = fields[0].ref
+        if ref.token != self.token or any(f.ref is not ref for f in fields):
+            raise RuntimeError("a batch refers to another loader's transfer slots")
         out = {}
-        for k, v in batch.items():
-            if v is ref:
-                src = self.buffers[k][ref.slot, : ref.n]
-                v = torch.empty(src.shape, dtype=torch.uint8, pin_memory=self.pin_memory)
-                v.copy_(src)
-            out[k] = v
+        for key, value in batch.items():
+            if isinstance(value, SlotField):
+                src = self._view(ref.slot, value.offset, value.dtype, value.shape)
+                value = torch.empty(value.shape, dtype=value.dtype, pin_memory=self.pin_memory)
+                value.copy_(src)
+            out[key] = value
         ref.armed = False
         self.release(ref.slot)
         self.received += 1
@@ -207,7 +260,7 @@ class PixelSlots:
 
 
 class SlotDataLoader(DataLoader):
-    """A DataLoader whose ``collate_fn`` is a :class:`PixelSlots`: batches come out of the slots as
+    """A DataLoader whose ``collate_fn`` is a :class:`BatchSlots`: batches come out of the slots as
     ordinary tensors (see the module docstring)."""
 
     def __iter__(self):

@@ -263,16 +263,25 @@ def transcode_upright(
     return inspect_video(dst)
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as FFmpeg counts them), else ``os.cpu_count()``."""
+
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def decode_threads() -> tuple[str, int]:
     """FFmpeg threading for :func:`read_frames` in this process: ``(thread_type, thread_count)``.
 
     In the main process: ``("AUTO", 0)``, FFmpeg's own choice (frame and slice threads, its automatic
     count: cores + 1), what a plain PyAV loop gets with ``stream.thread_type = "AUTO"`` (the data
-    benchmark's baseline uses exactly this). In a DataLoader worker the cores are shared among the
-    workers: ``("AUTO", cores // workers)`` while that is 2 or more, else ``("SLICE", 1)``, one
-    thread and no thread pool (PyAV's default, ``SLICE`` with the automatic count, starts cores + 1
-    slice threads at every open that a one-slice H.264 stream never uses: measured on 2 cores, 10%
-    more CPU for the same reads).
+    benchmark's baseline uses exactly this). In a DataLoader worker the cores (those this process may
+    run on) are shared among the workers: ``("AUTO", cores // workers)`` while that is 2 or more,
+    else ``("SLICE", 1)``, one thread and no thread pool (PyAV's default, ``SLICE`` with the automatic
+    count, starts cores + 1 slice threads at every open that a one-slice H.264 stream never uses:
+    measured on 2 cores, 10% more CPU for the same reads).
     """
 
     from torch.utils.data import get_worker_info
@@ -280,7 +289,7 @@ def decode_threads() -> tuple[str, int]:
     worker = get_worker_info()
     if worker is None:
         return "AUTO", 0
-    threads = (os.cpu_count() or 1) // worker.num_workers
+    threads = _usable_cores() // worker.num_workers
     return ("AUTO", threads) if threads > 1 else ("SLICE", 1)
 
 
