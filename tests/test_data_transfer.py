@@ -1,6 +1,5 @@
-"""Batches from DataLoader workers through reusable shared-memory slots (dimo.data.transfer), the
-FFmpeg threading of read_frames per process (dimo.data.video.decode_threads), and the uint8 -> float
-mapping (dimo.data.pixels.pixels_to_float)."""
+"""Batches from DataLoader workers through reusable shared-memory slots (dimo.data.transfer), and the
+FFmpeg threading of read_frames per process (dimo.data.video.decode_threads)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 import dimo.data.transfer as transfer
 from dimo.data.augment import AugmentConfig
 from dimo.data.datamodule import ViewRichDataModule
-from dimo.data.pixels import pixels_to_float
 from dimo.data.transfer import BatchSlots, SlotDataLoader, SlotField, SlotRef
 from dimo.data.video import decode_threads
 
@@ -138,17 +136,6 @@ def test_a_batch_dropped_unread_frees_its_slot(monkeypatch):
     assert armed.armed
     del armed  # e.g. a prefetched batch discarded when an epoch is abandoned
     assert slots.taken.tolist() == [0, 0]
-
-
-def test_pixels_to_float_is_x_over_127_5_minus_1_for_every_level():
-    x = torch.arange(256, dtype=torch.uint8)
-    y = pixels_to_float(x)
-    assert y.dtype == torch.float32 and torch.equal(y, x.float() / 127.5 - 1)
-    frames = torch.randint(0, 256, (2, 4, 5, 3), dtype=torch.uint8).permute(
-        0, 3, 1, 2
-    )  # a view, as in datasets
-    assert torch.equal(pixels_to_float(frames), frames.float() / 127.5 - 1)
-    assert torch.equal(pixels_to_float(y), y.float().div_(127.5).sub_(1.0))  # other dtypes: the float mapping
 
 
 class _Threads(Dataset):

@@ -22,16 +22,11 @@ __all__ = ["PIXEL_KEYS", "check_model_batch", "pixels_to_float", "quantize", "to
 
 # the pixel fields of a sample: uint8 from the datasets, float32 in [-1, 1] for the models
 PIXEL_KEYS = ("driving", "target", "reference")
-_HALF_RANGE = torch.tensor(127.5, dtype=torch.float32)  # float32 results whatever the default dtype
 
 
 def pixels_to_float(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 0..255 -> float32 in [-1, 1], any shape and device: ``x / 127.5 - 1``."""
 
-    if pixels.dtype == torch.uint8:
-        # the division reads the uint8 directly: one pass over the float32 result fewer than
-        # .float().div_().sub_(), the same float32 values (tests check all 256 levels)
-        return torch.div(pixels, _HALF_RANGE).sub_(1.0)  # a 0-dim CPU divisor works on any device
     return pixels.float().div_(127.5).sub_(1.0)
 
 
