@@ -43,25 +43,53 @@ def _same(a: list[dict], b: list[dict]) -> None:
                 assert x[k] == y[k], k
 
 
+def _trained(dm, loader, n=2) -> list[dict]:
+    """Model-ready batches, the loader's own batches dropped as in training (float copies kept)."""
+
+    return [
+        dm.on_after_batch_transfer(dm.on_before_batch_transfer(b, 0), 0) for _ in range(n) for b in loader
+    ]
+
+
 @pytest.mark.parametrize("task", ["3dimo", "hvg"])
 def test_worker_batches_come_through_the_slots_bit_for_bit(toy_root, task):
     kw = {"task": task, "num_views": 2} if task == "hvg" else {"task": task, "cross_view": 0.5}
     plain = _dm(toy_root, **kw)
-    expected = _epochs(plain, plain.train_dataloader())
+    expected = _epochs(plain, plain.train_dataloader(), 4)  # the stream goes on: epochs 0-3
     dm = _dm(toy_root, num_workers=2, persistent_workers=True, **kw)
     loader = dm.train_dataloader()
     assert isinstance(loader, SlotDataLoader) and isinstance(loader.collate_fn, BatchSlots)
-    got = _epochs(dm, loader)
-    _same(expected, got)
-    # every batch came through a slot (each worker owns prefetch_factor + 1 of them, enough for all
-    # its prefetched batches), and every slot was freed when its batch left the loader
-    assert loader.collate_fn.received == len(got) == 6
-    assert not loader.collate_fn.taken.any()
+    slots = loader.collate_fn
+    # streamed as in training: every batch came through a slot (a worker owns prefetch_factor + 2 of
+    # them), and each slot was freed once its batch was converted and dropped
+    _same([plain.on_after_batch_transfer(b, 0) for b in expected[:6]], _trained(dm, loader))
+    assert slots.received == 6 and not slots.taken.any()
+    # batches kept (views of the slots hold them; a worker without a free slot uses the ordinary
+    # transfer): still the same batches
+    _same(expected[6:], _epochs(dm, loader))
+    assert slots.received > 6
     # off: the ordinary DataLoader transfer, same batches
     off = _dm(toy_root, num_workers=2, shared_slots=False, **kw)
     off_loader = off.train_dataloader()
     assert type(off_loader) is DataLoader
-    _same(expected, _epochs(off, off_loader))
+    _same(expected[:6], _epochs(off, off_loader))
+
+
+def test_a_held_batch_keeps_its_slot_until_dropped(toy_root):
+    dm = _dm(toy_root, num_workers=1, persistent_workers=True, prefetch_factor=1)
+    loader = dm.train_dataloader()
+    slots = loader.collate_fn
+    it = iter(loader)
+    batch = next(it)
+    target = batch["target"]
+    assert slots.received == 1 and slots.taken.sum() >= 1
+    slot = int(slots.taken.nonzero()[0])
+    assert target.data_ptr() >= slots.arena[slot].data_ptr()  # a view of the slot, not a copy
+    del batch
+    assert slots.taken[slot] == 1  # `target` still views it
+    del target
+    assert slots.taken[slot] == 0
+    list(it)
 
 
 def test_taken_slots_fall_back_to_the_ordinary_transfer(toy_root):
@@ -106,8 +134,11 @@ def test_collate_packs_every_tensor_and_receive_restores_the_batch(monkeypatch):
     through = pickle.loads(pickle.dumps(sent))  # what the main process unpickles: one armed ref
     assert through["target"].ref is through["pose"].ref and through["target"].ref.armed
     got = slots.receive(through)
+    del through, sent
     _same([default_collate(samples)], [got])
-    assert slots.taken.tolist() == [0, 0] and slots.received == 1
+    assert slots.received == 1 and slots.taken.tolist() == [1, 0]  # `got` views the slot
+    del got
+    assert slots.taken.tolist() == [0, 0]
     # a field that does not stack (shapes differ): default_collate's own error, no slot claimed
     odd = [_sample(seed=i) for i in range(2)]
     odd[1]["pose"] = odd[1]["pose"][:1]

@@ -100,7 +100,7 @@ class ViewRichDataModule(LightningDataModule):
             videos; their spec must match this DataModule's (``dimo.data.shards``).
         shard_cache: where litdata caches remote chunks (default: its own cache folder).
         shared_slots: with ``num_workers > 0``, training batches travel from the workers through
-            ``num_workers x (prefetch_factor + 1)`` batch-sized shared-memory slots allocated once
+            ``num_workers x (prefetch_factor + 2)`` batch-sized shared-memory slots allocated once
             (:mod:`dimo.data.transfer`), instead of a new shared segment per tensor per batch; the
             batches are the same bit for bit. ``False``: the ordinary DataLoader transfer.
         latent_cache: a frozen-encoder cache folder (``python -m dimo.cli data cache``, 3DiMo only):
@@ -344,7 +344,7 @@ class ViewRichDataModule(LightningDataModule):
             pixels = self.batch_size * sum(math.prod(s) for s in self.pixel_shapes().values())
             cls = SlotDataLoader
             collate = BatchSlots(
-                pixels + pixels // 4 + (1 << 20), workers, self.prefetch_factor + 1, self.pin_memory
+                pixels + pixels // 4 + (1 << 20), workers, self.prefetch_factor + 2, self.pin_memory
             )
         return cls(
             dataset,

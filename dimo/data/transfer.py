@@ -16,11 +16,13 @@ workers start and reused.
   tensor field of the batch into it (and the tensors ``default_collate`` makes of numbers); what is
   left (strings, nested structures) is collated as usual. The batch travels with a
   :class:`SlotField` (slot, offset, dtype, shape) in place of each packed tensor.
-* The loader (:class:`SlotDataLoader`) copies the fields out of the slot into ordinary memory (pinned
-  when the loader pins memory) as it yields the batch, and frees the slot: the batch that leaves the
+* The loader (:class:`SlotDataLoader`) yields the batch with its tensors viewing the slot (no copy);
+  the slot is freed when the last of them is garbage-collected (usually as soon as the batch has
+  been moved to the device or converted to float). With ``pin_memory`` the tensors are copied out
+  into pinned memory instead and the slot is freed at once. Either way the batch that leaves the
   loader equals the one ``default_collate`` makes (same fields, order, dtypes, shapes and values).
-* A worker whose slots are all taken, or a batch larger than a slot (``capacity`` bytes), goes the
-  ordinary way, so correctness never depends on timing; a batch the loader drops without yielding it
+* A worker whose slots are all taken (e.g. its batches are still held downstream), or a batch larger
+  than a slot (``capacity`` bytes), goes the ordinary way, so correctness never depends on timing; a batch the loader drops without yielding it
   (e.g. the prefetched batches of an abandoned epoch) frees its slot when it is garbage-collected.
 
 Hand-written because ``torch.utils.data`` has no pooled transfer: its collate allocates a new shared
@@ -31,6 +33,7 @@ segment per tensor per batch. The slots hold ``num_workers x per_worker x capaci
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import uuid
@@ -76,6 +79,22 @@ class SlotRef:
                 pool.release(self.slot)
 
 
+class _Lease:
+    """Holds a received slot (and its pool: the shared memory stays mapped) until the last tensor
+    viewing it is gone, then frees it."""
+
+    __slots__ = ("pool", "slot")
+
+    def __init__(self, pool: BatchSlots, slot: int) -> None:
+        self.pool, self.slot = pool, slot
+
+    def __del__(self) -> None:
+        try:
+            self.pool.release(self.slot)
+        except Exception:  # interpreter shutdown: nothing left to free
+            pass
+
+
 class SlotField:
     """A batch tensor in transit: ``dtype`` and ``shape`` at byte ``offset`` of ``ref``'s slot."""
 
@@ -109,9 +128,10 @@ class BatchSlots:
     Args:
         capacity: bytes per slot (one batch's tensors, each aligned to 64 bytes).
         num_workers: the loader's workers; each owns ``per_worker`` slots.
-        per_worker: slots per worker (the loader's ``prefetch_factor`` + 1 holds every batch a worker
-            has prefetched plus the one the main process is reading).
-        pin_memory: copy the tensors out of the slots into pinned memory (the loader's ``pin_memory``).
+        per_worker: slots per worker (the loader's ``prefetch_factor`` + 2 holds every batch a worker
+            has prefetched, plus the one being trained on and the one Lightning fetches ahead).
+        pin_memory: copy the tensors out of the slots into pinned memory (the loader's ``pin_memory``)
+            instead of yielding views of the slots.
 
     An instance is the loader's ``collate_fn`` (in the workers) and reads the slots back in the main
     process (:meth:`receive`, called by :class:`SlotDataLoader`).
@@ -246,15 +266,22 @@ class BatchSlots:
         ref = fields[0].ref
         if ref.token != self.token or any(f.ref is not ref for f in fields):
             raise RuntimeError("a batch refers to another loader's transfer slots")
+        lease = _Lease(self, ref.slot)
+        ref.armed = False  # the lease frees the slot from now on
+        base = self.arena[ref.slot].data_ptr()
         out = {}
         for key, value in batch.items():
             if isinstance(value, SlotField):
-                src = self._view(ref.slot, value.offset, value.dtype, value.shape)
-                value = torch.empty(value.shape, dtype=value.dtype, pin_memory=self.pin_memory)
-                value.copy_(src)
+                if self.pin_memory or value.nbytes == 0:
+                    src = self._view(ref.slot, value.offset, value.dtype, value.shape)
+                    value = torch.empty(value.shape, dtype=value.dtype, pin_memory=self.pin_memory).copy_(src)
+                else:
+                    # a view of the slot whose buffer object holds the lease: the slot is freed when
+                    # the last tensor (or storage) using this memory is garbage-collected
+                    buf = (ctypes.c_char * value.nbytes).from_address(base + value.offset)
+                    buf.lease = lease
+                    value = torch.frombuffer(buf, dtype=value.dtype).view(value.shape)
             out[key] = value
-        ref.armed = False
-        self.release(ref.slot)
         self.received += 1
         return out
 
