@@ -15,7 +15,10 @@ clips (decoded windows: no decoding at train time; same number of samples and
 frames). The DataModule is timed up to model-ready batches: the loader's uint8 batches, its
 ``on_before_batch_transfer``, the copy to the device (``--profile gpu`` with CUDA: the GPU; else the
 CPU, a no-op) and its ``on_after_batch_transfer`` (uint8 -> float32 in [-1, 1], on that device).
-``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``.
+``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``. ``ratios``
+gives each repeat's ratio (the DataModule epoch over the raw epoch timed just before it), and
+``cpu_ratio`` the CPU seconds spent (main process and workers, all threads, from ``/proc``) over the
+raw loop's: the work done, which shows where time goes when the machine is shared.
 An epoch is 24 batches in the CPU profile (48 on a GPU): the first batches of an epoch wait for the
 workers to fill the pipeline (each worker builds its first batch alone), a fixed cost that a short
 epoch would charge to the worker rows far beyond its share in training (at 6 batches, about one
