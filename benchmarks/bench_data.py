@@ -24,8 +24,9 @@ workers to fill the pipeline (each worker builds its first batch alone), a fixed
 epoch would charge to the worker rows far beyond its share in training (at 6 batches, about one
 batch in six); ``--batches`` sets another length.
 Augmentation is off in the timed rows (model-side work the raw decode does not do); one extra row
-shows its cost, and one the ordinary DataLoader transfer instead of dimo's reusable shared-memory slots
-(``shared_slots=False``, ``dimo/data/transfer.py``). The data are toy humans rendered at 256x256, 24 frames, 2 clips per source.
+shows its cost, and one the ordinary DataLoader transfer instead of dimo's reusable shared-memory
+slots (``shared_slots=False``, ``dimo/data/transfer.py``). The data are toy humans rendered at
+256x256, 24 frames, 2 clips per source.
 
 ``python benchmarks/bench_data.py [--profile cpu|gpu] [--batches N]`` prints the rows as JSON; the raw
 row notes the 1-minute load average before and after the timed epochs (ratios are measured side by
