@@ -3,20 +3,34 @@ vs a plain PyAV decode loop over the very same frames.
 
 The DataModule's stream is deterministic, so the frames it decodes are known: one pass records every
 ``read_frames`` call it makes in each timed epoch (path, frame indices, size); the baseline replays
-exactly that epoch's reads
-with a plain PyAV loop (open, seek to the keyframe, decode, convert to RGB at the sample size; not
-dimo's reader), in one process, with nothing else (no sample assembly, motion loading, collation or
-workers). The DataModule is timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent
-workers, warm: the first epoch is not timed), reading the videos and reading ``data optimize``
-shards of the same clips (decoded windows: no decoding at train time; same number of samples and
+exactly that epoch's reads with a plain PyAV loop (open, seek to the keyframe, decode, convert to RGB
+at the sample size; not dimo's reader), in one process, with nothing else (no sample assembly,
+motion loading, collation or workers). FFmpeg threading, like for like: the baseline sets
+``thread_type = "AUTO"`` and leaves the count to FFmpeg (cores + 1 threads); dimo's reader does
+exactly the same in the main process (``num_workers=0``), and in a worker takes its share of the
+cores (``dimo.data.video.decode_threads``: 2 workers on 2 cores decode with one thread each). The
+DataModule is timed over the same batches at ``num_workers`` 0, 1 and 2 (persistent workers, warm:
+the first epoch is not timed), reading the videos and reading ``data optimize`` shards of the same
+clips (decoded windows: no decoding at train time; same number of samples and
 frames). The DataModule is timed up to model-ready batches: the loader's uint8 batches, its
 ``on_before_batch_transfer``, the copy to the device (``--profile gpu`` with CUDA: the GPU; else the
 CPU, a no-op) and its ``on_after_batch_transfer`` (uint8 -> float32 in [-1, 1], on that device).
-``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``.
+``ratio`` = DataModule seconds / raw seconds; the goal is <= 1.15 at ``num_workers=2``. ``ratios``
+gives each repeat's ratio (the DataModule epoch over the raw epoch timed just before it), and
+``cpu_ratio`` the CPU seconds spent (main process and workers, all threads, from ``/proc``) over the
+raw loop's: the work done, which shows where time goes when the machine is shared.
+An epoch is 24 batches in the CPU profile (48 on a GPU): the first batches of an epoch wait for the
+workers to fill the pipeline (each worker builds its first batch alone), a fixed cost that a short
+epoch would charge to the worker rows far beyond its share in training (at 6 batches, about one
+batch in six); ``--batches`` sets another length.
 Augmentation is off in the timed rows (model-side work the raw decode does not do); one extra row
-shows its cost. The data are toy humans rendered at 256x256, 24 frames, 2 clips per source.
+shows its cost, and one the ordinary DataLoader transfer instead of dimo's reusable shared-memory
+slots (``shared_slots=False``, ``dimo/data/transfer.py``). The data are toy humans rendered at
+256x256, 24 frames, 2 clips per source.
 
-``python benchmarks/bench_data.py [--profile cpu|gpu]`` prints the rows as JSON.
+``python benchmarks/bench_data.py [--profile cpu|gpu] [--batches N]`` prints the rows as JSON; the raw
+row notes the 1-minute load average before and after the timed epochs (ratios are measured side by
+side, interleaved, but on a loaded machine they still move).
 """
 
 from __future__ import annotations
@@ -42,7 +56,15 @@ def _dataset_root(tmp: Path) -> Path:
     return root
 
 
-def _make_dm(root: Path, workers: int, batches: int, augment: bool, cfg: dict, shards: str | None = None):
+def _make_dm(
+    root: Path,
+    workers: int,
+    batches: int,
+    augment: bool,
+    cfg: dict,
+    shards: str | None = None,
+    slots: bool = True,
+):
     from dimo.data.augment import AugmentConfig
     from dimo.data.datamodule import ViewRichDataModule
 
@@ -56,6 +78,7 @@ def _make_dm(root: Path, workers: int, batches: int, augment: bool, cfg: dict, s
         synthesize_if_missing=False,
         log_preview=False,
         seed=0,
+        shared_slots=slots,
         **cfg,
     )
     dm.setup("fit")
@@ -126,16 +149,42 @@ def _plain_pyav(path, indices: list[int], size: tuple[int, int]) -> list:
     return out
 
 
-def _time_raw(calls: list[tuple]) -> float:
+def _cpu_seconds(pids: list[int]) -> float | None:
+    """User + system CPU seconds of these processes (all their threads) so far; None off Linux."""
+
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _time_raw(calls: list[tuple]) -> tuple[float, float | None]:
+    """(wall seconds, CPU seconds) of the plain PyAV loop over ``calls``."""
+
+    cpu = _cpu_seconds([os.getpid()])
     start = time.perf_counter()
     for path, indices, size, _mode in calls:
         got = _plain_pyav(path, indices, size)
         assert len(got) == len(indices), (path, indices)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, None if cpu is None else _cpu_seconds([os.getpid()]) - cpu
 
 
-def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
-    """Seconds for one epoch of model-ready batches: loader, bookkeeping, transfer, uint8 -> float."""
+def _processes(loader) -> list[int]:
+    """This process and the loader's (persistent) worker processes."""
+
+    workers = getattr(getattr(loader, "_iterator", None), "_workers", None) or []  # torch's iterator
+    return [os.getpid(), *(w.pid for w in workers)]
+
+
+def _time_dm(dm, warm_epochs: int = 1, device=None) -> tuple[float, float | None]:
+    """(wall seconds, CPU seconds of the main process and the workers) for one epoch of model-ready
+    batches: loader, bookkeeping, transfer, uint8 -> float."""
 
     import torch
 
@@ -146,6 +195,8 @@ def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
     for _ in range(warm_epochs):  # start the (persistent) workers, fill caches
         for _ in loader:
             pass
+    pids = _processes(loader)
+    cpu = _cpu_seconds(pids)
     start = time.perf_counter()
     for batch in loader:
         batch = dm.on_before_batch_transfer(batch, 0)
@@ -153,10 +204,11 @@ def _time_dm(dm, warm_epochs: int = 1, device=None) -> float:
         dm.on_after_batch_transfer(batch, 0)  # the pixels' uint8 -> float [-1, 1], on the device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    return wall, None if cpu is None else _cpu_seconds(pids) - cpu
 
 
-def run(profile: str = "cpu") -> list[dict]:
+def run(profile: str = "cpu", batches: int | None = None) -> list[dict]:
     """Benchmark rows (name, setting, value, unit, median_s, repeats, ratio, baseline, goal)."""
 
     import torch
@@ -167,7 +219,7 @@ def run(profile: str = "cpu") -> list[dict]:
     if profile not in ("cpu", "gpu"):
         raise ValueError(f"profile must be 'cpu' or 'gpu', got {profile!r}")
     repeats = 3
-    batches = 6 if profile == "cpu" else 48
+    batches = batches or (24 if profile == "cpu" else 48)
     cfg = {"task": "3dimo", "num_frames": 16, "frame_stride": 1, "height": 256, "width": 256, "batch_size": 2,
            "cross_view": 0.5}  # fmt: skip
     rows: list[dict] = []
@@ -186,35 +238,57 @@ def run(profile: str = "cpu") -> list[dict]:
         frames = statistics.mean(sum(len(c[1]) for c in calls) for calls in epoch_calls)
         samples = batches * cfg["batch_size"]
         setting = f"3dimo T={cfg['num_frames']} {cfg['height']}x{cfg['width']} B={cfg['batch_size']} x {batches} batches"
-        configs = [(0, False, None), (1, False, None), (2, False, None), (2, True, None), (0, False, shards),
-                   (2, False, shards)]  # fmt: skip
-        dms = [_make_dm(root, w, batches, aug, cfg, sh) for w, aug, sh in configs]
+        # (num_workers, augmentation, shards, transfer slots); the slot-less row is the ordinary DataLoader
+        # transfer (a new shared-memory segment per tensor per batch), measured beside the slots
+        configs = [(0, False, None, True), (1, False, None, True), (2, False, None, True), (2, False, None, False),
+                   (2, True, None, True), (0, False, shards, True), (2, False, shards, True)]  # fmt: skip
+        dms = [_make_dm(root, w, batches, aug, cfg, sh, sl) for w, aug, sh, sl in configs]
         device = torch.device("cuda" if profile == "gpu" and torch.cuda.is_available() else "cpu")
         for dm in dms:  # start persistent workers, fill caches
             _time_dm(dm, warm_epochs=1, device=device)
         # interleave the measurements so load changes on a shared machine hit every row alike
-        raw_s, dm_s = [], [[] for _ in configs]
+        raw_s, dm_s, raw_cpu, dm_cpu = [], [[] for _ in configs], [], [[] for _ in configs]
+        load_before = os.getloadavg()[0]
         for calls in epoch_calls:
-            raw_s.append(_time_raw(calls))
-            for times, dm in zip(dm_s, dms):
-                times.append(_time_dm(dm, warm_epochs=0, device=device))
+            wall, cpu = _time_raw(calls)
+            raw_s.append(wall)
+            raw_cpu.append(cpu)
+            for times, cpus, dm in zip(dm_s, dm_cpu, dms):
+                wall, cpu = _time_dm(dm, warm_epochs=0, device=device)
+                times.append(wall)
+                cpus.append(cpu)
         raw = statistics.median(raw_s)
+        raw_c = None if None in raw_cpu else statistics.median(raw_cpu)
+        load = f"load average {load_before:.2f} -> {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus"
         rows.append(
             dict(name="data/raw_pyav_decode", setting=f"{setting}, plain PyAV loop, 1 process", value=frames / raw,
-                 unit="frames/s", median_s=raw, repeats=repeats, ratio=None, baseline=None, goal=None)
+                 unit="frames/s", median_s=raw, repeats=repeats, ratio=None, baseline=None, goal=None, note=load)
         )  # fmt: skip
         rows.append(
             dict(name="data/optimize_shards", setting=f"{setting}, data optimize of 6 clips (48 windows of 16 frames)",
                  value=optimize_s, unit="s", median_s=optimize_s, repeats=1, ratio=None, baseline=None, goal=None)
         )  # fmt: skip
-        for (workers, augment, sh), times in zip(configs, dm_s):
+        for (workers, augment, sh, slots), times, cpus in zip(configs, dm_s, dm_cpu):
             secs = statistics.median(times)
             tag = f"{'shards' if sh else 'files'}, num_workers={workers}" + (
                 ", augment on" if augment else ""
             )
-            goal = "<= 1.15" if workers == 2 and not augment else None
+            if workers and not slots:
+                tag += ", ordinary transfer (shared_slots=False)"
+            goal = "<= 1.15" if workers == 2 and not augment and slots else None
             common = dict(
-                median_s=secs, repeats=repeats, ratio=secs / raw, baseline="data/raw_pyav_decode", goal=goal
+                median_s=secs,
+                repeats=repeats,
+                ratio=secs / raw,
+                baseline="data/raw_pyav_decode",
+                goal=goal,
+                # each repeat's DataModule epoch / the raw epoch timed just before it (the spread)
+                ratios=[round(t / r, 3) for t, r in zip(times, raw_s)],
+                # CPU seconds (main process + workers, all threads) / the raw loop's: the work done
+                # (clock ticks of 10 ms; it moves too when other jobs compete for memory and caches)
+                cpu_ratio=None
+                if raw_c is None or None in cpus
+                else round(statistics.median(cpus) / raw_c, 3),
             )
             for name, unit, count in (
                 ("data/datamodule_frames", "frames/s", frames),
@@ -225,7 +299,9 @@ def run(profile: str = "cpu") -> list[dict]:
                 )
         # num_workers scaling (files, augmentation off): frames/s per worker count, drawn in the scaling plot
         scaling = [
-            (w, frames / statistics.median(t)) for (w, aug, sh), t in zip(configs, dm_s) if not aug and not sh
+            (w, frames / statistics.median(t))
+            for (w, aug, sh, slots), t in zip(configs, dm_s)
+            if not aug and not sh and slots
         ]
         rows.append(
             dict(
@@ -244,9 +320,13 @@ def run(profile: str = "cpu") -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument(
+        "--batches", type=int, default=None, help="batches per timed epoch (default 24 cpu, 48 gpu)"
+    )
     args = p.parse_args()
-    print(json.dumps(run(args.profile), indent=1))
+    print(json.dumps(run(args.profile, args.batches), indent=1))
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's dimo (see run.py)
     main()

@@ -28,6 +28,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+# measure the checkout this file lives in: a script's folder, not the repository, leads sys.path, so a
+# venv whose editable install points at another checkout would otherwise import that one's dimo
+sys.path.insert(0, str(HERE.parent))
 _GOAL = re.compile(r"^\s*(<=|>=|<|>)\s*([-+0-9.eE]+)")
 
 

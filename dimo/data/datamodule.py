@@ -15,13 +15,15 @@
   stream state in Lightning checkpoints so a resumed run continues the same stream.
 * At the first training batch a grid of the batch is written to TensorBoard (``data/batch``).
 * Pixels travel as uint8 (from the workers, and host to device); :meth:`on_after_batch_transfer`
-  turns them into float32 in [-1, 1] on the device (:func:`to_model_batch`). Reading the loaders
-  without a Trainer? Call :func:`to_model_batch` on each batch (after :meth:`on_before_batch_transfer`).
+  turns them into float32 in [-1, 1] on the device (:func:`to_model_batch`). Training batches come
+  from the workers through reusable shared-memory slots (:mod:`dimo.data.transfer`). Reading the
+  loaders without a Trainer? Call :func:`to_model_batch` on each batch (after :meth:`on_before_batch_transfer`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -97,6 +99,10 @@ class ViewRichDataModule(LightningDataModule):
             object-store URL written by ``python -m dimo.cli data optimize``) instead of ``root``'s
             videos; their spec must match this DataModule's (``dimo.data.shards``).
         shard_cache: where litdata caches remote chunks (default: its own cache folder).
+        shared_slots: with ``num_workers > 0``, training batches travel from the workers through
+            ``num_workers x (prefetch_factor + 2)`` batch-sized shared-memory slots allocated once
+            (:mod:`dimo.data.transfer`), instead of a new shared segment per tensor per batch; the
+            batches are the same bit for bit. ``False``: the ordinary DataLoader transfer.
         latent_cache: a frozen-encoder cache folder (``python -m dimo.cli data cache``, 3DiMo only):
             samples carry the cached target latents and text embeddings (``x0``, ``ref_latent``,
             ``text``) instead of target pixels, the window is one of the cached ones, and the model
@@ -134,6 +140,7 @@ class ViewRichDataModule(LightningDataModule):
         shards: str | None = None,
         shard_cache: str | None = None,
         latent_cache: Path | None = None,
+        shared_slots: bool = True,
     ) -> None:
         super().__init__()
         if latent_cache is not None and (task != "3dimo" or shards is not None):
@@ -171,6 +178,7 @@ class ViewRichDataModule(LightningDataModule):
         self.synthesize_if_missing, self.synth = synthesize_if_missing, synth or SynthConfig()
         self.log_preview, self.max_retries = log_preview, max_retries
         self.shards, self.shard_cache = shards, shard_cache
+        self.shared_slots = shared_slots
         if weights is None:
             weights = {"multiview": 1.0} if task == "hvg" else {s: 1.0 for s in SOURCES}
         self._seed = seed
@@ -317,9 +325,33 @@ class ViewRichDataModule(LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
-    def _loader(self, dataset: Dataset, sampler=None, shuffle: bool = False) -> DataLoader:
+    def pixel_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The uint8 pixel fields of one sample and their shapes (what sizes the transfer slots)."""
+
+        s = self.spec
+        frame = (3, s.height, s.width)
+        if self.task == "hvg":
+            return {"target": (s.num_views, s.num_frames, *frame), "reference": frame}
+        if self.latent_cache is not None:  # the targets are cached latents: only the driving frames
+            return {"driving": (s.num_frames, *frame)}
+        return {"driving": (s.num_frames, *frame), "target": (s.num_frames, *frame), "reference": frame}
+
+    def _loader(
+        self, dataset: Dataset, sampler=None, shuffle: bool = False, slots: bool = False
+    ) -> DataLoader:
         workers = self.num_workers
-        return DataLoader(
+        cls, collate = DataLoader, default_collate
+        if slots and workers > 0 and self.shared_slots:
+            from dimo.data.transfer import BatchSlots, SlotDataLoader
+
+            # a batch's pixels, plus room for its labels and cameras (a few KB per frame); a batch that
+            # does not fit (e.g. cached latents) takes the ordinary transfer
+            pixels = self.batch_size * sum(math.prod(s) for s in self.pixel_shapes().values())
+            cls = SlotDataLoader
+            collate = BatchSlots(
+                pixels + pixels // 4 + (1 << 20), workers, self.prefetch_factor + 2, self.pin_memory
+            )
+        return cls(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -328,7 +360,7 @@ class ViewRichDataModule(LightningDataModule):
             persistent_workers=self.persistent_workers and workers > 0,
             prefetch_factor=self.prefetch_factor if workers > 0 else None,
             pin_memory=self.pin_memory,
-            collate_fn=default_collate,
+            collate_fn=collate,
             drop_last=sampler is not None,
         )
 
@@ -346,7 +378,7 @@ class ViewRichDataModule(LightningDataModule):
         rank, world = self._rank_world()
         self.stream.bind({s: len(v) for s, v in self.pools.items()}, self.batch_size * world)
         sampler = MixtureSampler(self.stream, self.batch_size, self.batches_per_epoch, rank, world)
-        return self._loader(dataset, sampler)
+        return self._loader(dataset, sampler, slots=True)
 
     def val_keys(self) -> list[SampleKey]:
         """Fixed validation sample keys, drawn from the configured initial law (``weights``,
