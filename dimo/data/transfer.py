@@ -5,9 +5,10 @@ segment: the kernel allocates and zeroes it page by page as the worker's collate
 process receives its file descriptor through a socket handshake with the worker (one per tensor, a
 dozen per 3DiMo batch) and maps it again, and it is freed when the batch is dropped. Measured on the
 2-core benchmark machine at 256x256 x 16 frames (``benchmarks/bench_data.py``, batches of 2 3DiMo
-samples, 13 MB of pixels): the page work cost ~10 ms of CPU in the worker's collate (~2 ms in plain
-memory) and ~10 ms more in the main process, and the handshakes ~5 ms of the main process per batch,
-against ~37 ms to decode the batch's frames.
+samples, 13 MB of pixels): the page work cost ~12 ms of CPU in the worker's collate (~3 ms in plain
+memory) and ~8 ms more in the main process, and the handshakes ~5 ms of the main process per batch,
+against 30-40 ms to decode the batch's frames. With the slots, the DataModule at 2 workers went from
+1.25-1.40x the plain-PyAV decode time to 0.86-0.89x (docs/data.md, Benchmark).
 
 Here each worker owns ``per_worker`` slots: byte arenas in shared memory, allocated once before the
 workers start and reused.
