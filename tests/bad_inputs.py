@@ -526,7 +526,7 @@ def _fit_args(tmp: Path, env: Env, *extra: str) -> list[str]:
     return [
         "fit", "--config", str(REPO / "experiments/3dimo.yaml"), "--trainer.max_steps=1",
         f"--trainer.logger.init_args.save_dir={tmp}", f"--checkpoint.dirpath={tmp / 'ckpt'}",
-        f"--data.init_args.root={env.toy}", "--data.init_args.height=32", "--data.init_args.width=32",
+        f"--data.init_args.root={env.toy}", "--data.init_args.frame_stride=1", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
         "--samples.every_n_steps=0", "--trainer.enable_progress_bar=false", *extra,

@@ -166,6 +166,40 @@ def test_cli_generate_writes_video_and_sidecar(assets, tmp_path, capsys) -> None
     assert sorted(p.name for p in out_a.parent.iterdir()) == ["out.json", "out.mp4"]
 
 
+def test_driving_video_read_at_the_training_frame_stride(pipe, assets, tmp_path) -> None:
+    """A model trained on every 2nd source frame reads driving videos the same way: frames 0, 2, 4, ...
+    at half the fps, by default from the checkpoint's data settings, or as --frame-stride says."""
+
+    import copy
+
+    from dimo.commands.generate import main
+    from dimo.pipelines.io import load_video
+
+    every, fps = load_video(assets["driving"], (32, 32), min_frames=5)
+    strided, fps2 = load_video(assets["driving"], (32, 32), min_frames=5, stride=2)
+    assert strided.shape[0] == 7 and fps2 == pytest.approx(fps / 2)
+    torch.testing.assert_close(strided, every[0::2], rtol=0, atol=0)
+    with pytest.raises(Exception, match="has 13 frames, 5 at stride 3 .limited"):
+        load_video(assets["driving"], (32, 32), min_frames=5, max_frames=4, stride=3)
+
+    ckpt = torch.load(assets["ckpt"], map_location="cpu", weights_only=True)
+    ckpt = copy.deepcopy(ckpt)
+    ckpt["datamodule_hyper_parameters"] = {"height": 32, "width": 32, "num_frames": 5, "frame_stride": 2}
+    strided_ckpt = tmp_path / "strided.ckpt"
+    torch.save(ckpt, strided_ckpt)
+    args = ["--model", "3dimo", "--reference", str(assets["reference"]), "--driving", str(assets["driving"])]
+    args += ["--prompt", PROMPT, "--steps", "1", "--no-progress", "--checkpoint", str(strided_ckpt)]
+    assert main([*args, "--out", str(tmp_path / "a.mp4")]) == 0
+    side = json.loads((tmp_path / "a.json").read_text())
+    assert (side["driving_frames_read"], side["driving_frame_stride"], side["settings"]["window"]) == (7, 2, 5)
+    assert side["fps"] == pytest.approx(5.0)
+    assert main([*args, "--frame-stride", "1", "--out", str(tmp_path / "b.mp4")]) == 0
+    side = json.loads((tmp_path / "b.json").read_text())
+    assert (side["driving_frames_read"], side["frames"], side["driving_frame_stride"]) == (13, 13, 1)
+    assert main([*args, "--frame-stride", "0", "--out", str(tmp_path / "c.mp4")]) == 2
+    assert not (tmp_path / "c.mp4").exists()
+
+
 def _bad(assets, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     root = tmp_path / "bad"
     root.mkdir()

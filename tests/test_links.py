@@ -203,7 +203,7 @@ def test_built_run_agrees_with_its_config(tmp_path, toy_root):
     from dimo.cli import run_lightning
 
     cli = run_lightning(
-        [*_configs("3dimo.yaml"), f"--data.init_args.root={toy_root}", f"--trainer.default_root_dir={tmp_path}",
+        [*_configs("3dimo.yaml"), f"--data.init_args.root={toy_root}", "--data.init_args.frame_stride=1", f"--trainer.default_root_dir={tmp_path}",
          "--trainer.logger=false", f"--{M}pretrained={TOY_WAN}",
          f"--{M}pose_detector={REPO / 'pretrained' / 'toy-detector'}",
          f"--pose_eval.detector={REPO / 'pretrained' / 'toy-detector'}"],

@@ -26,7 +26,7 @@ def _fit_cmd(toy_root, tmp_path, *extra):
     return [
         sys.executable, "-m", "dimo.cli", "fit", "--config", str(REPO / "experiments/3dimo.yaml"),
         f"--trainer.logger.init_args.save_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
-        f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
+        f"--data.init_args.root={toy_root}", "--data.init_args.frame_stride=1", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
         "--samples.every_n_steps=0", "--checkpoint.every_n_train_steps=0", *_toy_wan_args(), *extra,

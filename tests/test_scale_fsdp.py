@@ -170,7 +170,7 @@ def _fsdp_fit(toy_root: Path, out: Path, strategy_yaml: Path, *extra: str) -> su
         "--trainer.devices=2", f"--trainer.logger.init_args.save_dir={out}",
         f"--trainer.default_root_dir={out}",
         f"--checkpoint.dirpath={out / 'ckpt'}", "--checkpoint.every_n_train_steps=0",
-        f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
+        f"--data.init_args.root={toy_root}", "--data.init_args.frame_stride=1", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0",
         "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",

@@ -45,7 +45,7 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(toy_root, tmp_path)
             "--trainer.num_nodes=1",
             "--trainer.devices=1", f"--trainer.default_root_dir={run}",
             f"--checkpoint.dirpath={run / 'checkpoints'}", "--checkpoint.every_n_train_steps=1",
-            f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
+            f"--data.init_args.root={toy_root}", "--data.init_args.frame_stride=1", "--data.init_args.height=32", "--data.init_args.width=32",
             "--data.init_args.batch_size=1", "--data.init_args.val_batches=0",
             "--data.init_args.log_preview=false", "--model.init_args.net.init_args.image_size=[32,32]",
             "--model.init_args.net.init_args.hand_crop=16", "--samples.every_n_steps=0",

@@ -225,7 +225,7 @@ def test_two_process_ddp_fit(toy_root, tmp_path):
         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_steps=2",
         f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}",
         f"--checkpoint.dirpath={tmp_path / 'ckpt'}",
-        f"--data.init_args.root={toy_root}", "--data.init_args.height=32", "--data.init_args.width=32",
+        f"--data.init_args.root={toy_root}", "--data.init_args.frame_stride=1", "--data.init_args.height=32", "--data.init_args.width=32",
         "--data.init_args.batch_size=1", "--data.init_args.val_batches=0", "--data.init_args.log_preview=false",
         "--model.init_args.net.init_args.image_size=[32,32]", "--model.init_args.net.init_args.hand_crop=16",
         "--samples.every_n_steps=0",

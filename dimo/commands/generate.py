@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     g3.add_argument("--overlap", type=int, default=1, help="latent frames shared by neighbouring windows")
     g3.add_argument("--num-frames", type=int, help="use at most this many driving frames")
     g3.add_argument(
+        "--frame-stride",
+        type=int,
+        help="read every N-th driving frame, the output at the driving fps / N (default: the training "
+        "data's frame_stride, so the motion per frame is what the model learned)",
+    )
+    g3.add_argument(
         "--detector",
         type=Path,
         help="2D keypoint detector folder (toy detector or ViTPose): its hand keypoints place the hand crops",
@@ -136,7 +142,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise GenerateError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
-    for name in ("steps", "window", "num_frames", "height", "width"):
+    for name in ("steps", "window", "num_frames", "frame_stride", "height", "width"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise GenerateError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -183,8 +189,9 @@ def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
         pipe = ThreeDiMoPipeline.from_pretrained(args.pretrained)
     size = _size(args, pipe.settings, args.reference)
     reference = load_image(args.reference, size)  # (3, H, W)
+    stride = args.frame_stride or int(pipe.settings.get("frame_stride") or 1)
     driving, fps = load_video(
-        args.driving, size, min_frames=1 + pipe.temporal_compression, max_frames=args.num_frames
+        args.driving, size, min_frames=1 + pipe.temporal_compression, max_frames=args.num_frames, stride=stride
     )
     pipe.to(torch.device(args.device))
     pipe.set_precision(args.dtype)
@@ -251,6 +258,7 @@ def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
             "vae_slicing": args.vae_slicing,
         },
         "driving_frames_read": int(driving.shape[0]),
+        "driving_frame_stride": stride,
         "frames": int(video.shape[0]),
         "fps": fps,
         "seconds": round(time.time() - start, 3),

@@ -63,11 +63,13 @@ def load_video(
     size: tuple[int, int],
     min_frames: int,
     max_frames: int | None = None,
+    stride: int = 1,
 ) -> tuple[torch.Tensor, float]:
-    """Decode a driving video -> float32 (T, 3, H, W) in [-1, 1] and its fps.
+    """Decode a driving video -> float32 (T, 3, H, W) in [-1, 1] and the fps of what was read.
 
-    All frames (or the first ``max_frames``) are read, resized to cover ``size`` and centre-cropped.
-    Fewer than ``min_frames`` decodable frames is a :class:`GenerateError`.
+    Every ``stride``-th frame from the first (all of them, or the first ``max_frames`` of those) is read,
+    resized to cover ``size`` and centre-cropped; the fps returned is the file's divided by ``stride``.
+    Fewer than ``min_frames`` such frames is a :class:`GenerateError`.
     """
 
     path = Path(path)
@@ -75,13 +77,15 @@ def load_video(
         raise GenerateError(f"driving video not found: {path} (expected an MP4/video file)")
     try:
         info = probe(path, count=True)
-        n = info.num_frames if max_frames is None else min(info.num_frames, max_frames)
+        indices = range(0, info.num_frames, stride)
+        n = len(indices) if max_frames is None else min(len(indices), max_frames)
         if n < min_frames:
-            limit = "" if n == info.num_frames else f" (limited to {n} by the frame limit)"
+            every = "" if stride == 1 else f", {len(indices)} at stride {stride}"
+            limit = "" if n == len(indices) else f" (limited to {n} by the frame limit)"
             raise GenerateError(
-                f"driving video {path} has {info.num_frames} frames{limit}; at least {min_frames} are needed"
+                f"driving video {path} has {info.num_frames} frames{every}{limit}; at least {min_frames} are needed"
             )
-        frames = read_frames(path, range(n), size=size)  # (T, H, W, 3) uint8
+        frames = read_frames(path, indices[:n], size=size)  # (T, H, W, 3) uint8
     except GenerateError:
         raise
     except (VideoError, OSError, ValueError) as err:
@@ -89,7 +93,7 @@ def load_video(
     except Exception as err:  # PyAV raises its own FFmpeg errors for non-video files
         raise GenerateError(f"cannot read driving video {path}: {err} (expected an MP4/video file)") from err
     video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W)
-    return video, float(info.fps)
+    return video, float(info.fps) / stride
 
 
 def write_mp4(path: str | os.PathLike, frames: torch.Tensor, fps: float) -> Path:

@@ -74,7 +74,8 @@ class ThreeDiMoPipeline(DiffusionPipeline):
         image_encoder: I2V backbones only: the frozen CLIP wrapper, or the ``CLIPVisionModel`` it wraps
             (normalised with ``image_mean`` / ``image_std``).
         settings: defaults stored with the pipeline: ``height``, ``width`` (training size),
-            ``window`` (training clip length in frames, 1 + 4k), ``fps``.
+            ``window`` (training clip length in frames, 1 + 4k), ``fps``, ``frame_stride`` (the training
+            data's step between source frames, > 1 only; ``generate`` reads driving videos at it).
         text_max_length: tokens per prompt of a bare text encoder (a wrapper keeps its own).
         image_mean, image_std: CLIP normalisation of a bare image encoder.
         training: what the export records of its checkpoint (step, epoch, hyperparameters), if known.
@@ -157,6 +158,8 @@ class ThreeDiMoPipeline(DiffusionPipeline):
         settings = {k: data_hp[k] for k in ("height", "width") if data_hp.get(k)}
         if data_hp.get("num_frames"):
             settings["window"] = int(data_hp["num_frames"])
+        if int(data_hp.get("frame_stride") or 1) > 1:  # generate reads driving videos at this stride
+            settings["frame_stride"] = int(data_hp["frame_stride"])
         pipe = cls.from_module(module.eval(), settings)
         pipe.training = training_record(path)
         return pipe
