@@ -187,6 +187,7 @@ def fit_command(ab: Ablation, overlay: str, seed: int, args, run_root: Path, nam
         "--checkpoint.save_last=false",
         f"--samples.every_n_steps={10 * steps + 1}",
         f"--data.init_args.root={args.data}",
+        *([f"--data.init_args.frame_stride={args.frame_stride}"] if args.frame_stride else []),
         *ab.flags,
     ]
     if not ab.sampled:
@@ -404,6 +405,12 @@ def main(argv: list[str] | None = None) -> int:
         "--jobs", type=int, default=2, help="runs side by side (default 2: one single-threaded run per core)"
     )
     p.add_argument("--data", type=Path, default=REPO / "data" / "toy")
+    p.add_argument(
+        "--frame-stride",
+        type=int,
+        default=None,
+        help="source-frame step of every run (default: the configs'; 1 for data with clips under 17 frames)",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ablations")
     args = p.parse_args(argv)
     unknown = [k for k in (args.only or []) if k not in ABLATIONS]

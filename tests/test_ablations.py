@@ -72,6 +72,7 @@ def test_verdict_needs_the_right_order_and_a_gap_beyond_the_spread():
 def test_one_arm_runs_through_the_real_entry_point(tmp_path, toy_root):
     out = tmp_path / "ablations"
     args = ["--only", "a", "--arms", "cross_attention", "--seeds", "0", "--steps", "2", "--val-every", "2"]
+    args += ["--frame-stride", "1"]  # the test data's clips have 12 frames
     assert main([*args, "--data", str(toy_root), "--out", str(out)]) == 0
     result = json.loads((out / "results.json").read_text())
     arm = result["ablations"]["a"]["arms"]["cross_attention"]

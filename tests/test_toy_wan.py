@@ -44,6 +44,12 @@ def test_builder_writes_the_real_layout_and_it_loads_strictly(tmp_path):
     assert json.loads((out / "toy_report.json").read_text())["vae"] == report["vae"]
     vae = WanVAE(path=out / "vae")
     assert (vae.spatial_compression, vae.temporal_compression) == (4, 4)
+    # stored in half precision (the committed folders' size budget), loaded as float32 parameters
+    from safetensors.torch import load_file
+
+    stored = load_file(out / "vae" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    assert {p.dtype for p in vae.parameters()} == {torch.float32}
     std = torch.tensor(json.loads((out / "vae" / "config.json").read_text())["latents_std"])
     assert torch.allclose(vae.std.flatten(), std) and not torch.allclose(std, torch.ones_like(std))
     text = WanTextEncoder(path=out, max_length=16)
