@@ -191,7 +191,8 @@ def test_driving_video_read_at_the_training_frame_stride(pipe, assets, tmp_path)
     args += ["--prompt", PROMPT, "--steps", "1", "--no-progress", "--checkpoint", str(strided_ckpt)]
     assert main([*args, "--out", str(tmp_path / "a.mp4")]) == 0
     side = json.loads((tmp_path / "a.json").read_text())
-    assert (side["driving_frames_read"], side["driving_frame_stride"], side["settings"]["window"]) == (7, 2, 5)
+    read = (side["driving_frames_read"], side["driving_frame_stride"], side["settings"]["window"])
+    assert read == (7, 2, 5)
     assert side["fps"] == pytest.approx(5.0)
     assert main([*args, "--frame-stride", "1", "--out", str(tmp_path / "b.mp4")]) == 0
     side = json.loads((tmp_path / "b.json").read_text())

@@ -255,3 +255,22 @@ def test_vae_training_windows_are_crops_of_consecutive_frames():
     corners = {tuple(_windows(clips, 1, 5, g, crop=8)[0, 0, 0, 0, :2].tolist()) for _ in range(20)}
     assert len(corners) > 5
     assert _windows(clips, 2, 5, g).shape == (2, 3, 5, 16, 16)  # no crop: whole frames
+
+
+def test_vae_reconstruction_loss_weights_l1_as_configured():
+    """``vae_l1_weight`` scales the L1 term (the loss is vae_l1_weight * L1 + MSE): the same seed and
+    data give the same first update with the same weight and another one without the L1 term."""
+
+    from dimo.toy.wan import train_vae
+
+    g = torch.Generator().manual_seed(0)
+    clips = [torch.rand(9, 3, 16, 16, generator=g) * 2 - 1 for _ in range(2)]
+
+    def after_one_step(l1: float) -> torch.Tensor:
+        cfg = _micro_config(vae_steps=1, vae_l1_weight=l1, vae_crop=0)
+        vae, _ = train_vae(cfg, clips, clips)
+        return torch.cat([p.detach().flatten() for p in vae.parameters()])
+
+    with_l1 = after_one_step(1.0)
+    assert torch.equal(with_l1, after_one_step(1.0))
+    assert not torch.equal(with_l1, after_one_step(0.0))

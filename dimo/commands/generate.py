@@ -191,7 +191,11 @@ def _run_threedimo(args: argparse.Namespace) -> dict[str, Any]:
     reference = load_image(args.reference, size)  # (3, H, W)
     stride = args.frame_stride or int(pipe.settings.get("frame_stride") or 1)
     driving, fps = load_video(
-        args.driving, size, min_frames=1 + pipe.temporal_compression, max_frames=args.num_frames, stride=stride
+        args.driving,
+        size,
+        min_frames=1 + pipe.temporal_compression,
+        max_frames=args.num_frames,
+        stride=stride,
     )
     pipe.to(torch.device(args.device))
     pipe.set_precision(args.dtype)

@@ -97,6 +97,8 @@ class ToyWanConfig:
     vae_decoder_lr: float = 3e-4
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
+    # reconstruction loss = vae_l1_weight * L1 + MSE (both phases)
+    vae_l1_weight: float = 1.0
     # transformer: 4 blocks of width 256 (4 heads of 64). Width is what the toy world needs most: a
     # 2x2 patch of 48-channel latents is 192 values per token, and the 64-wide first version (2x32
     # heads) stayed far above the static-copy loss (1.0 vs 0.18 at sigma 0.8), while this one reaches
@@ -205,7 +207,7 @@ def train_vae(cfg: ToyWanConfig, train: list[torch.Tensor], heldout: list[torch.
         post = vae.encode(x).latent_dist
         y = vae.decode(post.mode()).sample  # deterministic auto-encoding (the mode is what WanVAE uses)
         kl = post.kl().mean() / x[0].numel()
-        loss = F.l1_loss(y, x) + F.mse_loss(y, x) + cfg.vae_kl_weight * kl
+        loss = cfg.vae_l1_weight * F.l1_loss(y, x) + F.mse_loss(y, x) + cfg.vae_kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -245,7 +247,7 @@ def train_decoder(cfg: ToyWanConfig, vae, train: list[torch.Tensor], heldout: li
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
         y = vae.decode(z).sample
-        loss = F.l1_loss(y, x) + F.mse_loss(y, x)
+        loss = cfg.vae_l1_weight * F.l1_loss(y, x) + F.mse_loss(y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
