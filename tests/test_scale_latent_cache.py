@@ -190,8 +190,7 @@ def test_from_cache_follows_the_mixture_weights(cache, overlay, tmp_path):
     online run's sampler draws (same sources, clips, tasks), and their counts follow the weights."""
 
     out, _ = cache
-    # the mixture is the schedule's; frame_stride 1 because these clips have 10 frames (the recipe reads every 2nd)
-    # and (one stage); the data's weights and cross_view are linked from it
+    # the mixture is the schedule's (one stage); the data's weights and cross_view are linked from it
     law = ["--schedule.stages=[{name: mix, steps: 1000, weights: {internet: 3.0, ue5: 1.0}, cross_view: 0.5}]",
            "--data.init_args.batch_size=4", "--data.init_args.batches_per_epoch=60"]  # fmt: skip
     online = _cli(["--config", str(BASE), "--config", str(overlay), *law], tmp_path / "a").datamodule

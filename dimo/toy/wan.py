@@ -192,6 +192,12 @@ def reconstruction_psnr(vae, clips: list[torch.Tensor], window: int = 9) -> floa
     return float(np.mean(vals))
 
 
+def _recon_loss(cfg: ToyWanConfig, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The reconstruction loss of both VAE phases: ``vae_l1_weight`` * L1 + MSE."""
+
+    return cfg.vae_l1_weight * F.l1_loss(y, x) + F.mse_loss(y, x)
+
+
 def train_vae(cfg: ToyWanConfig, train: list[torch.Tensor], heldout: list[torch.Tensor]):
     torch.manual_seed(cfg.seed)
     vae = make_vae(cfg)
@@ -207,7 +213,7 @@ def train_vae(cfg: ToyWanConfig, train: list[torch.Tensor], heldout: list[torch.
         post = vae.encode(x).latent_dist
         y = vae.decode(post.mode()).sample  # deterministic auto-encoding (the mode is what WanVAE uses)
         kl = post.kl().mean() / x[0].numel()
-        loss = cfg.vae_l1_weight * F.l1_loss(y, x) + F.mse_loss(y, x) + cfg.vae_kl_weight * kl
+        loss = _recon_loss(cfg, y, x) + cfg.vae_kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -247,7 +253,7 @@ def train_decoder(cfg: ToyWanConfig, vae, train: list[torch.Tensor], heldout: li
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mode()
         y = vae.decode(z).sample
-        loss = cfg.vae_l1_weight * F.l1_loss(y, x) + F.mse_loss(y, x)
+        loss = _recon_loss(cfg, y, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
